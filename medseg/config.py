@@ -1,0 +1,408 @@
+"""The config schema: the single source of truth for every knob, its default and its meaning.
+
+`load_config(path, overrides)` reads YAML, applies `--set a.b=value` overrides and validates;
+any problem becomes a one-line `MedsegError` naming the key. `reference()` renders the
+schema as the config reference (docs/CONFIG.md is generated from it).
+"""
+
+from __future__ import annotations
+
+import difflib
+import typing
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from medseg.errors import MedsegError
+from medseg.metrics.contract import MetricContract
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class NormalizeConfig(_Section):
+    mode: Literal["auto", "zscore", "percentile", "ct_window", "minmax", "none"] = Field(
+        "auto",
+        description="Intensity normalisation. auto: ct_window for CT volumes, else percentile clip then z-score.",
+    )
+    window: tuple[float, float] = Field(
+        (40.0, 400.0), description="CT window as (level, width) in HU, used by ct_window."
+    )
+    percentiles: tuple[float, float] = Field(
+        (0.5, 99.5), description="Lower/upper percentiles to clip before z-scoring (percentile mode)."
+    )
+
+    @field_validator("window")
+    @classmethod
+    def _width_positive(cls, v):
+        if v[1] <= 0:
+            raise ValueError("width (second value) must be > 0")
+        return v
+
+    @field_validator("percentiles")
+    @classmethod
+    def _pct(cls, v):
+        if not (0 <= v[0] < v[1] <= 100):
+            raise ValueError("need 0 <= low < high <= 100")
+        return v
+
+
+class DataConfig(_Section):
+    source: Literal["images", "volumes", "siim"] = Field(
+        "images",
+        description="images: images/ + masks/ folders; volumes: NIfTI/NRRD image+label pairs read as 2.5D; "
+        "siim: DICOM folder + SIIM-ACR RLE CSV.",
+    )
+    root: Optional[Path] = Field(None, description="Dataset folder (relative paths resolve against the config file).")
+    images_dir: str = Field("images", description="images source: sub-folder of root holding the images.")
+    masks_dir: str = Field("masks", description="images source: sub-folder of root holding the masks (same stems).")
+    image_suffix: str = Field("_image", description="volumes source: file-stem suffix of image volumes.")
+    label_suffix: str = Field("_label", description="volumes source: file-stem suffix of label volumes.")
+    rle_csv: Optional[Path] = Field(None, description="siim source: the competition's train-rle.csv (ImageId, EncodedPixels).")
+    cases_csv: Optional[Path] = Field(
+        None, description="Optional CSV with a 'case' column (file stem) and a patient column used to group the split."
+    )
+    group_column: str = Field("patient_id", description="Column of cases_csv that identifies a patient for splitting.")
+    modality: Literal["auto", "ct", "mr", "us", "xray", "other"] = Field(
+        "auto", description="Imaging modality; auto: CT if a volume holds values below -500, else other."
+    )
+    normalize: NormalizeConfig = Field(default_factory=NormalizeConfig, description="Intensity normalisation.")
+    context_slices: int = Field(
+        1, ge=0, le=8, description="volumes: k neighbouring slices on each side stacked as channels (2k+1 channels)."
+    )
+    color: Literal["auto", "grey", "rgb"] = Field(
+        "auto", description="images: grey (1 channel) or rgb (3); auto: grey unless some image has distinct colour channels."
+    )
+    input_size: tuple[int, int] = Field((256, 256), description="Network input (height, width) in pixels.")
+    resize_mode: Literal["resize", "letterbox"] = Field(
+        "resize", description="resize: scale to input_size; letterbox: keep aspect ratio and zero-pad."
+    )
+    skip_bad: bool = Field(
+        False, description="Skip unreadable/unmatched/mismatched files (listed in the run's bad_files.json) instead of failing."
+    )
+
+    @field_validator("input_size")
+    @classmethod
+    def _size(cls, v):
+        if min(v) < 16 or v[0] % 16 or v[1] % 16:
+            raise ValueError("each side must be a multiple of 16 and >= 16 (the networks downsample 4-5 times)")
+        return v
+
+
+class SplitConfig(_Section):
+    mode: Literal["holdout", "kfold", "file"] = Field(
+        "holdout", description="holdout: random val/test fractions by case; kfold: fold k of n; file: read split.json."
+    )
+    val_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="holdout: share of cases for validation.")
+    test_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="holdout/kfold: share of cases held out as test.")
+    folds: int = Field(5, ge=2, description="kfold: number of folds.")
+    fold: int = Field(0, ge=0, description="kfold: which fold is validation (0-based).")
+    file: Optional[Path] = Field(
+        None, description="file: JSON with case-id lists 'train', 'val' and optionally 'test' (a file with only train/test uses test as val)."
+    )
+    seed: Optional[int] = Field(None, description="Split seed; defaults to the run seed.")
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.mode == "kfold" and self.fold >= self.folds:
+            raise ValueError("split.fold: must be < split.folds")
+        if self.mode == "file" and self.file is None:
+            raise ValueError("split.file: required when split.mode is 'file'")
+        if self.val_fraction + self.test_fraction >= 1.0:
+            raise ValueError("split.val_fraction: val_fraction + test_fraction must be < 1")
+        return self
+
+
+class ModelConfig(_Section):
+    name: str = Field(
+        "unet",
+        description="Network: unet, basicunet, flexunet-resnet18/34/50, flexunet-efficientnet-b0..b4 (see `medseg models`).",
+    )
+    channels: list[int] = Field(
+        [16, 32, 64, 128, 256], description="unet: feature channels per level (also basicunet's 6 features if given 6)."
+    )
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout probability inside the network.")
+    pretrained: Optional[Path] = Field(
+        None, description="Local weights file (state_dict or Lightning checkpoint) loaded before training."
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v):
+        from medseg.models import available_models
+
+        names = available_models()
+        if v not in names:
+            hint = difflib.get_close_matches(v, names, n=1)
+            raise ValueError(f"unknown model '{v}'" + (f" (did you mean '{hint[0]}'?)" if hint else "") + f"; choose from {', '.join(names)}")
+        return v
+
+
+class OptimConfig(_Section):
+    name: Literal["adamw", "sgd"] = Field("adamw", description="Optimiser.")
+    lr: float = Field(1e-3, gt=0.0, le=10.0, description="Peak learning rate (after warm-up).")
+    weight_decay: float = Field(1e-4, ge=0.0, description="Decoupled weight decay (AdamW) or L2 (SGD).")
+    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD momentum (Nesterov).")
+
+
+class ScheduleConfig(_Section):
+    name: Literal["cosine", "poly", "plateau", "constant"] = Field(
+        "cosine", description="LR schedule after warm-up; stepped per optimiser step (plateau: per epoch on the monitor)."
+    )
+    warmup_epochs: float = Field(1.0, ge=0.0, description="Linear warm-up length in epochs (may be fractional).")
+    min_lr_ratio: float = Field(0.01, ge=0.0, le=1.0, description="Final LR as a fraction of the peak (cosine/poly floor).")
+    poly_power: float = Field(0.9, gt=0.0, description="poly: exponent of (1 - progress).")
+    plateau_patience: int = Field(3, ge=1, description="plateau: epochs without improvement before the LR is cut.")
+    plateau_factor: float = Field(0.5, gt=0.0, lt=1.0, description="plateau: LR multiplier on a cut.")
+
+
+class AugmentConfig(_Section):
+    preset: Literal["none", "light", "medium", "heavy"] = Field(
+        "light", description="Augmentation preset (albumentations); geometric transforms move image and mask together."
+    )
+    overrides: dict[str, float] = Field(
+        default_factory=dict, description="Per-transform probability overrides, e.g. {hflip: 0.0, rotate: 0.3}."
+    )
+
+
+class EarlyStopConfig(_Section):
+    patience: int = Field(0, ge=0, description="Epochs without improvement of the monitor before stopping (0: off).")
+    min_delta: float = Field(0.0, ge=0.0, description="Smallest improvement that counts.")
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(30, ge=1, description="Maximum number of epochs.")
+    batch_size: int = Field(8, ge=1, description="Images per optimiser micro-batch.")
+    accumulate: int = Field(1, ge=1, description="Gradient accumulation steps (effective batch = batch_size × accumulate).")
+    grad_clip: float = Field(1.0, ge=0.0, description="Clip the gradient norm to this value (0: off).")
+    precision: Literal["auto", "32", "bf16", "16"] = Field(
+        "auto",
+        description="auto: bf16-mixed on GPUs that support it, 16-mixed on older GPUs, 32 on CPU; bf16 on CPU only if asked.",
+    )
+    accelerator: Literal["auto", "cpu", "gpu"] = Field("auto", description="Lightning accelerator.")
+    devices: Union[int, str] = Field(1, description="Devices per node (int, or 'auto'); use torchrun for multi-node DDP.")
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes (0: load in the main process).")
+    monitor: Literal["dice", "iou", "loss"] = Field(
+        "dice", description="Validation quantity that picks the best checkpoint and drives early stopping (hard, per the contract)."
+    )
+    early_stopping: EarlyStopConfig = Field(default_factory=EarlyStopConfig, description="Early stopping on the monitor.")
+    steps_per_epoch: Optional[int] = Field(
+        None, ge=1, description="Optimiser micro-batches per epoch (default: one pass over the training images)."
+    )
+    channels_last: bool = Field(True, description="Use channels_last memory format (faster convolutions on CPU and GPU).")
+    deterministic: bool = Field(True, description="Seed every random stream per epoch so a resumed run equals an uninterrupted one.")
+
+
+class EvalConfig(_Section):
+    contract: MetricContract = Field(default_factory=MetricContract, description="The metric contract for every reported number.")
+    batch_size: int = Field(16, ge=1, description="Images per inference batch.")
+
+
+class Config(_Section):
+    """A medseg run: data, split, model, loss, optimiser, schedule, augmentation, training, evaluation."""
+
+    name: str = Field("run", description="Run name; the run folder is <output_dir>/<name>[-N] and never overwritten.")
+    output_dir: Path = Field(Path("runs"), description="Folder that holds run folders.")
+    seed: int = Field(0, description="Global seed (initialisation, sampling, augmentation, split).")
+    data: DataConfig = Field(default_factory=DataConfig, description="Where the data is and how it is read.")
+    split: SplitConfig = Field(default_factory=SplitConfig, description="How cases are split into train/val/test.")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="The network.")
+    loss: dict[str, Union[float, dict[str, Any]]] = Field(
+        default_factory=lambda: {"bce": 1.0, "dice": 1.0},
+        description="Weighted loss terms, e.g. {bce: 3, dice: 1, focal: 4}; a term may be a dict with 'weight' and parameters.",
+    )
+    optim: OptimConfig = Field(default_factory=OptimConfig, description="Optimiser.")
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig, description="Learning-rate schedule.")
+    augment: AugmentConfig = Field(default_factory=AugmentConfig, description="Training augmentation.")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="Training loop.")
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation and the metric contract.")
+    track: Literal["tensorboard", "mlflow", "none"] = Field("tensorboard", description="Experiment tracking backend.")
+
+    @field_validator("loss")
+    @classmethod
+    def _loss(cls, v):
+        from medseg.losses import validate_loss_spec
+
+        validate_loss_spec(v)
+        return v
+
+    @model_validator(mode="after")
+    def _cross(self):
+        if self.schedule.warmup_epochs >= self.train.epochs:
+            raise ValueError(
+                f"schedule.warmup_epochs: warm-up ({self.schedule.warmup_epochs:g} epochs) must be shorter than "
+                f"train.epochs ({self.train.epochs})"
+            )
+        return self
+
+
+# ---------------------------------------------------------------------------------------
+# Loading, overrides, one-line errors
+
+
+def _format_error(err: ValidationError, raw: dict) -> str:
+    e = err.errors()[0]
+    loc = ".".join(str(p) for p in e["loc"] if not isinstance(p, int) or True)
+    msg = e["msg"]
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    if e["type"] == "extra_forbidden":
+        parent = _section_model(e["loc"][:-1])
+        key = str(e["loc"][-1])
+        hint = difflib.get_close_matches(key, list(parent.model_fields), n=1) if parent else []
+        return f"config error: {loc}: unknown key" + (f" (did you mean '{hint[0]}'?)" if hint else "")
+    if msg.startswith(loc.split(".")[0] + "."):
+        return f"config error: {msg}"  # the validator already named the exact key
+    if not loc:
+        # model-level validators name their key at the start of the message
+        return f"config error: {msg}"
+    got = e.get("input")
+    shown = "" if isinstance(got, (dict, list)) or got is None else f" (got {got!r})"
+    return f"config error: {loc}: {msg}{shown}"
+
+
+def _section_model(loc) -> Optional[type[BaseModel]]:
+    model: Any = Config
+    for part in loc:
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return None
+        f = model.model_fields.get(str(part))
+        if f is None:
+            return None
+        model = f.annotation
+        if typing.get_origin(model) is Union:
+            model = next((a for a in typing.get_args(model) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'train.epochs=5' -> (['train', 'epochs'], 5); the value is parsed as YAML."""
+    if "=" not in text:
+        raise MedsegError(f"config error: --set {text!r}: expected KEY=VALUE, e.g. train.epochs=5")
+    key, value = text.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise MedsegError(f"config error: --set {text!r}: empty key")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError:
+        parsed = value
+    return parts, parsed
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    for text in overrides or []:
+        parts, value = parse_override(text)
+        node = raw
+        for p in parts[:-1]:
+            if not isinstance(node.get(p), dict):
+                node[p] = {}
+            node = node[p]
+        node[parts[-1]] = value
+    return raw
+
+
+def _resolve_paths(cfg: Config, base: Path) -> Config:
+    def fix(p: Optional[Path]) -> Optional[Path]:
+        if p is None:
+            return None
+        p = Path(p).expanduser()
+        return p if p.is_absolute() else (base / p).resolve()
+
+    cfg.data.root = fix(cfg.data.root)
+    cfg.data.rle_csv = fix(cfg.data.rle_csv)
+    cfg.data.cases_csv = fix(cfg.data.cases_csv)
+    cfg.split.file = fix(cfg.split.file)
+    cfg.model.pretrained = fix(cfg.model.pretrained)
+    return cfg
+
+
+def config_from_dict(raw: dict, base: Optional[Path] = None) -> Config:
+    try:
+        cfg = Config.model_validate(raw)
+    except ValidationError as err:
+        raise MedsegError(_format_error(err, raw)) from None
+    return _resolve_paths(cfg, base or Path.cwd())
+
+
+def read_yaml(path: Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise MedsegError(f"config error: {path}: no such file")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise MedsegError(f"config error: {path}{where}: not valid YAML") from None
+    if not isinstance(raw, dict):
+        raise MedsegError(f"config error: {path}: top level must be a mapping of keys")
+    return raw
+
+
+def load_config(path: Optional[Path], overrides: Optional[list[str]] = None) -> Config:
+    """Read a YAML config (or start from defaults when path is None), apply overrides, validate."""
+    raw = read_yaml(path) if path is not None else {}
+    raw = apply_overrides(raw, overrides or [])
+    base = Path(path).resolve().parent if path is not None else Path.cwd()
+    return config_from_dict(raw, base)
+
+
+def dump_config(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+# ---------------------------------------------------------------------------------------
+# Reference doc, generated from the schema
+
+
+def _type_name(ann) -> str:
+    origin = typing.get_origin(ann)
+    if origin is Literal:
+        return " | ".join(repr(a) if isinstance(a, str) else str(a) for a in typing.get_args(ann))
+    if origin is Union:
+        return " | ".join(_type_name(a) for a in typing.get_args(ann) if a is not type(None)) + (
+            " | null" if type(None) in typing.get_args(ann) else ""
+        )
+    if origin in (list, tuple, dict):
+        args = ", ".join(_type_name(a) for a in typing.get_args(ann) if a is not Ellipsis)
+        return f"{origin.__name__}[{args}]"
+    return getattr(ann, "__name__", str(ann))
+
+
+def reference_rows(model: type[BaseModel] = Config, prefix: str = "") -> list[tuple[str, str, str, str]]:
+    rows = []
+    inst = model()
+    for name, f in model.model_fields.items():
+        key = f"{prefix}{name}"
+        ann = f.annotation
+        sub = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+        if sub is not None:
+            rows.extend(reference_rows(sub, key + "."))
+            continue
+        default = getattr(inst, name)
+        if isinstance(default, Path):
+            default = str(default)
+        if isinstance(default, tuple):
+            default = list(default)
+        rows.append((key, _type_name(ann), yaml.safe_dump(default, default_flow_style=True).strip().removesuffix("..."), f.description or ""))
+    return rows
+
+
+def reference_markdown() -> str:
+    lines = [
+        "# Config reference",
+        "",
+        "Generated from the schema in `medseg/config.py` by `medseg config --reference --markdown`.",
+        "Every key is optional; unknown keys are errors. Override any key with `--set key=value`.",
+        "",
+        "| key | type | default | meaning |",
+        "|---|---|---|---|",
+    ]
+    for key, typ, default, desc in reference_rows():
+        bar = "\\|"
+        lines.append(f"| `{key}` | {typ.replace('|', bar)} | `{default.strip()}` | {desc.replace('|', bar)} |")
+    return "\n".join(lines) + "\n"
