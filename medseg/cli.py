@@ -1,0 +1,173 @@
+"""The `medseg` command line: one small function per verb, no logic beyond parsing."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from medseg.errors import MedsegError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    help="medseg: train, evaluate and explain segmentation models for tiny medical targets.",
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+
+SET_HELP = "Override a config key, e.g. --set train.epochs=5 (repeatable; values are YAML)."
+
+
+@app.command()
+def fit(
+    config: Optional[Path] = typer.Argument(None, help="YAML config (data, split, model, loss, optim, schedule, augment, train, eval)."),
+    set_: list[str] = typer.Option([], "--set", "-s", help=SET_HELP),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this folder from its last checkpoint."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="Hide progress bars."),
+):
+    """Train a model into a new run folder (runs/NAME), then evaluate its best checkpoint."""
+    from medseg.config import load_config
+    from medseg.fit import fit as do_fit
+
+    if resume is None and config is None:
+        raise MedsegError("fit: give a CONFIG file, or --resume runs/NAME")
+    if resume is not None and (config is not None or set_):
+        raise MedsegError("fit --resume: the run's saved config is used; drop CONFIG and --set")
+    cfg = load_config(config, set_) if resume is None else None
+    run_dir = do_fit(cfg, resume=resume, console=console, progress=not no_progress)
+    console.print(f"[bold green]run folder: {run_dir}")
+
+
+@app.command()
+def evaluate(
+    run: Path = typer.Argument(..., help="Run folder."),
+    data: Optional[Path] = typer.Option(None, "--data", help="YAML with a data: section to evaluate on instead of the run's validation split."),
+    sweep: bool = typer.Option(False, "--sweep", help="Also sweep the threshold 0.05..0.95 and report the best."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="Hide progress bars."),
+):
+    """Recompute validation metrics from the best checkpoint (checked against what training reported)."""
+    from medseg.evaluate import evaluate_run
+
+    s = evaluate_run(run, data, sweep=sweep, console=console, progress=not no_progress)
+    tr = s.get("training_reported")
+    if tr and not tr["match"]:
+        raise MedsegError(f"{run}: recomputed dice {s['dice']:.6f} differs from training's {tr['dice']:.6f}")
+
+
+@app.command()
+def predict(
+    run: Path = typer.Argument(..., help="Run folder."),
+    input: Path = typer.Argument(..., help="An image folder, a NIfTI/NRRD volume (or folder of them), or a DICOM folder."),
+    output: Path = typer.Argument(..., help="New output folder (must not exist or be empty)."),
+    threshold: Optional[float] = typer.Option(None, "--threshold", help="Binarisation threshold (default: the run's contract)."),
+    tta: bool = typer.Option(False, "--tta", help="Average with horizontally flipped predictions."),
+):
+    """Write probability maps and binary masks at the input's own size and geometry."""
+    from medseg.predict import predict_run
+
+    out = predict_run(run, input, output, threshold=threshold, tta=tta, console=console)
+    console.print(f"[bold green]predictions: {out}")
+
+
+@app.command("config")
+def config_cmd(
+    reference: bool = typer.Option(False, "--reference", help="Print every key with type, default and meaning."),
+    markdown: bool = typer.Option(False, "--markdown", help="With --reference: print the Markdown table (docs/CONFIG.md)."),
+    check: Optional[Path] = typer.Option(None, "--check", help="Validate this config file and print it resolved."),
+    set_: list[str] = typer.Option([], "--set", "-s", help=SET_HELP),
+):
+    """Show the config reference, or validate and resolve a config file."""
+    from medseg.config import dump_config, load_config, reference_markdown, reference_rows
+
+    if reference:
+        if markdown:
+            typer.echo(reference_markdown(), nl=False)
+            return
+        from rich.table import Table
+
+        t = Table(title="medseg config reference", show_lines=False)
+        for c in ("key", "type", "default", "meaning"):
+            t.add_column(c, overflow="fold")
+        for row in reference_rows():
+            t.add_row(*row)
+        Console().print(t)
+        return
+    if check is not None or set_:
+        typer.echo(dump_config(load_config(check, set_)), nl=False)
+        return
+    raise MedsegError("config: use --reference, or --check FILE")
+
+
+@app.command()
+def metrics(
+    pred_dir: Path = typer.Argument(..., help="Folder of predicted masks or probability maps."),
+    truth_dir: Path = typer.Argument(..., help="Folder of binary truth masks (matched by file stem)."),
+    threshold: float = typer.Option(0.5, "--threshold", help="Probability threshold (hard metrics)."),
+    empty: str = typer.Option("one", "--empty", help="Empty prediction on empty truth scores: one | nan | zero."),
+    reduction: str = typer.Option("per_image", "--reduction", help="per_image | global (per_volume: use 3D files)."),
+    kind: str = typer.Option("hard", "--kind", help="hard | soft."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for cases.csv and summary.json."),
+):
+    """Score a folder of predictions against a folder of truths under a stated metric contract."""
+    from pydantic import ValidationError
+
+    from medseg.evaluate import print_summary
+    from medseg.metrics import MetricContract, score_folders
+    from medseg import run as runfs
+
+    try:
+        contract = MetricContract(threshold=threshold, empty=empty, reduction=reduction, kind=kind)
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise MedsegError(f"--{err['loc'][0]}: {err['msg']}") from None
+    rows, summary = score_folders(pred_dir, truth_dir, contract)
+    if out is not None:
+        if out.exists() and any(out.iterdir()):
+            raise MedsegError(f"--out {out}: folder exists and is not empty (nothing is overwritten)")
+        out.mkdir(parents=True, exist_ok=True)
+        runfs.write_csv(out / "cases.csv", rows)
+        runfs.write_json(out / "summary.json", summary)
+    print_summary(Console(), summary, title=f"{pred_dir} vs {truth_dir}")
+
+
+@app.command()
+def demo(
+    output_dir: Path = typer.Option(Path("runs"), "--output-dir", help="Where the demo run folder goes."),
+    epochs: int = typer.Option(30, "--epochs", help="Training epochs."),
+    cache: Optional[Path] = typer.Option(None, "--cache", help="Cache folder for the downloaded data (default ~/.cache/medseg)."),
+):
+    """Download the pyradiomics 3.0.1 volumes, train a 2.5D model on CPU, evaluate, predict, summarise."""
+    from medseg.demo import run_demo
+
+    run_demo(output_dir=output_dir, epochs=epochs, cache=cache, console=console)
+
+
+@app.command()
+def models():
+    """List the model names accepted by model.name."""
+    from medseg.models import available_models
+
+    for name in available_models():
+        typer.echo(name)
+
+
+def main() -> None:
+    try:
+        app()
+    except MedsegError as e:
+        msg = " ".join(str(e).split())  # one line, always
+        console.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,354 @@
+"""Low-level file readers: 2D images, 3D volumes (NIfTI, NRRD) and DICOM.
+
+Every reader returns raw values as float32 (no normalisation) and raises a one-line
+`MedsegError` that starts with the file path when the file cannot be used.
+
+Volume axis convention (shared with `writers.write_volume_like`, its exact inverse):
+the file array is indexed (x, y, z) -- NIfTI (i, j, k) as nibabel returns it, NRRD in
+pynrrd's default Fortran index order -- and no reorientation is applied. The returned
+volume is ``arr.transpose(2, 1, 0)``, shape (Z, H, W), so slice z is ``arr[:, :, z].T``:
+rows run along y and columns along x, the way radiology viewers show an axial slice of a
+file in the usual orientation. Spacing is returned in the same order: (z, row, col) =
+(dz, dy, dx) in mm.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from medseg.errors import MedsegError
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+VOLUME_EXTS = (".nii.gz", ".nii", ".nrrd")
+
+
+def one_line(text: Any, limit: int = 200) -> str:
+    """Collapse an exception message to one short line (the CLI prints errors on one line).
+
+    Args:
+        text: anything with a str().
+        limit: maximum length kept.
+    """
+    s = re.sub(r"\s+", " ", str(text)).strip()
+    return s if len(s) <= limit else s[: limit - 3] + "..."
+
+
+def _fail(path: Path, reason: str, err: Optional[BaseException] = None) -> MedsegError:
+    detail = f" ({type(err).__name__}: {one_line(err)})" if err is not None and str(err) else (
+        f" ({type(err).__name__})" if err is not None else ""
+    )
+    return MedsegError(f"{path}: {reason}{detail}")
+
+
+def volume_stem(path: Path) -> str:
+    """File name without its volume extension ('a.nii.gz' -> 'a').
+
+    Args:
+        path: a .nii, .nii.gz or .nrrd file.
+    """
+    name = Path(path).name
+    for ext in VOLUME_EXTS:
+        if name.lower().endswith(ext):
+            return name[: -len(ext)]
+    return Path(path).stem
+
+
+def volume_format(path: Path) -> Optional[str]:
+    """'nifti', 'nrrd' or None, from the file name's suffix (case-insensitive).
+
+    Args:
+        path: any file path.
+    """
+    name = Path(path).name.lower()
+    if name.endswith(".nii") or name.endswith(".nii.gz"):
+        return "nifti"
+    if name.endswith(".nrrd"):
+        return "nrrd"
+    return None
+
+
+# ---------------------------------------------------------------------------------------
+# 2D images
+
+
+def _png_bit_depth(path: Path) -> int:
+    # IHDR is always the first chunk: 8-byte signature, 4 length, 4 type, 4 width, 4 height, then depth.
+    with open(path, "rb") as f:
+        head = f.read(25)
+    return head[24] if len(head) == 25 and head[:8] == b"\x89PNG\r\n\x1a\n" else 8
+
+
+def _read_tiff(path: Path) -> np.ndarray:
+    import tifffile
+
+    arr = np.asarray(tifffile.imread(str(path)))
+    arr = np.squeeze(arr)
+    if arr.ndim == 3 and arr.shape[-1] not in (3, 4) and arr.shape[0] in (3, 4):
+        arr = np.moveaxis(arr, 0, -1)  # planar (C, H, W) storage
+    return arr
+
+
+def _read_pil(path: Path, as_mask: bool) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as img:
+        img.load()  # decode now so truncated/corrupt files fail here, inside the caller's try
+        fmt = img.format
+        mode = img.mode
+        if mode == "P":
+            # Palette PNGs are a common mask format whose pixel values are the palette indices
+            # (the class ids); for images the palette colours are the data.
+            if as_mask:
+                return np.asarray(img)
+            img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+            mode = img.mode
+        if mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+            img = img.convert("RGB")
+            mode = "RGB"
+        if mode == "PA":
+            img = img.convert("LA")
+            mode = "LA"
+        arr = np.asarray(img)
+    if fmt == "PNG" and mode in ("RGB", "RGBA") and _png_bit_depth(path) == 16:
+        # Pillow reduces 16-bit colour PNGs to 8 bit; OpenCV keeps all 16 bits (in BGR order).
+        import cv2
+
+        raw = cv2.imdecode(np.fromfile(str(path), dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+        if raw is None:
+            raise ValueError("OpenCV could not decode the 16-bit colour PNG")
+        arr = raw[..., [2, 1, 0]] if raw.shape[-1] == 3 else raw[..., [2, 1, 0, 3]]
+    if mode == "LA":
+        arr = arr[..., 0]
+    return arr
+
+
+def read_image_2d(path: Path, as_mask: bool = False) -> np.ndarray:
+    """Read a PNG/JPEG/TIFF/BMP image as raw float32 values.
+
+    8- and 16-bit, grey and colour files are supported; an alpha channel is dropped
+    (RGBA -> RGB, grey+alpha -> grey). Whether an RGB file really holds a grey image is for
+    the caller to decide (`sources` compares the channels).
+
+    Args:
+        path: the image file.
+        as_mask: keep palette indices of palette ("P") PNGs instead of their colours, so
+            an indexed label map reads as its class ids.
+
+    Returns:
+        (H, W) or (H, W, 3) float32 array of the stored values.
+
+    Raises:
+        MedsegError: missing, unreadable, corrupt or not a 2D image; message names the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise _fail(path, "no such file")
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            arr = _read_tiff(path)
+        else:
+            arr = _read_pil(path, as_mask)
+    except MedsegError:
+        raise
+    except Exception as e:  # decoders raise many unrelated types for corrupt files
+        raise _fail(path, "cannot read image", e) from None
+    if arr.dtype == bool:
+        arr = arr.astype(np.uint8)
+    if arr.ndim == 3 and arr.shape[-1] == 4:
+        arr = arr[..., :3]
+    elif arr.ndim == 3 and arr.shape[-1] == 2:
+        arr = arr[..., 0]  # grey + alpha (TIFF)
+    elif arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[-1] == 3)):
+        raise _fail(path, f"not a 2D grey or RGB image (array shape {tuple(arr.shape)})")
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise _fail(path, "image is empty (0 pixels)")
+    if not np.issubdtype(arr.dtype, np.number):
+        raise _fail(path, f"unsupported pixel type {arr.dtype}")
+    return arr.astype(np.float32, copy=False)
+
+
+# ---------------------------------------------------------------------------------------
+# Volumes
+
+
+def _as_3d(arr: np.ndarray, path: Path) -> np.ndarray:
+    while arr.ndim > 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]  # (x, y, z, 1) as some tools write single-timepoint images
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    if arr.ndim != 3:
+        raise _fail(path, f"expected a 3D volume, got array shape {tuple(arr.shape)}")
+    return arr
+
+
+def _nrrd_spacing(header: dict, ndim: int) -> Optional[tuple[float, float, float]]:
+    dirs = header.get("space directions")
+    sp: list[Optional[float]] = [None] * ndim
+    if dirs is not None:
+        for i, row in enumerate(list(dirs)[:ndim]):
+            if row is None:
+                continue
+            v = np.asarray(row, dtype=float)
+            if v.size and np.all(np.isfinite(v)):
+                sp[i] = float(np.linalg.norm(v))
+    spacings = header.get("spacings")
+    if spacings is not None:
+        for i, s in enumerate(list(spacings)[:ndim]):
+            if sp[i] is None and s is not None and np.isfinite(float(s)):
+                sp[i] = float(s)
+    if any(s is None for s in sp[:3]):
+        return None
+    return (sp[2], sp[1], sp[0])
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, np.ndarray):
+        return [_jsonable(x) for x in v.tolist()] if v.ndim else _jsonable(v.item())
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, (np.floating, float)):
+        f = float(v)
+        return None if not np.isfinite(f) else f
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    if isinstance(v, (str, int, bool)) or v is None:
+        return v
+    return str(v)
+
+
+def read_volume(path: Path, dtype: Any = np.float32) -> tuple[np.ndarray, Optional[tuple[float, float, float]], dict]:
+    """Read a NIfTI (.nii, .nii.gz) or NRRD (.nrrd) volume as (Z, H, W).
+
+    See the module docstring for the axis convention: ``vol[z] == file_array[:, :, z].T``.
+    NIfTI scaling (scl_slope/scl_inter) is applied.
+
+    Args:
+        path: the volume file.
+        dtype: output dtype (float32 for images; labels may ask for None to keep the stored type).
+
+    Returns:
+        (volume (Z, H, W), spacing (z, row, col) in mm or None when the file has none,
+        header info: JSON-serialisable dict with 'format', 'shape' (file array shape) and the
+        geometry: 'affine' for NIfTI, 'space'/'space_directions'/'space_origin' for NRRD).
+
+    Raises:
+        MedsegError: missing, unreadable or not a 3D volume; message names the file.
+    """
+    path = Path(path)
+    fmt = volume_format(path)
+    if fmt is None:
+        raise _fail(path, "not a volume file (expected .nii, .nii.gz or .nrrd)")
+    if not path.is_file():
+        raise _fail(path, "no such file")
+    try:
+        if fmt == "nifti":
+            import nibabel as nib
+
+            img = nib.load(str(path))
+            arr = np.asarray(img.dataobj)
+            zooms = [float(z) for z in img.header.get_zooms()]
+            shape = list(arr.shape)
+            arr = _as_3d(arr, path)
+            zooms = (zooms + [1.0, 1.0, 1.0])[:3]
+            spacing: Optional[tuple[float, float, float]] = (zooms[2], zooms[1], zooms[0])
+            info = {"format": "nifti", "shape": shape, "affine": _jsonable(np.asarray(img.affine))}
+        else:
+            import nrrd
+
+            data, header = nrrd.read(str(path), index_order="F")
+            arr = np.asarray(data)
+            shape = list(arr.shape)
+            spacing = _nrrd_spacing(header, arr.ndim)
+            arr = _as_3d(arr, path)
+            info = {
+                "format": "nrrd",
+                "shape": shape,
+                "space": header.get("space"),
+                "space_directions": _jsonable(header.get("space directions")),
+                "space_origin": _jsonable(header.get("space origin")),
+            }
+    except MedsegError:
+        raise
+    except Exception as e:
+        raise _fail(path, "cannot read volume", e) from None
+    if not np.issubdtype(arr.dtype, np.number) and arr.dtype != bool:
+        raise _fail(path, f"unsupported voxel type {arr.dtype}")
+    vol = arr.transpose(2, 1, 0)
+    vol = np.ascontiguousarray(vol, dtype=dtype) if dtype is not None else np.ascontiguousarray(vol)
+    return vol, spacing, info
+
+
+# ---------------------------------------------------------------------------------------
+# DICOM
+
+
+def _dicom_str(ds: Any, key: str) -> Optional[str]:
+    v = ds.get(key, None)
+    if v is None:
+        return None
+    s = str(v).strip()
+    return s or None
+
+
+def read_dicom(path: Path) -> tuple[np.ndarray, dict]:
+    """Read a single-frame grey DICOM image.
+
+    RescaleSlope/RescaleIntercept are applied; MONOCHROME1 images (where high values are
+    dark) are inverted around their own value range so that bright always means dense.
+
+    Args:
+        path: a .dcm file (Part-10 file with preamble, as the SIIM-ACR data).
+
+    Returns:
+        (image (H, W) float32, info dict with 'SOPInstanceUID', 'PatientID', 'PixelSpacing'
+        ([row_mm, col_mm] or None), 'Modality', 'PhotometricInterpretation').
+
+    Raises:
+        MedsegError: not DICOM, no/undecodable pixel data, multi-frame or colour; names the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise _fail(path, "no such file")
+    try:
+        import pydicom
+
+        ds = pydicom.dcmread(str(path))
+    except Exception as e:
+        raise _fail(path, "cannot read DICOM file", e) from None
+    if "PixelData" not in ds:
+        raise _fail(path, "DICOM file has no pixel data")
+    try:
+        arr = np.asarray(ds.pixel_array)
+    except Exception as e:  # e.g. a compressed transfer syntax without its decoder installed
+        raise _fail(path, "cannot decode DICOM pixel data", e) from None
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    spp = int(ds.get("SamplesPerPixel", 1) or 1)
+    if frames > 1 or spp != 1 or arr.ndim != 2:
+        raise _fail(path, f"expected a single-frame grey DICOM image, got pixel array shape {tuple(arr.shape)}")
+    img = arr.astype(np.float32)
+    slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
+    intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
+    if slope != 1.0 or intercept != 0.0:
+        img = img * np.float32(slope) + np.float32(intercept)
+    photometric = _dicom_str(ds, "PhotometricInterpretation")
+    if photometric == "MONOCHROME1" and img.size:
+        img = (img.max() + img.min()) - img
+    spacing = ds.get("PixelSpacing", None) or ds.get("ImagerPixelSpacing", None)
+    try:
+        pixel_spacing = [float(spacing[0]), float(spacing[1])] if spacing is not None and len(spacing) >= 2 else None
+    except (TypeError, ValueError):
+        pixel_spacing = None
+    info = {
+        "SOPInstanceUID": _dicom_str(ds, "SOPInstanceUID"),
+        "PatientID": _dicom_str(ds, "PatientID"),
+        "PixelSpacing": pixel_spacing,
+        "Modality": _dicom_str(ds, "Modality"),
+        "PhotometricInterpretation": photometric,
+    }
+    return img.astype(np.float32, copy=False), info

@@ -1,0 +1,209 @@
+"""`medseg fit`: data -> split -> fingerprint -> run folder -> Lightning training -> final evaluation."""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, RichProgressBar, TQDMProgressBar
+from rich.console import Console
+from torch.utils.data import DataLoader
+
+import medseg
+from medseg import run as runfs
+from medseg.config import Config, config_from_dict, dump_config, read_yaml
+from medseg.data import load_data
+from medseg.data.augment import build_augment
+from medseg.data.dataset import SeededSampler, SegDataset
+from medseg.data.fingerprint import compute_fingerprint
+from medseg.data.split import make_split, save_split
+from medseg.engine import AtomicCheckpointIO, SegModule, resolve_precision
+from medseg.errors import MedsegError
+
+
+@dataclass
+class SplitArrays:
+    """Stacked arrays of one split part, with the samples' meta in the same order."""
+
+    images: np.ndarray
+    masks: np.ndarray
+    meta: list[dict]
+
+
+def stack_part(loaded, case_ids: list[str]) -> SplitArrays:
+    wanted = set(case_ids)
+    chosen = [s for s in loaded.samples if s.case_id in wanted]
+    if not chosen:
+        return SplitArrays(np.zeros((0, loaded.in_channels, 1, 1), np.float32), np.zeros((0, 1, 1), np.uint8), [])
+    images = np.stack([s.image for s in chosen]).astype(np.float32, copy=False)
+    masks = np.stack([s.mask for s in chosen]).astype(np.uint8, copy=False)
+    meta = []
+    for s in chosen:
+        m = {"sample_id": s.sample_id, "case_id": s.case_id, **s.meta}
+        vol = m.get("volume")
+        if vol is not None and vol in loaded.volumes:
+            m["volume_spacing"] = loaded.volumes[vol].get("spacing")
+        meta.append(m)
+    return SplitArrays(images, masks, meta)
+
+
+class _KillSwitch(Callback):
+    """Fault injection for the resume tests: MEDSEG_KILL_AT_STEP=N ends the process hard at step N."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args, **kwargs):
+        if trainer.global_step >= self.step:
+            os._exit(137)
+
+
+def _setup_logging(run_dir: Path) -> logging.Logger:
+    log = logging.getLogger(f"medseg.run.{run_dir.name}")
+    log.setLevel(logging.INFO)
+    if not log.handlers:
+        h = logging.FileHandler(run_dir / runfs.LOGS / "train.log")
+        h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        log.addHandler(h)
+    return log
+
+
+def fit(cfg: Optional[Config] = None, resume: Optional[Path] = None, console: Optional[Console] = None, progress: bool = True) -> Path:
+    """Train a model; returns the run folder.
+
+    Args:
+        cfg: the validated config (ignored when resuming: the run's saved config is used).
+        resume: a run folder to continue from its last checkpoint.
+        console: where to print.
+        progress: show progress bars.
+    """
+    console = console or Console(stderr=True)
+    if resume is not None:
+        run_dir = runfs.open_run(resume)
+        cfg = config_from_dict(read_yaml(run_dir / runfs.CONFIG), run_dir)
+        if not (run_dir / runfs.LAST_CKPT).is_file():
+            console.print(f"[yellow]{run_dir}: no last checkpoint yet; starting its training from the beginning")
+    assert cfg is not None
+    precision = resolve_precision(cfg.train.precision, cfg.train.accelerator)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+
+    # Everything that can fail on the user's data fails here, before a run folder exists.
+    loaded = load_data(cfg.data, with_masks=True, progress=progress)
+    split = make_split([s.case_id for s in loaded.samples], cfg.split, cfg.seed)
+    train = stack_part(loaded, split["train"])
+    val = stack_part(loaded, split["val"])
+    if len(train.images) == 0 or len(val.images) == 0:
+        raise MedsegError("split: the training or validation set has no images")
+    fingerprint = compute_fingerprint(loaded, split)
+
+    if resume is None:
+        run_dir = runfs.create_run(cfg.output_dir, cfg.name)
+        (run_dir / runfs.CONFIG).write_text(dump_config(cfg))
+        runfs.write_json(run_dir / runfs.FINGERPRINT, fingerprint)
+        save_split(split, run_dir / runfs.SPLIT, cfg.split, cfg.seed)
+        runfs.write_json(run_dir / runfs.BAD_FILES, loaded.bad)
+    log = _setup_logging(run_dir)
+    pos_fraction = float(train.masks.mean())
+    state = {
+        "run_version": runfs.RUN_VERSION,
+        "medseg_version": medseg.__version__,
+        "torch_version": torch.__version__,
+        "precision": precision,
+        "in_channels": loaded.in_channels,
+        "source": loaded.source,
+        "pos_fraction_train": pos_fraction,
+        "n_train_images": len(train.images),
+        "n_val_images": len(val.images),
+        "machine": f"{platform.machine()} {os.cpu_count()} cpus, torch threads {torch.get_num_threads()}",
+    }
+    runfs.write_json(run_dir / runfs.STATE, state)
+    if loaded.bad:
+        log.warning("skipped %d bad files (bad_files.json)", len(loaded.bad))
+        console.print(f"[yellow]skipped {len(loaded.bad)} bad files, listed in {run_dir / runfs.BAD_FILES}")
+    if not fingerprint.get("mask_values_binary01", True):
+        console.print(f"[yellow]mask values seen: {fingerprint['raw_mask_values']} — anything > 0 is treated as foreground")
+    log.info("run %s: %d train / %d val images, precision %s", run_dir, len(train.images), len(val.images), precision)
+
+    bs = cfg.train.batch_size
+    samples_per_epoch = (cfg.train.steps_per_epoch * bs) if cfg.train.steps_per_epoch else len(train.images)
+    micro_batches = max(1, samples_per_epoch // bs)
+    steps_per_epoch = max(1, micro_batches // cfg.train.accumulate)
+    dataset = SegDataset(train.images, train.masks, build_augment(cfg.augment.preset, cfg.augment.overrides))
+    rank = int(os.environ.get("RANK", 0))
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    sampler = SeededSampler(len(dataset), cfg.seed, num_samples=micro_batches * bs * world, rank=rank, world_size=world)
+    loader = DataLoader(
+        dataset, batch_size=bs, sampler=sampler, num_workers=cfg.train.num_workers, drop_last=True,
+        persistent_workers=cfg.train.num_workers > 0,
+    )
+    module = SegModule(
+        cfg, loaded.in_channels, pos_fraction, val.images, val.masks, val.meta, steps_per_epoch, run_dir, precision
+    )
+    monitor_mode = "min" if cfg.train.monitor == "loss" else "max"
+    callbacks: list[Callback] = [
+        ModelCheckpoint(
+            dirpath=run_dir / "checkpoints", filename="best", monitor="val/monitor", mode=monitor_mode,
+            save_top_k=1, save_last=True, save_on_train_epoch_end=True, enable_version_counter=False,
+        ),
+        RichProgressBar() if progress and console.is_terminal else TQDMProgressBar(refresh_rate=max(1, micro_batches // 4)),
+    ]
+    if cfg.train.early_stopping.patience > 0:
+        callbacks.append(
+            EarlyStopping(
+                monitor="val/monitor", mode=monitor_mode, patience=cfg.train.early_stopping.patience,
+                min_delta=cfg.train.early_stopping.min_delta, check_on_train_epoch_end=True,
+            )
+        )
+    if os.environ.get("MEDSEG_KILL_AT_STEP"):
+        callbacks.append(_KillSwitch(int(os.environ["MEDSEG_KILL_AT_STEP"])))
+    loggers = []
+    if cfg.track == "tensorboard":
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        loggers.append(TensorBoardLogger(str(run_dir / runfs.LOGS), name="", version="tensorboard", default_hp_metric=False))
+    elif cfg.track == "mlflow":
+        try:
+            from lightning.pytorch.loggers import MLFlowLogger
+
+            loggers.append(MLFlowLogger(experiment_name=cfg.name, tracking_uri=f"sqlite:///{cfg.output_dir.resolve()}/mlflow.db", run_name=run_dir.name))
+        except Exception:
+            raise MedsegError("track: mlflow needs the optional extra: pip install 'medseg[mlflow]'") from None
+    torch.use_deterministic_algorithms(cfg.train.deterministic, warn_only=True)
+    trainer = pl.Trainer(
+        max_epochs=cfg.train.epochs,
+        accelerator=cfg.train.accelerator,
+        devices=cfg.train.devices,
+        precision=precision,
+        gradient_clip_val=cfg.train.grad_clip or None,
+        accumulate_grad_batches=cfg.train.accumulate,
+        callbacks=callbacks,
+        logger=loggers or False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        use_distributed_sampler=False,
+        log_every_n_steps=max(1, min(50, micro_batches)),
+        plugins=[AtomicCheckpointIO()],
+        enable_model_summary=False,
+        default_root_dir=str(run_dir),
+        enable_progress_bar=progress,
+    )
+    last = run_dir / runfs.LAST_CKPT
+    t0 = time.time()
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    trainer.fit(module, train_dataloaders=loader, ckpt_path=str(last) if resume is not None and last.is_file() else None)
+    log.info("training finished in %.1f s", time.time() - t0)
+    if not trainer.is_global_zero:
+        return run_dir
+
+    from medseg.evaluate import evaluate_run
+
+    evaluate_run(run_dir, console=console, val=val, loaded=loaded)
+    return run_dir

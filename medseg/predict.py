@@ -1,0 +1,99 @@
+"""`medseg predict`: probability maps and binary masks at the input's own size and geometry.
+
+Images -> probs/STEM.png (uint16, p = v/65535) + masks/STEM.png (0/255).
+Volumes -> STEM_prob.<ext> (float32) + STEM_mask.<ext> (uint8) with the input's header/affine.
+SIIM DICOMs -> probs/ + masks/ PNGs and submission.csv (ImageId, EncodedPixels, competition RLE).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+from rich.console import Console
+
+from medseg import run as runfs
+from medseg.data import infer_input, load_data
+from medseg.data.preprocess import to_original
+from medseg.data.readers import volume_stem
+from medseg.data.rle import write_rle_csv
+from medseg.data.writers import write_png_mask, write_png_prob, write_volume_like
+from medseg.errors import MedsegError
+from medseg.infer import predict_probs
+
+
+def predict_run(
+    run_dir: Path,
+    input_path: Path,
+    output: Path,
+    threshold: Optional[float] = None,
+    tta: bool = False,
+    console: Optional[Console] = None,
+) -> Path:
+    """Predict INPUT with the run's best checkpoint into the new folder OUTPUT.
+
+    Args:
+        run_dir: the run folder.
+        input_path: image folder, volume file/folder, or DICOM folder.
+        output: output folder; must not exist or be empty (nothing is overwritten).
+        threshold: binarisation threshold (default: the run's metric contract).
+        tta: horizontal-flip test-time augmentation.
+    """
+    from medseg.evaluate import load_network, load_run_config
+
+    console = console or Console(stderr=True)
+    run_dir = runfs.open_run(run_dir)
+    input_path = Path(input_path)
+    if not input_path.exists():
+        raise MedsegError(f"{input_path}: no such file or folder")
+    output = Path(output)
+    if output.exists() and (not output.is_dir() or any(output.iterdir())):
+        raise MedsegError(f"{output}: exists and is not empty (predict never overwrites)")
+    cfg = load_run_config(run_dir)
+    state = runfs.read_json(run_dir / runfs.STATE)
+    data_cfg = infer_input(input_path, cfg.data)
+    loaded = load_data(data_cfg, with_masks=False, progress=True)
+    if loaded.in_channels != state["in_channels"]:
+        raise MedsegError(f"{input_path}: images have {loaded.in_channels} channels, the model expects {state['in_channels']}")
+    net, _ = load_network(run_dir, cfg, state["in_channels"])
+    images = np.stack([s.image for s in loaded.samples]).astype(np.float32, copy=False)
+    probs = predict_probs(net, images, cfg.eval.batch_size, state["precision"], "cpu", cfg.train.channels_last, tta=tta)
+    thr = cfg.eval.contract.threshold if threshold is None else threshold
+    if not 0.0 < thr < 1.0:
+        raise MedsegError(f"--threshold: must be in (0, 1), got {thr}")
+    output.mkdir(parents=True, exist_ok=True)
+    if loaded.source == "volumes":
+        _write_volumes(loaded, probs, thr, output)
+    else:
+        rle_rows = {}
+        (output / "probs").mkdir()
+        (output / "masks").mkdir()
+        for s, p in zip(loaded.samples, probs):
+            full = to_original(p, s.meta["resize"])
+            mask = (full >= thr).astype(np.uint8)
+            write_png_prob(output / "probs" / f"{s.sample_id}.png", full)
+            write_png_mask(output / "masks" / f"{s.sample_id}.png", mask)
+            if loaded.source == "siim":
+                rle_rows[s.meta.get("image_id", s.sample_id)] = mask
+        if loaded.source == "siim":
+            write_rle_csv(output / "submission.csv", rle_rows)
+    runfs.write_json(
+        output / "prediction.json",
+        {"run": str(run_dir), "input": str(input_path), "threshold": thr, "tta": tta, "n_images": len(probs), "source": loaded.source},
+    )
+    return output
+
+
+def _write_volumes(loaded, probs: np.ndarray, thr: float, output: Path) -> None:
+    by_vol: dict[str, list[int]] = {}
+    for i, s in enumerate(loaded.samples):
+        by_vol.setdefault(s.meta["volume"], []).append(i)
+    for vol, idx in by_vol.items():
+        idx = sorted(idx, key=lambda i: loaded.samples[i].meta["slice"])
+        full = np.stack([to_original(probs[i], loaded.samples[i].meta["resize"]) for i in idx])
+        ref = Path(loaded.volumes[vol]["path"])
+        suffix = ".nii.gz" if ref.name.endswith(".nii.gz") else ref.suffix
+        stem = volume_stem(ref)
+        write_volume_like(output / f"{stem}_prob{suffix}", full.astype(np.float32), ref, dtype=np.float32)
+        write_volume_like(output / f"{stem}_mask{suffix}", (full >= thr).astype(np.uint8), ref, dtype=np.uint8)
