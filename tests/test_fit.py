@@ -1,0 +1,82 @@
+"""End to end on a synthetic PNG folder: fit -> run folder -> evaluate matches -> resume equality."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from medseg import run as runfs
+from medseg.config import config_from_dict
+from medseg.evaluate import evaluate_run
+from medseg.fit import fit
+
+from tests.conftest import tiny_config, write_config
+
+
+def _cli(*args, env=None, cwd=None):
+    e = dict(os.environ, **(env or {}))
+    return subprocess.run([sys.executable, "-m", "medseg.cli", *map(str, args)], capture_output=True, text=True, env=e, cwd=cwd)
+
+
+def test_fit_writes_the_run_folder_contract_and_evaluate_matches(blob_data, tmp_path):
+    cfg = config_from_dict(tiny_config(blob_data, tmp_path / "runs", train__epochs=3))
+    run = fit(cfg, progress=False)
+    for rel in (runfs.CONFIG, runfs.FINGERPRINT, runfs.SPLIT, runfs.EPOCHS_CSV, runfs.CASES_CSV, runfs.SUMMARY, runfs.BEST_CKPT, runfs.LAST_CKPT):
+        assert (run / rel).is_file(), rel
+    epochs = runfs.read_csv(run / runfs.EPOCHS_CSV)
+    assert [r["epoch"] for r in epochs] == [0, 1, 2]
+    assert all(np.isfinite(r["train_loss"]) for r in epochs)
+    summary = json.loads((run / runfs.SUMMARY).read_text())
+    assert summary["contract"]["kind"] == "hard" and "contract_text" in summary
+    assert summary["training_reported"]["match"], summary["training_reported"]
+    fp = json.loads((run / runfs.FINGERPRINT).read_text())
+    assert fp["raw_mask_values"] == [0, 255] and fp["n_images"] == 16
+    split = json.loads((run / runfs.SPLIT).read_text())
+    assert not set(split["train"]) & set(split["val"])
+    # the standalone verb recomputes from best.ckpt and must agree to 1e-4
+    again = evaluate_run(run, progress=False)
+    assert abs(again["dice"] - summary["training_reported"]["dice"]) <= 1e-4
+    # a second fit never overwrites the first
+    run2 = fit(cfg, progress=False)
+    assert run2 != run and run2.name == "t-2"
+
+
+def test_training_learns_the_synthetic_lesions(tmp_path):
+    from tests.conftest import make_blob_folder
+
+    data = make_blob_folder(tmp_path / "d", n=32)
+    cfg = config_from_dict(tiny_config(data, tmp_path / "runs", train__epochs=12, augment__preset="none", schedule__warmup_epochs=1))
+    run = fit(cfg, progress=False)
+    summary = json.loads((run / runfs.SUMMARY).read_text())
+    assert summary["dice"] > 0.7, summary["dice"]
+
+
+@pytest.mark.slow
+def test_resume_after_kill_equals_uninterrupted_run(blob_data, tmp_path):
+    cfg = tiny_config(blob_data, tmp_path / "runs", train__epochs=4)
+    path = write_config(tmp_path / "c.yaml", cfg)
+    full = _cli("fit", path, "--no-progress")
+    assert full.returncode == 0, full.stderr[-2000:]
+    # 12 train images / batch 4 = 3 steps per epoch: step 7 is in the middle of epoch 2
+    killed = _cli("fit", path, "--no-progress", "--set", "name=k", env={"MEDSEG_KILL_AT_STEP": "7"})
+    assert killed.returncode == 137
+    run_k = tmp_path / "runs" / "k"
+    assert len(runfs.read_csv(run_k / runfs.EPOCHS_CSV)) == 2
+    resumed = _cli("fit", "--resume", run_k, "--no-progress")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a = runfs.read_csv(tmp_path / "runs" / "t" / runfs.EPOCHS_CSV)
+    b = runfs.read_csv(run_k / runfs.EPOCHS_CSV)
+    assert [r["epoch"] for r in b] == [0, 1, 2, 3]
+    for ra, rb in zip(a, b):
+        assert ra["train_loss"] == pytest.approx(rb["train_loss"], abs=1e-6)
+        assert ra["val_dice"] == pytest.approx(rb["val_dice"], abs=1e-6, nan_ok=True)
+    wa = torch.load(tmp_path / "runs" / "t" / runfs.LAST_CKPT, weights_only=False)["state_dict"]
+    wb = torch.load(run_k / runfs.LAST_CKPT, weights_only=False)["state_dict"]
+    for k in wa:
+        assert torch.allclose(wa[k].float(), wb[k].float(), atol=1e-6), k
