@@ -124,6 +124,7 @@ class ModelConfig(_Section):
     channels: list[int] = Field(
         [16, 32, 64, 128, 256], description="unet: feature channels per level (also basicunet's 6 features if given 6)."
     )
+    res_units: int = Field(2, ge=0, le=4, description="unet: residual units per level (0: plain convolutions).")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout probability inside the network.")
     pretrained: Optional[Path] = Field(
         None, description="Local weights file (state_dict or Lightning checkpoint) loaded before training."

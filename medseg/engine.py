@@ -75,7 +75,7 @@ class SegModule(pl.LightningModule):
     ):
         super().__init__()
         self.cfg = cfg
-        self.net = create_model(cfg.model.name, in_channels, cfg.model.channels, cfg.model.dropout)
+        self.net = create_model(cfg.model.name, in_channels, cfg.model.channels, cfg.model.dropout, cfg.model.res_units)
         if cfg.model.pretrained is not None:
             self.pretrained_info = load_weights(self.net, cfg.model.pretrained)
         if cfg.train.channels_last:

@@ -35,7 +35,7 @@ def load_network(run_dir: Path, cfg: Config, in_channels: int, which: str = runf
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # noqa: BLE001
         raise MedsegError(f"{path}: unreadable checkpoint ({type(e).__name__})") from None
-    net = create_model(cfg.model.name, in_channels, cfg.model.channels, cfg.model.dropout)
+    net = create_model(cfg.model.name, in_channels, cfg.model.channels, cfg.model.dropout, cfg.model.res_units)
     state = {k[len("net."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
     net.load_state_dict(state)
     if cfg.train.channels_last:
@@ -50,7 +50,7 @@ def score(probs: np.ndarray, masks: np.ndarray, meta: list[dict], contract, surf
 
     rows = []
     for p, m, info in zip(probs, masks, meta):
-        r = case_metrics(p, m, contract, spacing=tuple(info["spacing"]) if info.get("spacing") else None, surface=surface)
+        r = case_metrics(p, m, contract, spacing=tuple(info["spacing_input"]) if info.get("spacing_input") else None, surface=surface)
         rows.append({"case": info["sample_id"], "case_id": info.get("case_id"), **r})
     image_contract = contract.model_copy(update={"reduction": "per_image"}) if contract.reduction == "per_volume" else contract
     out = {"image_rows": rows, "summary": summarize(rows, image_contract), "volume_rows": [], "volume_summary": None}

@@ -48,9 +48,14 @@ def stack_part(loaded, case_ids: list[str]) -> SplitArrays:
     meta = []
     for s in chosen:
         m = {"sample_id": s.sample_id, "case_id": s.case_id, **s.meta}
+        # metrics are computed at network input size, so distances need the spacing there
+        sy, sx = (m.get("resize") or {}).get("scale", (1.0, 1.0))
+        if m.get("spacing"):
+            m["spacing_input"] = [m["spacing"][0] / sy, m["spacing"][1] / sx]
         vol = m.get("volume")
-        if vol is not None and vol in loaded.volumes:
-            m["volume_spacing"] = loaded.volumes[vol].get("spacing")
+        if vol is not None and vol in loaded.volumes and loaded.volumes[vol].get("spacing"):
+            z, r, c = loaded.volumes[vol]["spacing"]
+            m["volume_spacing"] = [z, r / sy, c / sx]
         meta.append(m)
     return SplitArrays(images, masks, meta)
 
@@ -153,8 +158,9 @@ def fit(cfg: Optional[Config] = None, resume: Optional[Path] = None, console: Op
             dirpath=run_dir / "checkpoints", filename="best", monitor="val/monitor", mode=monitor_mode,
             save_top_k=1, save_last=True, save_on_train_epoch_end=True, enable_version_counter=False,
         ),
-        RichProgressBar() if progress and console.is_terminal else TQDMProgressBar(refresh_rate=max(1, micro_batches // 4)),
     ]
+    if progress:
+        callbacks.append(RichProgressBar() if console.is_terminal else TQDMProgressBar(refresh_rate=max(1, micro_batches // 4)))
     if cfg.train.early_stopping.patience > 0:
         callbacks.append(
             EarlyStopping(

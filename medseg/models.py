@@ -26,7 +26,7 @@ def available_models() -> list[str]:
 
 
 @register_model("unet")
-def _unet(in_channels: int, channels: list[int], dropout: float) -> nn.Module:
+def _unet(in_channels: int, channels: list[int], dropout: float, res_units: int = 2) -> nn.Module:
     from monai.networks.nets import UNet
 
     chans = tuple(channels)
@@ -36,13 +36,13 @@ def _unet(in_channels: int, channels: list[int], dropout: float) -> nn.Module:
         out_channels=1,
         channels=chans,
         strides=(2,) * (len(chans) - 1),
-        num_res_units=2,
+        num_res_units=res_units,
         dropout=dropout,
     )
 
 
 @register_model("basicunet")
-def _basicunet(in_channels: int, channels: list[int], dropout: float) -> nn.Module:
+def _basicunet(in_channels: int, channels: list[int], dropout: float, res_units: int = 2) -> nn.Module:
     from monai.networks.nets import BasicUNet
 
     feats = tuple(channels) if len(channels) == 6 else (32, 32, 64, 128, 256, 32)
@@ -50,7 +50,7 @@ def _basicunet(in_channels: int, channels: list[int], dropout: float) -> nn.Modu
 
 
 def _flex(backbone: str):
-    def build(in_channels: int, channels: list[int], dropout: float) -> nn.Module:
+    def build(in_channels: int, channels: list[int], dropout: float, res_units: int = 2) -> nn.Module:
         from monai.networks.nets import FlexibleUNet
 
         return FlexibleUNet(
@@ -102,7 +102,16 @@ def load_weights(model: nn.Module, path: Path) -> dict:
     return {"loaded": len(loaded), "skipped_shape": skipped, "missing": len(own) - len(loaded)}
 
 
-def create_model(name: str, in_channels: int, channels: list[int] | None = None, dropout: float = 0.0) -> nn.Module:
+def create_model(name: str, in_channels: int, channels: list[int] | None = None, dropout: float = 0.0, res_units: int = 2) -> nn.Module:
+    """Build a registered network with one output channel (logits).
+
+    Args:
+        name: registry name (see `available_models()`).
+        in_channels: image channels (1 grey, 3 RGB, 2k+1 for 2.5D).
+        channels: unet feature channels per level (basicunet: 6 features).
+        dropout: dropout probability.
+        res_units: unet residual units per level.
+    """
     if name not in MODELS:
         raise MedsegError(f"config error: model.name: unknown model '{name}'")
-    return MODELS[name](in_channels=in_channels, channels=list(channels or [16, 32, 64, 128, 256]), dropout=dropout)
+    return MODELS[name](in_channels=in_channels, channels=list(channels or [16, 32, 64, 128, 256]), dropout=dropout, res_units=res_units)

@@ -64,7 +64,7 @@ def predict_run(
         raise MedsegError(f"--threshold: must be in (0, 1), got {thr}")
     output.mkdir(parents=True, exist_ok=True)
     if loaded.source == "volumes":
-        _write_volumes(loaded, probs, thr, output)
+        _write_volumes(loaded, probs, thr, output, data_cfg.image_suffix)
     else:
         rle_rows = {}
         (output / "probs").mkdir()
@@ -85,7 +85,7 @@ def predict_run(
     return output
 
 
-def _write_volumes(loaded, probs: np.ndarray, thr: float, output: Path) -> None:
+def _write_volumes(loaded, probs: np.ndarray, thr: float, output: Path, image_suffix: str = "") -> None:
     by_vol: dict[str, list[int]] = {}
     for i, s in enumerate(loaded.samples):
         by_vol.setdefault(s.meta["volume"], []).append(i)
@@ -95,5 +95,8 @@ def _write_volumes(loaded, probs: np.ndarray, thr: float, output: Path) -> None:
         ref = Path(loaded.volumes[vol]["path"])
         suffix = ".nii.gz" if ref.name.endswith(".nii.gz") else ref.suffix
         stem = volume_stem(ref)
+        # brain1_image.nrrd -> brain1_prob.nrrd / brain1_mask.nrrd (beside brain1_label.nrrd)
+        if image_suffix and stem.endswith(image_suffix) and len(stem) > len(image_suffix):
+            stem = stem[: -len(image_suffix)]
         write_volume_like(output / f"{stem}_prob{suffix}", full.astype(np.float32), ref, dtype=np.float32)
         write_volume_like(output / f"{stem}_mask{suffix}", (full >= thr).astype(np.uint8), ref, dtype=np.uint8)

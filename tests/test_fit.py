@@ -51,7 +51,7 @@ def test_training_learns_the_synthetic_lesions(tmp_path):
     from tests.conftest import make_blob_folder
 
     data = make_blob_folder(tmp_path / "d", n=32)
-    cfg = config_from_dict(tiny_config(data, tmp_path / "runs", train__epochs=12, augment__preset="none", schedule__warmup_epochs=1))
+    cfg = config_from_dict(tiny_config(data, tmp_path / "runs", train__epochs=12, augment__preset="none", schedule__warmup_epochs=1, model={"name": "unet", "channels": [8, 16, 32], "res_units": 0}))
     run = fit(cfg, progress=False)
     summary = json.loads((run / runfs.SUMMARY).read_text())
     assert summary["dice"] > 0.7, summary["dice"]

@@ -18,8 +18,8 @@ from tests.conftest import make_blob_folder, tiny_config
 from tests.data.conftest import write_dicom
 
 
-def _fit(tmp_path, data, **over):
-    cfg = config_from_dict(tiny_config(data, tmp_path / "runs", train__epochs=2, schedule__warmup_epochs=0, **over))
+def _fit(tmp_path, root, **over):
+    cfg = config_from_dict(tiny_config(root, tmp_path / "runs", train__epochs=2, schedule__warmup_epochs=0, **over))
     return fit(cfg, progress=False)
 
 

@@ -38,9 +38,10 @@ def one_line(text: Any, limit: int = 200) -> str:
 
 
 def _fail(path: Path, reason: str, err: Optional[BaseException] = None) -> MedsegError:
-    detail = f" ({type(err).__name__}: {one_line(err)})" if err is not None and str(err) else (
-        f" ({type(err).__name__})" if err is not None else ""
-    )
+    detail = ""
+    if err is not None:
+        text = one_line(err)
+        detail = f" ({type(err).__name__}: {text})" if text else f" ({type(err).__name__})"
     return MedsegError(f"{path}: {reason}{detail}")
 
 

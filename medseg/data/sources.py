@@ -23,7 +23,6 @@ Conventions every caller relies on:
 from __future__ import annotations
 
 import csv
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional

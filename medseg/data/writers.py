@@ -148,8 +148,7 @@ def write_volume_like(path: Path, volume_zhw: np.ndarray, reference_path: Path, 
             img = nib.Nifti1Image(data, ras)
             img.header.set_xyzt_units("mm")
         img.set_data_dtype(np.dtype(dtype))
-        # the stored values are exactly `data`: no inherited scaling from the reference
-        img.header.set_slope_inter(1.0, 0.0)
+        # nibabel resets any scl_slope/scl_inter inherited from the reference header (tested)
         nib.save(img, str(path))
     else:
         import nrrd

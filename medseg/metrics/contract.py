@@ -13,6 +13,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 CONTRACT_VERSION = 1
+# Version of the metric definitions (formulas, empty rules, surface and lesion definitions);
+# bumped whenever a change could alter a reported number for the same predictions.
+METRICS_VERSION = 1
 
 
 class MetricContract(BaseModel):
@@ -48,3 +51,15 @@ class MetricContract(BaseModel):
         """One line printed beside every number, e.g. 'hard@0.50, per_image mean, empty→one'."""
         t = f"hard@{self.threshold:.2f}" if self.kind == "hard" else "soft"
         return f"{t}, {self.reduction.replace('_', '-')} mean, empty/empty→{self.empty}"
+
+    def empty_score(self) -> float:
+        """Dice/IoU/precision/recall of a case whose truth and (hard) prediction are both empty."""
+        return {"one": 1.0, "nan": float("nan"), "zero": 0.0}[self.empty]
+
+    def empty_distance(self) -> float:
+        """HD95/ASD of a case whose truth and prediction are both empty.
+
+        `one` counts it as perfect (0.0); `nan` and `zero` give NaN, because no finite
+        distance is a "worst" score the way Dice 0 is.
+        """
+        return 0.0 if self.empty == "one" else float("nan")

@@ -1,0 +1,125 @@
+"""Threshold sweep: hard metrics at many thresholds from one sort of each case's probabilities."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from medseg.metrics.cases import check_case
+from medseg.metrics.contract import MetricContract
+from medseg.metrics.overlap import overlap_scores
+from medseg.metrics.summary import contract_fields
+
+SWEEP_METRICS = ("dice", "iou")
+FLAT_TOLERANCE = 1e-6
+FLAT_WARNING = (
+    "the metric does not depend on the threshold: predictions are already binary, or the metric "
+    "thresholds internally — the symptom of the Dice-thresholding bug"
+)
+
+
+def _counts_above(sorted_values: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    # number of values >= each threshold (same rule as cases.binarize)
+    return sorted_values.size - np.searchsorted(sorted_values, thresholds, side="left")
+
+
+def case_counts(prob: np.ndarray, truth: np.ndarray, thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """(tp, fp) at every threshold, and the numbers of truth and background pixels.
+
+    Only probabilities >= the lowest threshold can ever count, so just those are sorted,
+    which keeps large, mostly-background volumes cheap.
+    """
+    p, t = check_case(prob, truth)
+    p, t = p.ravel(), t.ravel()
+    lo = thresholds.min()
+    pos = np.sort(p[t & (p >= lo)])
+    neg = np.sort(p[~t & (p >= lo)])
+    n_pos = int(np.count_nonzero(t))
+    return _counts_above(pos, thresholds), _counts_above(neg, thresholds), n_pos, t.size - n_pos
+
+
+def threshold_sweep(
+    probs: Sequence[np.ndarray],
+    truths: Sequence[np.ndarray],
+    contract: MetricContract,
+    thresholds: Sequence[float] = np.arange(0.05, 0.951, 0.05),
+    metric: str = "dice",
+) -> dict:
+    """Dice, IoU, precision, recall and fp_rate_empty at each threshold; the best threshold.
+
+    Each threshold is scored exactly as `case_metrics` + `summarize` would with
+    `contract.threshold` set to it (hard masks, `prob >= threshold`, the contract's
+    reduction and empty policy), whatever `contract.kind` says. Thresholds are rounded to
+    10 decimals so np.arange's 0.30000000000000004 means 0.3.
+
+    Args:
+        probs: per-case probability maps in [0, 1] (2D or 3D).
+        truths: matching binary masks.
+        contract: reduction and empty policy.
+        thresholds: values in (0, 1).
+        metric: `dice` or `iou`, the one maximised.
+
+    Returns:
+        rows (threshold, dice, iou, precision, recall, fp_rate_empty), metric,
+        best_threshold / best_value (first maximum; None/NaN if the metric is NaN everywhere),
+        flat (the metric varies by less than 1e-6 across thresholds) and warning (why the
+        result is suspect, or None), plus contract, contract_text, metrics_version.
+    """
+    if metric not in SWEEP_METRICS:
+        raise ValueError(f"metric must be one of {', '.join(SWEEP_METRICS)} (got {metric!r})")
+    if len(probs) != len(truths) or not probs:
+        raise ValueError(f"need matching, non-empty lists of predictions and truths (got {len(probs)} and {len(truths)})")
+    thr = np.unique(np.round(np.asarray(thresholds, dtype=float), 10))
+    if thr.size == 0 or thr.min() <= 0 or thr.max() >= 1:
+        raise ValueError("thresholds must lie in (0, 1)")
+
+    counts = [case_counts(p, t, thr) for p, t in zip(probs, truths)]
+    tp = np.stack([c[0] for c in counts]).astype(float)  # (cases, thresholds)
+    fp = np.stack([c[1] for c in counts]).astype(float)
+    n_pos = np.array([c[2] for c in counts], dtype=float)[:, None]
+    n_neg = np.array([c[3] for c in counts], dtype=float)[:, None]
+    fn, tn = n_pos - tp, n_neg - fp
+    truth_empty = n_pos == 0
+    pred_empty = (tp + fp) == 0
+
+    if contract.reduction == "global":
+        all_ee = (truth_empty & pred_empty).all(axis=0)
+        scores = overlap_scores(tp.sum(0), fp.sum(0), fn.sum(0), tn.sum(0), all_ee, contract.empty_score())
+    else:
+        per_case = overlap_scores(tp, fp, fn, tn, truth_empty & pred_empty, contract.empty_score())
+        scores = {k: _nanmean_axis0(v) for k, v in per_case.items()}
+    n_empty = int(truth_empty.sum())
+    fp_rate_empty = ((truth_empty & ~pred_empty).sum(0) / n_empty) if n_empty else np.full(thr.size, np.nan)
+
+    rows = [
+        {"threshold": float(th), **{k: float(scores[k][i]) for k in ("dice", "iou", "precision", "recall")}, "fp_rate_empty": float(fp_rate_empty[i])}
+        for i, th in enumerate(thr)
+    ]
+    values = scores[metric]
+    finite = ~np.isnan(values)
+    if finite.any():
+        best = int(np.nanargmax(values))
+        best_threshold, best_value = float(thr[best]), float(values[best])
+        # one threshold cannot show a dependence, so it is never called flat
+        flat = bool(thr.size > 1 and np.nanmax(values) - np.nanmin(values) < FLAT_TOLERANCE)
+        warning = FLAT_WARNING if flat else None
+    else:
+        best_threshold, best_value, flat = None, float("nan"), False
+        warning = f"{metric} is NaN at every threshold (every case empty/empty under the 'nan' empty policy?)"
+    return {
+        "rows": rows,
+        "metric": metric,
+        "best_threshold": best_threshold,
+        "best_value": best_value,
+        "flat": flat,
+        "warning": warning,
+        **contract_fields(contract),
+    }
+
+
+def _nanmean_axis0(a: np.ndarray) -> np.ndarray:
+    keep = ~np.isnan(a)
+    n = keep.sum(axis=0)
+    total = np.where(keep, a, 0.0).sum(axis=0)
+    return np.where(n > 0, total / np.maximum(n, 1), np.nan)
