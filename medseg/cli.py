@@ -157,6 +157,54 @@ def models():
         typer.echo(name)
 
 
+@app.command()
+def compare(
+    runs: list[Path] = typer.Argument(..., help="Two or more run folders; the first is the reference A."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Also write the comparison as Markdown to this new file."),
+    html: Optional[Path] = typer.Option(None, "--html", help="Also write a self-contained HTML page (inline CSS) to this new file."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the full result as JSON to this new file."),
+    alpha: float = typer.Option(0.05, "--alpha", help="Significance level: a run is 'better' only if p < alpha and the CI excludes 0."),
+    resamples: int = typer.Option(10_000, "--resamples", help="Bootstrap resamples for the CI of the mean Dice difference."),
+    seed: int = typer.Option(0, "--seed", help="Bootstrap seed (same runs + seed give the same CI)."),
+):
+    """Compare runs: config differences, metrics with their contract, paired per-case Dice tests."""
+    from medseg.compare import check_new_files, compare_runs, print_comparison, write_reports
+
+    check_new_files(out, html, json_path)  # refuse before any work, never overwrite
+    result = compare_runs(runs, alpha=alpha, resamples=resamples, seed=seed)
+    print_comparison(Console(), result)
+    for path in write_reports(result, markdown=out, html_path=html, json_path=json_path):
+        console.print(f"[bold green]wrote {path}")
+
+
+@app.command("augment-preview")
+def augment_preview(
+    config: Path = typer.Argument(..., help="YAML config; its data, split, seed and augment sections are used."),
+    out: Path = typer.Option(Path("augment_preview.png"), "--out", help="New PNG file to write (never overwritten)."),
+    n: int = typer.Option(8, "--n", help="Training images to show, those with foreground first (one row each)."),
+    variants: int = typer.Option(5, "--variants", help="Augmented versions per image (columns after the original)."),
+    set_: list[str] = typer.Option([], "--set", "-s", help=SET_HELP),
+):
+    """Draw training images beside augmented versions, mask outlines on, to check the augmentation."""
+    from medseg.config import load_config
+    from medseg.data.augment_preview import write_augment_preview
+
+    path = write_augment_preview(load_config(config, set_), out, n=n, variants=variants)
+    console.print(f"[bold green]augmentation preview: {path}")
+
+
+@app.command()
+def report(
+    run: Path = typer.Argument(..., help="Run folder."),
+    no_predict: bool = typer.Option(False, "--no-predict", help="Do not run the checkpoint (no overlays; threshold curve only from metrics/threshold_sweep.json)."),
+    no_doctor: bool = typer.Option(False, "--no-doctor", help="Leave out the doctor's findings."),
+):
+    """(Re)write the run's report: report.html (self-contained), report.md and report_assets/ in the run folder."""
+    from medseg.report import build_report
+
+    build_report(run, console=console, predict=not no_predict, doctor=not no_doctor)
+
+
 def main() -> None:
     try:
         app()

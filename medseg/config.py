@@ -169,6 +169,46 @@ class AugmentConfig(_Section):
     )
 
 
+class SamplerConfig(_Section):
+    positive_share: Optional[float] = Field(
+        None, ge=0.0, le=1.0,
+        description="Target share of positive images (mask has any foreground) in every training batch; "
+        "null: natural order, no rebalancing.",
+    )
+    schedule: Optional[list[float]] = Field(
+        None,
+        description="Positive-share targets spread evenly over train.epochs, piecewise constant "
+        "(e.g. [0.8, 0.6, 0.4]: first third 0.8, ...); use instead of positive_share.",
+    )
+    crop_size: Optional[tuple[int, int]] = Field(
+        None, description="Train on random crops (height, width) of the input-size images; null: full images. "
+        "Validation and inference stay full size.",
+    )
+    foreground_crop_share: float = Field(
+        0.33, ge=0.0, le=1.0, description="Share of crops centred on a random foreground pixel (positive images); the rest are uniform.",
+    )
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule(cls, v):
+        if v is not None and (not v or any(not 0.0 <= t <= 1.0 for t in v)):
+            raise ValueError("needs one or more shares, each in [0, 1]")
+        return v
+
+    @field_validator("crop_size")
+    @classmethod
+    def _crop(cls, v):
+        if v is not None and (min(v) < 16 or v[0] % 16 or v[1] % 16):
+            raise ValueError("each side must be a multiple of 16 and >= 16 (the networks downsample 4-5 times)")
+        return v
+
+    @model_validator(mode="after")
+    def _one_target(self):
+        if self.schedule is not None and self.positive_share is not None:
+            raise ValueError("sampler.schedule: set either sampler.positive_share or sampler.schedule, not both")
+        return self
+
+
 class EarlyStopConfig(_Section):
     patience: int = Field(0, ge=0, description="Epochs without improvement of the monitor before stopping (0: off).")
     min_delta: float = Field(0.0, ge=0.0, description="Smallest improvement that counts.")
@@ -218,6 +258,9 @@ class Config(_Section):
     optim: OptimConfig = Field(default_factory=OptimConfig, description="Optimiser.")
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig, description="Learning-rate schedule.")
     augment: AugmentConfig = Field(default_factory=AugmentConfig, description="Training augmentation.")
+    sampler: SamplerConfig = Field(
+        default_factory=SamplerConfig, description="Training batch composition (positive share) and crops."
+    )
     train: TrainConfig = Field(default_factory=TrainConfig, description="Training loop.")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation and the metric contract.")
     track: Literal["tensorboard", "mlflow", "none"] = Field("tensorboard", description="Experiment tracking backend.")
@@ -232,6 +275,11 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _cross(self):
+        crop = self.sampler.crop_size
+        if crop is not None and (crop[0] > self.data.input_size[0] or crop[1] > self.data.input_size[1]):
+            raise ValueError(
+                f"sampler.crop_size: {list(crop)} must not exceed data.input_size {list(self.data.input_size)}"
+            )
         if self.schedule.warmup_epochs >= self.train.epochs:
             raise ValueError(
                 f"schedule.warmup_epochs: warm-up ({self.schedule.warmup_epochs:g} epochs) must be shorter than "

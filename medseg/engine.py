@@ -8,6 +8,7 @@ uses) under the metric contract, so the number that picks the best checkpoint is
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
@@ -21,6 +22,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from medseg import run as runfs
 from medseg.config import Config
+from medseg.data.sampling import audit_warning, composition_columns, epoch_target
 from medseg.infer import predict_probs
 from medseg.losses import build_loss
 from medseg.metrics import case_metrics, summarize
@@ -85,6 +87,7 @@ class SegModule(pl.LightningModule):
         self.steps_per_epoch = steps_per_epoch
         self.run_dir = Path(run_dir) if run_dir else None
         self.precision_name = precision
+        self.console = None  # fit sets its rich Console: where training warnings are shown
         self._reset_epoch_stats()
 
     # -- training ---------------------------------------------------------------------------
@@ -103,6 +106,9 @@ class SegModule(pl.LightningModule):
         if not torch.isfinite(loss):
             # recorded (and later diagnosed) rather than silently skipped
             self._stats.setdefault("nonfinite_steps", []).append(int(self.global_step))
+            # which terms overflowed, so `medseg doctor` can name the one to fix
+            bad_terms = [k for k, v in self.loss_fn.last_terms.items() if not math.isfinite(v)] or ["total"]
+            self._stats.setdefault("nonfinite_terms", set()).update(bad_terms)
         s = self._stats
         s["loss"].append(float(loss.detach()))
         for k, v in self.loss_fn.last_terms.items():
@@ -128,11 +134,15 @@ class SegModule(pl.LightningModule):
         }
         for k, v in s["terms"].items():
             row[f"train_loss_{k}"] = float(np.mean(v))
-        row["batch_pos_image_share_mean"] = float(np.mean(s["pos_img"])) if s["pos_img"] else float("nan")
-        row["batch_pos_image_share_min"] = float(np.min(s["pos_img"])) if s["pos_img"] else float("nan")
-        row["batch_pos_image_share_max"] = float(np.max(s["pos_img"])) if s["pos_img"] else float("nan")
-        row["batch_pos_pixel_share_mean"] = float(np.mean(s["pos_px"])) if s["pos_px"] else float("nan")
+        # batch composition as the model received it (after crops and augmentation) vs the sampler's target
+        target = epoch_target(self.cfg.sampler, int(self.current_epoch), self.cfg.train.epochs)
+        row.update(composition_columns(s["pos_img"], s["pos_px"], target))
+        warning = audit_warning(row["epoch"], row["batch_pos_image_share_mean"], target)
+        if warning and self.trainer.is_global_zero:
+            self._warn(warning)
         row["nonfinite_steps"] = len(s.get("nonfinite_steps", []))
+        row["first_nonfinite_step"] = s["nonfinite_steps"][0] if s.get("nonfinite_steps") else float("nan")
+        row["nonfinite_terms"] = ";".join(sorted(s.get("nonfinite_terms", ())))
         row["train_seconds"] = train_seconds
         row["train_images_per_s"] = s["n"] / max(train_seconds, 1e-9)
         t1 = time.time()
@@ -154,6 +164,14 @@ class SegModule(pl.LightningModule):
             for logger in self.loggers:
                 if hasattr(logger, "log_metrics"):
                     logger.log_metrics({k: v for k, v in row.items() if isinstance(v, (int, float)) and k not in ("epoch", "step")}, step=row["epoch"])
+
+    def _warn(self, message: str) -> None:
+        """A training warning, into the run's train.log (the logger fit sets up) and onto the console."""
+        logging.getLogger(f"medseg.run.{self.run_dir.name}" if self.run_dir else "medseg.run").warning(message)
+        from rich.console import Console
+        from rich.markup import escape
+
+        (self.console or Console(stderr=True)).print(f"[yellow]WARNING {escape(message)}")
 
     def validate_arrays(self) -> dict[str, float]:
         """Hard (per contract) validation metrics on the held validation arrays."""

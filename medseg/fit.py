@@ -22,8 +22,8 @@ from medseg import run as runfs
 from medseg.config import Config, config_from_dict, dump_config, read_yaml
 from medseg.data import load_data
 from medseg.data.augment import build_augment
-from medseg.data.dataset import SeededSampler, SegDataset
 from medseg.data.fingerprint import compute_fingerprint
+from medseg.data.sampling import build_train_dataset, build_train_sampler, check_sampler_pool, describe_sampler
 from medseg.data.split import make_split, save_split
 from medseg.engine import AtomicCheckpointIO, SegModule, resolve_precision
 from medseg.errors import MedsegError
@@ -74,8 +74,14 @@ class _KillSwitch(Callback):
 def _setup_logging(run_dir: Path) -> logging.Logger:
     log = logging.getLogger(f"medseg.run.{run_dir.name}")
     log.setLevel(logging.INFO)
+    path = str((run_dir / runfs.LOGS / "train.log").resolve())
+    for old in list(log.handlers):
+        # a run of the same name in another output_dir (same process) must not write here
+        if isinstance(old, logging.FileHandler) and old.baseFilename != path:
+            log.removeHandler(old)
+            old.close()
     if not log.handlers:
-        h = logging.FileHandler(run_dir / runfs.LOGS / "train.log")
+        h = logging.FileHandler(path)
         h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         log.addHandler(h)
     return log
@@ -107,6 +113,7 @@ def fit(cfg: Optional[Config] = None, resume: Optional[Path] = None, console: Op
     val = stack_part(loaded, split["val"])
     if len(train.images) == 0 or len(val.images) == 0:
         raise MedsegError("split: the training or validation set has no images")
+    check_sampler_pool(cfg.sampler, cfg.train.epochs, train.masks)
     fingerprint = compute_fingerprint(loaded, split)
 
     if resume is None:
@@ -136,15 +143,18 @@ def fit(cfg: Optional[Config] = None, resume: Optional[Path] = None, console: Op
     if not fingerprint.get("mask_values_binary01", True):
         console.print(f"[yellow]mask values seen: {fingerprint['raw_mask_values']} — anything > 0 is treated as foreground")
     log.info("run %s: %d train / %d val images, precision %s", run_dir, len(train.images), len(val.images), precision)
+    log.info(describe_sampler(cfg.sampler, train.masks))
 
     bs = cfg.train.batch_size
     samples_per_epoch = (cfg.train.steps_per_epoch * bs) if cfg.train.steps_per_epoch else len(train.images)
     micro_batches = max(1, samples_per_epoch // bs)
     steps_per_epoch = max(1, micro_batches // cfg.train.accumulate)
-    dataset = SegDataset(train.images, train.masks, build_augment(cfg.augment.preset, cfg.augment.overrides))
+    dataset = build_train_dataset(train.images, train.masks, build_augment(cfg.augment.preset, cfg.augment.overrides), cfg.sampler)
     rank = int(os.environ.get("RANK", 0))
     world = int(os.environ.get("WORLD_SIZE", 1))
-    sampler = SeededSampler(len(dataset), cfg.seed, num_samples=micro_batches * bs * world, rank=rank, world_size=world)
+    sampler = build_train_sampler(
+        cfg.sampler, train.masks, bs, cfg.seed, cfg.train.epochs, num_samples=micro_batches * bs * world, rank=rank, world_size=world
+    )
     loader = DataLoader(
         dataset, batch_size=bs, sampler=sampler, num_workers=cfg.train.num_workers, drop_last=True,
         persistent_workers=cfg.train.num_workers > 0,
@@ -152,6 +162,7 @@ def fit(cfg: Optional[Config] = None, resume: Optional[Path] = None, console: Op
     module = SegModule(
         cfg, loaded.in_channels, pos_fraction, val.images, val.masks, val.meta, steps_per_epoch, run_dir, precision
     )
+    module.console = console  # the batch-composition audit warns here too, not only in train.log
     monitor_mode = "min" if cfg.train.monitor == "loss" else "max"
     callbacks: list[Callback] = [
         ModelCheckpoint(
@@ -212,4 +223,11 @@ def fit(cfg: Optional[Config] = None, resume: Optional[Path] = None, console: Op
     from medseg.evaluate import evaluate_run
 
     evaluate_run(run_dir, console=console, val=val, loaded=loaded)
+    try:
+        from medseg.report import build_report
+
+        build_report(run_dir, val=val, console=console)
+    except Exception as e:  # noqa: BLE001 — the report is derived (`medseg report` rewrites it); never fail a finished fit
+        log.warning("report not written: %s: %s", type(e).__name__, e, exc_info=True)
+        console.print(f"[yellow]report not written ({type(e).__name__}: {e}); retry with: medseg report {run_dir}")
     return run_dir
