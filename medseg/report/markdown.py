@@ -1,0 +1,44 @@
+"""Render a `Report` as Markdown that references the PNGs in report_assets/."""
+
+from __future__ import annotations
+
+import re
+
+from medseg.report.model import Figure, Note, Report, Table
+
+ASSETS = "report_assets"
+
+
+def _cell(text: str) -> str:
+    # a pipe or a newline would end the cell or the row
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+
+
+def _table(t: Table) -> list[str]:
+    lines = ["| " + " | ".join(_cell(h) or " " for h in t.headers) + " |", "|" + "---|" * len(t.headers)]
+    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in t.rows]
+    if t.caption:
+        lines += ["", f"*{_cell(t.caption)}*"]
+    return lines
+
+
+def slug(title: str) -> str:
+    """The anchor GitHub and most Markdown viewers give a heading."""
+    return re.sub(r"[^\w\- ]", "", title.strip().lower()).replace(" ", "-")
+
+
+def render_markdown(report: Report) -> str:
+    """The report as Markdown; figure `name` is written to report_assets/<name>.png."""
+    lines = [f"# {report.title}", "", report.subtitle, ""]
+    lines += [f"- [{s.title}](#{slug(s.title)})" for s in report.sections] + [""]
+    for section in report.sections:
+        lines += [f"## {section.title}", ""]
+        for block in section.blocks:
+            if isinstance(block, Figure):
+                lines += [f"![{_cell(block.caption or block.name)}]({ASSETS}/{block.name}.png)", "", f"*{_cell(block.caption)}*"]
+            elif isinstance(block, Table):
+                lines += _table(block)
+            elif isinstance(block, Note):
+                lines.append(f"> **Warning:** {block.text}" if block.warn else block.text)
+            lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,86 @@
+"""The best checkpoint run on the validation images, for the overlays and the threshold curve."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from medseg import run as runfs
+from medseg.config import Config
+from medseg.errors import MedsegError
+
+
+@dataclass
+class ValPredictions:
+    """Validation images, truths and predicted probabilities, in the same order as `sample_ids`."""
+
+    images: np.ndarray  # (N, C, H, W) normalised network inputs
+    masks: np.ndarray  # (N, H, W) binary
+    probs: np.ndarray  # (N, H, W) in [0, 1]
+    sample_ids: list[str]
+
+
+def predict_validation(run_dir: Path, cfg: Config, state: dict, val=None) -> ValPredictions:
+    """Run the best checkpoint on the validation split.
+
+    Args:
+        run_dir: the run folder.
+        cfg: its config.
+        state: its state.json (in_channels, precision).
+        val: the validation `SplitArrays` if already in memory (fit passes them); otherwise the
+            data is reloaded and the run's split.json picks the validation cases.
+    """
+    from medseg.evaluate import load_network
+    from medseg.infer import predict_probs
+
+    if val is None:
+        from medseg.data import load_data
+        from medseg.fit import stack_part
+
+        split = runfs.read_json(run_dir / runfs.SPLIT)
+        loaded = load_data(cfg.data, with_masks=True, progress=False)
+        val = stack_part(loaded, split["val"])
+        if len(val.images) == 0:
+            raise MedsegError(f"{run_dir / runfs.SPLIT}: none of the validation cases is in the data any more")
+    net, _ = load_network(run_dir, cfg, state["in_channels"])
+    # same device and precision as `evaluate`, so the curve agrees with metrics/summary.json
+    probs = predict_probs(net, val.images, cfg.eval.batch_size, state["precision"], "cpu", cfg.train.channels_last)
+    return ValPredictions(val.images, val.masks, probs, [m["sample_id"] for m in val.meta])
+
+
+def pick_cases(case_rows: list[dict], per_side: int = 3) -> tuple[list[dict], list[dict]]:
+    """The best and the worst validation cases by Dice (cases with NaN Dice are left out).
+
+    The best are taken among cases whose truth has a lesion when there are any, because an
+    empty image correctly left empty says little about how lesions are segmented; the worst
+    come from all cases, since a false alarm on an empty image is worth seeing. With few cases
+    each side gets at most half, so no case is shown twice.
+    """
+    scored = [r for r in case_rows if isinstance(r.get("dice"), float) and not math.isnan(r["dice"])]
+    if not scored:
+        return [], []
+    k = max(1, min(per_side, len(scored) // 2))
+    worst = sorted(scored, key=lambda r: r["dice"])[:k]
+    shown = {r["case"] for r in worst}
+    rest = [r for r in scored if r["case"] not in shown]
+    with_lesion = [r for r in rest if str(r.get("truth_empty")).lower() not in ("true", "1", "1.0")]
+    best = sorted(with_lesion or rest, key=lambda r: -r["dice"])[:k]
+    return best, worst
+
+
+def sweep_from_predictions(preds: ValPredictions, cfg: Config) -> dict:
+    """Threshold sweep over the validation predictions, the same call `evaluate --sweep` makes."""
+    from medseg.metrics import threshold_sweep
+
+    return threshold_sweep(list(preds.probs), list(preds.masks), cfg.eval.contract)
+
+
+def index_of(preds: ValPredictions, sample_id: str) -> Optional[int]:
+    try:
+        return preds.sample_ids.index(sample_id)
+    except ValueError:
+        return None
