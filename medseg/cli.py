@@ -9,6 +9,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from medseg.errors import MedsegError
 
@@ -95,7 +96,7 @@ def config_cmd(
         for c in ("key", "type", "default", "meaning"):
             t.add_column(c, overflow="fold")
         for row in reference_rows():
-            t.add_row(*row)
+            t.add_row(*(escape(cell) for cell in row))  # descriptions hold brackets, e.g. medseg[mlflow]
         Console().print(t)
         return
     if check is not None or set_:
@@ -205,12 +206,45 @@ def report(
     build_report(run, console=console, predict=not no_predict, doctor=not no_doctor)
 
 
+@app.command()
+def doctor(
+    run: Path = typer.Argument(..., help="Run folder to diagnose."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the ranked findings to this new JSON file (a list of dicts)."),
+    no_eval: bool = typer.Option(False, "--no-eval", help="Read only the run's files; do not reload the data and run the checkpoint on validation."),
+):
+    """Diagnose a run: ranked findings with the numbers measured, why they matter, the config key to change and a confidence."""
+    from medseg.doctor import examine, print_findings, verdict, write_findings_json
+
+    if json_out is not None and json_out.exists():
+        raise MedsegError(f"--json {json_out}: file exists (nothing is overwritten)")
+    ev, findings = examine(run, evaluate=not no_eval)
+    print_findings(Console(), findings, ev.run_dir.name, verdict(findings), ev.notes, ev.summary.get("contract_text", ""))
+    if json_out is not None:
+        console.print(f"[bold green]findings: {write_findings_json(json_out, findings)}")
+
+
+@app.command("plan")
+def plan_cmd(
+    config: Path = typer.Argument(..., help="YAML config: its data and split are fingerprinted, its unset keys planned."),
+    set_: list[str] = typer.Option([], "--set", "-s", help=SET_HELP),
+    out: Path = typer.Option(Path("plan"), "--out", help="Folder for fingerprint.json, plan.json and the planned config.yaml (existing files are never overwritten)."),
+    no_measure: bool = typer.Option(False, "--no-measure", help="Estimate the step cost by a formula instead of timing training steps on this machine."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="Hide progress bars."),
+):
+    """Fingerprint the dataset and plan input size, batch size, sampler, loss, augmentation and epochs, with reasons."""
+    from medseg.plan import plan_command
+
+    folder = plan_command(config, set_, out, measure=False if no_measure else None, console=Console(), progress=not no_progress)
+    console.print(f"[bold green]plan: {folder}")
+
+
 def main() -> None:
     try:
         app()
     except MedsegError as e:
         msg = " ".join(str(e).split())  # one line, always
-        console.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
+        # escaped: a message may hold brackets (pip install 'medseg[mlflow]') that rich would read as markup
+        console.print(f"[bold red]error:[/] {escape(msg)}", highlight=False, soft_wrap=True)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted")

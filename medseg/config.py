@@ -235,6 +235,44 @@ class TrainConfig(_Section):
     )
     channels_last: bool = Field(True, description="Use channels_last memory format (faster convolutions on CPU and GPU).")
     deterministic: bool = Field(True, description="Seed every random stream per epoch so a resumed run equals an uninterrupted one.")
+    budget_minutes: Optional[float] = Field(
+        None, gt=0.0,
+        description="Training time budget; with plan.enabled the plan sets train.epochs from the measured (or estimated) "
+        "seconds per epoch, validation included. null: train.epochs as given.",
+    )
+
+
+class PlanConfig(_Section):
+    enabled: bool = Field(
+        True,
+        description="Fill the keys this config does not set (data.input_size, train.batch_size, sampler.positive_share, "
+        "loss, augment.preset, train.epochs) from the dataset fingerprint; plan.json records each value and why.",
+    )
+    measure: bool = Field(
+        True, description="Time a few training steps of the model on this machine for batch size and epochs; false: a formula (FLOPs)."
+    )
+    min_lesion_px: float = Field(
+        16.0, gt=0.0, description="The planned input size keeps the smallest 5% of lesions at least this many pixels (area), within max_side."
+    )
+    max_side: Optional[int] = Field(
+        None, ge=32, description="Largest planned input side in pixels; null: 256 when training on CPU, 1024 on a GPU."
+    )
+
+
+class TrackingConfig(_Section):
+    uri: Optional[str] = Field(
+        None,
+        description="track: mlflow: the MLflow tracking URI (http://host:5000, sqlite:///path/mlflow.db, ...). "
+        "null: `sqlite:///<output_dir>/mlflow.db`, artifacts in `<output_dir>/mlartifacts`.",
+    )
+    experiment: Optional[str] = Field(None, description="track: mlflow: the MLflow experiment name. null: the run name (`name`).")
+
+    @field_validator("uri", "experiment")
+    @classmethod
+    def _not_blank(cls, v):
+        if v is not None and not v.strip():
+            raise ValueError("must not be empty (use null for the default)")
+        return v
 
 
 class EvalConfig(_Section):
@@ -263,7 +301,13 @@ class Config(_Section):
     )
     train: TrainConfig = Field(default_factory=TrainConfig, description="Training loop.")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation and the metric contract.")
-    track: Literal["tensorboard", "mlflow", "none"] = Field("tensorboard", description="Experiment tracking backend.")
+    plan: PlanConfig = Field(default_factory=PlanConfig, description="The dataset-driven plan that fills unset keys (medseg plan).")
+    track: Literal["tensorboard", "mlflow", "none"] = Field(
+        "tensorboard",
+        description="Experiment tracking: tensorboard (events in the run's logs/), mlflow (needs the optional extra "
+        "`medseg[mlflow]`; params, per-epoch and final metrics, the report as artifacts; see tracking.*), or none.",
+    )
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="Where track: mlflow logs.")
 
     @field_validator("loss")
     @classmethod

@@ -1,4 +1,4 @@
-"""`medseg fit`: data -> split -> fingerprint -> run folder -> Lightning training -> final evaluation."""
+"""`medseg fit`: data -> split -> fingerprint and plan -> run folder -> Lightning training -> final evaluation."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import logging
 import os
 import platform
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -19,6 +20,7 @@ from torch.utils.data import DataLoader
 
 import medseg
 from medseg import run as runfs
+from medseg import tracking
 from medseg.config import Config, config_from_dict, dump_config, read_yaml
 from medseg.data import load_data
 from medseg.data.augment import build_augment
@@ -103,23 +105,36 @@ def fit(cfg: Optional[Config] = None, resume: Optional[Path] = None, console: Op
         if not (run_dir / runfs.LAST_CKPT).is_file():
             console.print(f"[yellow]{run_dir}: no last checkpoint yet; starting its training from the beginning")
     assert cfg is not None
+    tracking.require_backend(cfg)  # a missing optional extra fails before any run folder exists
     precision = resolve_precision(cfg.train.precision, cfg.train.accelerator)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
     # Everything that can fail on the user's data fails here, before a run folder exists.
     loaded = load_data(cfg.data, with_masks=True, progress=progress)
     split = make_split([s.case_id for s in loaded.samples], cfg.split, cfg.seed)
+    planned = None
+    if resume is None and cfg.plan.enabled:
+        # the plan fills the keys the config leaves unset (a resumed run keeps its saved, planned config)
+        from medseg.plan import plan_run, print_plan
+
+        planned = plan_run(cfg, loaded, split, progress=progress)
+        cfg, loaded = planned.config, planned.loaded
+        print_plan(console, planned.plan)
     train = stack_part(loaded, split["train"])
     val = stack_part(loaded, split["val"])
     if len(train.images) == 0 or len(val.images) == 0:
         raise MedsegError("split: the training or validation set has no images")
     check_sampler_pool(cfg.sampler, cfg.train.epochs, train.masks)
-    fingerprint = compute_fingerprint(loaded, split)
+    fingerprint = planned.fingerprint if planned else compute_fingerprint(loaded, split)
 
     if resume is None:
         run_dir = runfs.create_run(cfg.output_dir, cfg.name)
         (run_dir / runfs.CONFIG).write_text(dump_config(cfg))
         runfs.write_json(run_dir / runfs.FINGERPRINT, fingerprint)
+        if planned:
+            from medseg.plan import PLAN_JSON
+
+            runfs.write_json(run_dir / PLAN_JSON, planned.plan.to_json())
         save_split(split, run_dir / runfs.SPLIT, cfg.split, cfg.seed)
         runfs.write_json(run_dir / runfs.BAD_FILES, loaded.bad)
     log = _setup_logging(run_dir)
@@ -181,19 +196,12 @@ def fit(cfg: Optional[Config] = None, resume: Optional[Path] = None, console: Op
         )
     if os.environ.get("MEDSEG_KILL_AT_STEP"):
         callbacks.append(_KillSwitch(int(os.environ["MEDSEG_KILL_AT_STEP"])))
-    loggers = []
-    if cfg.track == "tensorboard":
-        from lightning.pytorch.loggers import TensorBoardLogger
-
-        loggers.append(TensorBoardLogger(str(run_dir / runfs.LOGS), name="", version="tensorboard", default_hp_metric=False))
-    elif cfg.track == "mlflow":
-        try:
-            from lightning.pytorch.loggers import MLFlowLogger
-
-            loggers.append(MLFlowLogger(experiment_name=cfg.name, tracking_uri=f"sqlite:///{cfg.output_dir.resolve()}/mlflow.db", run_name=run_dir.name))
-        except Exception:
-            raise MedsegError("track: mlflow needs the optional extra: pip install 'medseg[mlflow]'") from None
+    loggers = tracking.make_loggers(cfg, run_dir, console)
     torch.use_deterministic_algorithms(cfg.train.deterministic, warn_only=True)
+    # Lightning's start-up chatter (GPU/TPU lines, advertising tips) hides medseg's own output
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    logging.getLogger("lightning.fabric").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated")
     trainer = pl.Trainer(
         max_epochs=cfg.train.epochs,
         accelerator=cfg.train.accelerator,
@@ -214,7 +222,6 @@ def fit(cfg: Optional[Config] = None, resume: Optional[Path] = None, console: Op
     )
     last = run_dir / runfs.LAST_CKPT
     t0 = time.time()
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     trainer.fit(module, train_dataloaders=loader, ckpt_path=str(last) if resume is not None and last.is_file() else None)
     log.info("training finished in %.1f s", time.time() - t0)
     if not trainer.is_global_zero:
@@ -230,4 +237,5 @@ def fit(cfg: Optional[Config] = None, resume: Optional[Path] = None, console: Op
     except Exception as e:  # noqa: BLE001 — the report is derived (`medseg report` rewrites it); never fail a finished fit
         log.warning("report not written: %s: %s", type(e).__name__, e, exc_info=True)
         console.print(f"[yellow]report not written ({type(e).__name__}: {e}); retry with: medseg report {run_dir}")
+    tracking.finish(cfg, run_dir, console)  # after the report, which it uploads
     return run_dir

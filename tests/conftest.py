@@ -42,6 +42,7 @@ def tiny_config(data_root: Path, out: Path, **over) -> dict:
         "schedule": {"warmup_epochs": 0.5},
         "augment": {"preset": "light"},
         "train": {"epochs": 3, "batch_size": 4},
+        "plan": {"enabled": False},  # tests train exactly what they write; tests/test_plan.py switches it on
     }
     for k, v in over.items():
         sec, key = k.split("__") if "__" in k else (None, k)

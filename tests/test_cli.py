@@ -87,5 +87,5 @@ def test_missing_run_and_nonempty_predict_output(tmp_path):
 
 def test_help_lists_every_verb():
     out = _cli("--help").stdout
-    for verb in ("fit", "evaluate", "predict", "config", "metrics", "demo"):
+    for verb in ("fit", "evaluate", "predict", "config", "metrics", "demo", "compare", "doctor", "report", "plan", "augment-preview"):
         assert verb in out

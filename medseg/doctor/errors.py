@@ -1,0 +1,257 @@
+"""Error analysis: where the Dice is lost (false positives on empty images, missed lesions, outlines),
+and whether recall or precision is the weak side given the loss weights."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from medseg.doctor.evidence import RunEvidence, finite
+from medseg.doctor.finding import Finding
+
+# A loss component worth reporting costs at least this much mean Dice and this share of the deficit.
+MIN_LOST_DICE, MIN_DEFICIT_SHARE = 0.03, 0.25
+# Misses making up this share of the wrong pixels (or false positives, 1 - it) make that side "the weak one".
+MISS_DOMINANT = 0.7
+# Above this Dice the breakdown is informational only.
+GOOD_DICE = 0.85
+REGION_TERMS = ("tversky", "focal_tversky")
+
+
+def check(ev: RunEvidence) -> list[Finding]:
+    rows, summary = _rows_and_summary(ev)
+    out: list[Finding] = []
+    if rows:
+        out.extend(dice_loss_findings(ev, rows, summary))
+    f = recall_precision(ev, summary)
+    if f is not None:
+        out.append(f)
+    return out
+
+
+def _rows_and_summary(ev: RunEvidence) -> tuple[list[dict], dict]:
+    """Hard per-case rows and their summary (from the re-run, else from the run's files if hard)."""
+    if ev.eval is not None:
+        return ev.eval.hard_rows, ev.eval.hard_summary
+    if ev.contract.get("kind") == "soft":
+        return [], {}
+    return ev.cases, ev.summary
+
+
+def _flag(v) -> bool:
+    if isinstance(v, str):
+        return v.strip().lower() in ("true", "1", "1.0")
+    return bool(v) and not (isinstance(v, float) and math.isnan(v))
+
+
+def dice_breakdown(rows: list[dict]) -> dict:
+    """Split the per-image Dice deficit, sum over cases of (1 - Dice), into where it is lost.
+
+    fp_on_empty: empty-truth images with a prediction (Dice 0 there); missed: the share of each
+    non-empty image's deficit equal to its share of truth lesions not found; outline: the rest
+    of the non-empty images' deficit (found lesions segmented imperfectly, extra components).
+    Each is also given as mean-Dice points (divided by the number of cases with a Dice).
+    """
+    dice = np.array([float(r["dice"]) if finite(r.get("dice")) else np.nan for r in rows])
+    keep = np.isfinite(dice)
+    n = int(keep.sum())
+    truth_empty = np.array([_flag(r.get("truth_empty")) for r in rows])
+    pred_empty = np.array([_flag(r.get("pred_empty")) for r in rows])
+    n_truth = np.array([float(r.get("n_lesions_truth") or 0) for r in rows])
+    n_found = np.array([float(r.get("n_lesions_found") or 0) for r in rows])
+    lost = np.where(keep, 1.0 - np.nan_to_num(dice), 0.0)
+    missed_share = np.where(n_truth > 0, (n_truth - n_found) / np.maximum(n_truth, 1), 0.0)
+    nonempty = keep & ~truth_empty
+    parts = {
+        "fp_on_empty": float(lost[keep & truth_empty & ~pred_empty].sum()),
+        "missed": float((lost * missed_share)[nonempty].sum()),
+        "outline": float((lost * (1 - missed_share))[nonempty].sum()),
+    }
+    total = float(lost.sum())
+    return {
+        "n_cases": n,
+        "deficit": total,
+        "dice": float(np.nanmean(dice)) if n else float("nan"),
+        **{f"lost_{k}": (v / n if n else float("nan")) for k, v in parts.items()},
+        **{f"share_{k}": (v / total if total > 0 else 0.0) for k, v in parts.items()},
+        "n_empty_truth": int((keep & truth_empty).sum()),
+        "n_fp_on_empty": int((keep & truth_empty & ~pred_empty).sum()),
+        "n_lesions_truth": int(n_truth.sum()),
+        "n_lesions_found": int(n_found.sum()),
+    }
+
+
+def _bins(summary: dict) -> list[tuple[str, int, float]]:
+    out = []
+    for k, v in summary.items():
+        if k.startswith("n_lesions_truth_") and finite(v) and v > 0:
+            name = k[len("n_lesions_truth_"):]
+            out.append((name, int(v), float(summary.get(f"lesion_recall_{name}", float("nan")))))
+    return out
+
+
+def _input_scale(ev: RunEvidence) -> float:
+    fp = ev.fingerprint
+    size = fp.get("input_size")
+    h, w = (fp.get("orig_height") or {}).get("q50"), (fp.get("orig_width") or {}).get("q50")
+    if not size or not finite(h) or not finite(w):
+        return 1.0
+    return min(size[0] / h, size[1] / w)
+
+
+def _larger_input(ev: RunEvidence) -> list[int]:
+    size = ev.fingerprint.get("input_size") or list(ev.get("data.input_size") or [256, 256])
+    return [int(16 * math.ceil(2 * s / 16)) for s in size]
+
+
+def dice_loss_findings(ev: RunEvidence, rows: list[dict], summary: dict) -> list[Finding]:
+    b = dice_breakdown(rows)
+    if b["n_cases"] == 0 or b["deficit"] <= 0:
+        return []
+    severity = "info" if finite(b["dice"]) and b["dice"] >= GOOD_DICE else "warning"
+    used = float(ev.contract.get("threshold", 0.5))
+    loss = ev.get("loss") or {}
+    numbers = {k: v for k, v in b.items()}
+    out = []
+    if b["lost_fp_on_empty"] >= MIN_LOST_DICE and b["share_fp_on_empty"] >= MIN_DEFICIT_SHARE:
+        sw = ev.eval.sweep if ev.eval is not None else ev.saved_sweep
+        best = sw.get("best_threshold") if sw else None
+        if finite(best) and best > used:
+            fix_key, fix_value = "eval.contract.threshold", round(float(best), 2)
+        elif "bce" not in loss and "focal" not in loss:
+            fix_key, fix_value = "loss.bce", 1.0
+        elif finite(ev.get("sampler.positive_share")) and ev.get("sampler.positive_share") > 0.5:
+            fix_key, fix_value = "sampler.positive_share", 0.33
+        else:
+            fix_key, fix_value = "eval.contract.threshold", round(min(0.9, used + 0.2), 2)
+        out.append(Finding(
+            id="errors.fp_on_empty", family="errors", severity=severity, confidence=0.85,
+            impact=min(0.6, 2 * b["lost_fp_on_empty"]),
+            title=f"false positives on {b['n_fp_on_empty']} of {b['n_empty_truth']} empty images cost {b['lost_fp_on_empty']:.3f} Dice",
+            evidence=f"{b['share_fp_on_empty']:.0%} of the Dice deficit (1 - {b['dice']:.3f}) comes from predictions on "
+            f"images without a lesion (fp_rate_empty {b['n_fp_on_empty'] / max(b['n_empty_truth'], 1):.2f})",
+            why="each empty image with any predicted pixel scores Dice 0 under this contract: stray specks cost as "
+            "much as a missed lesion",
+            fix_key=fix_key, fix_value=fix_value, numbers=numbers,
+        ))
+    if b["lost_missed"] >= MIN_LOST_DICE and b["share_missed"] >= MIN_DEFICIT_SHARE:
+        bins = _bins(summary)
+        worst = min(bins, key=lambda t: t[2] if finite(t[2]) else 2.0) if bins else None
+        bin_text = ", ".join(f"{name} {rec * n:.0f}/{n}" for name, n, rec in bins if finite(rec))
+        if worst and worst[0] in ("small", "size0") and _input_scale(ev) < 0.999:
+            fix_key, fix_value = "data.input_size", _larger_input(ev)
+        else:
+            fix_key, fix_value = "loss.focal_tversky", {"weight": 1.0, "fp_weight": 0.3, "fn_weight": 0.7}
+        out.append(Finding(
+            id="errors.missed_lesions", family="errors", severity=severity, confidence=0.8,
+            impact=min(0.6, 2 * b["lost_missed"]),
+            title=f"missed lesions cost {b['lost_missed']:.3f} Dice ({b['n_lesions_truth'] - b['n_lesions_found']} of {b['n_lesions_truth']} not found)",
+            evidence=f"{b['share_missed']:.0%} of the Dice deficit is lesions with no overlapping prediction; found by size: {bin_text or 'n/a'}",
+            why="a missed lesion scores 0 on its image however well the others are outlined; the smallest lesions are missed first",
+            fix_key=fix_key, fix_value=fix_value, numbers={**numbers, "bins": [list(t) for t in bins]},
+        ))
+    if b["lost_outline"] >= MIN_LOST_DICE and b["share_outline"] >= 0.4:
+        lesion = ev.eval.found_lesion_dice if ev.eval is not None else []
+        lesion_text = f"; Dice of each found lesion: median {np.median(lesion):.3f} over {len(lesion)} lesions" if lesion else ""
+        if _input_scale(ev) < 0.999:
+            fix_key, fix_value = "data.input_size", _larger_input(ev)
+        elif "dice" not in loss and "lovasz" not in loss:
+            fix_key, fix_value = "loss.dice", 1.0
+        else:
+            fix_key, fix_value = "train.epochs", int(ev.get("train.epochs", 30)) * 2
+        out.append(Finding(
+            id="errors.poor_outline", family="errors", severity=severity, confidence=0.75,
+            impact=min(0.5, 1.5 * b["lost_outline"]),
+            title=f"found lesions are outlined imprecisely: boundary error costs {b['lost_outline']:.3f} Dice",
+            evidence=f"{b['share_outline']:.0%} of the Dice deficit is on images whose lesions were found; "
+            f"Dice on non-empty images {summary.get('dice_nonempty', float('nan')):.3f}{lesion_text}",
+            why="the lesions are detected but their extent is wrong (too large, too small, ragged), which a region "
+            "loss or more input resolution addresses",
+            fix_key=fix_key, fix_value=fix_value, numbers={**numbers, "found_lesion_dice_median": float(np.median(lesion)) if lesion else float("nan")},
+        ))
+    return out
+
+
+def precision_favouring_terms(loss: dict) -> list[tuple[str, dict, str]]:
+    """Loss terms configured to penalise false positives more than false negatives: (name, params, text)."""
+    out = []
+    for name, spec in loss.items():
+        if not isinstance(spec, dict):
+            continue
+        if name in REGION_TERMS:
+            fp = spec.get("fp_weight", spec.get("alpha", 0.3))
+            fn = spec.get("fn_weight", spec.get("beta", 0.7))
+            if finite(fp) and finite(fn) and fp > fn:
+                out.append((name, spec, f"loss.{name} fp_weight {fp:g} > fn_weight {fn:g}"))
+        elif name == "bce" and finite(spec.get("pos_weight")) and spec["pos_weight"] < 1:
+            out.append((name, spec, f"loss.bce pos_weight {spec['pos_weight']:g} < 1"))
+        elif name == "focal" and finite(spec.get("alpha")) and spec["alpha"] < 0.5:
+            out.append((name, spec, f"loss.focal alpha {spec['alpha']:g} < 0.5"))
+    return out
+
+
+def _recall_fix(name: str, spec: dict) -> dict:
+    fixed = {k: v for k, v in spec.items() if k not in ("alpha", "beta")}
+    if name in REGION_TERMS:
+        fixed.update(fp_weight=0.3, fn_weight=0.7)  # Salehi et al.'s recall-favouring default
+    elif name == "bce":
+        fixed["pos_weight"] = "auto"
+    else:
+        fixed["alpha"] = 0.75
+    return fixed
+
+
+def recall_precision(ev: RunEvidence, summary: dict) -> Finding | None:
+    """Misses (or false positives) make up most of the error, and loss weights push that way."""
+    tp, fp, fn = (summary.get(k) for k in ("tp", "fp", "fn"))
+    if not all(finite(x) for x in (tp, fp, fn)) or tp + fn <= 0 or fp + fn <= 0:
+        return None
+    recall = tp / (tp + fn)
+    precision = tp / (tp + fp) if tp + fp > 0 else float("nan")
+    # Dice = 2TP / (2TP + FP + FN): each error pixel costs the same, so the side with most of them is the weak one
+    denom = 2 * tp + fp + fn
+    lost_fn, lost_fp = fn / denom, fp / denom
+    miss_share = fn / (fp + fn)
+    loss = ev.get("loss") or {}
+    numbers = {"recall": recall, "precision": precision, "tp": tp, "fp": fp, "fn": fn, "miss_share": miss_share,
+               "dice_lost_to_fn": lost_fn, "dice_lost_to_fp": lost_fp}
+    precision_text = f"{precision:.3f}" if finite(precision) else "n/a (nothing predicted)"
+    evidence = (f"pooled validation recall {recall:.3f}, precision {precision_text}: misses are {miss_share:.0%} of the "
+                f"{fp + fn:.0f} wrong pixels and cost {lost_fn:.3f} Dice (false positives {lost_fp:.3f})")
+    if miss_share >= MISS_DOMINANT and lost_fn >= MIN_LOST_DICE:
+        bad = precision_favouring_terms(loss)
+        if bad:
+            name, spec, _ = bad[0]
+            return Finding(
+                id="errors.recall_loss_weights", family="errors", severity="serious", confidence=0.9, impact=0.95,
+                title=f"recall is the problem ({recall:.2f}, precision {precision_text}) and the loss favours precision",
+                evidence=f"{evidence}; {'; '.join(t for _, _, t in bad)}",
+                why="the loss is told that a false positive costs more than a missed lesion pixel, so the network "
+                "under-segments; for tiny targets the usual choice is the reverse (fn_weight 0.7, fp_weight 0.3)",
+                fix_key=f"loss.{name}", fix_value=_recall_fix(name, spec), numbers=numbers,
+            )
+        if lost_fn < 2 * MIN_LOST_DICE:
+            return None
+        return Finding(
+            id="errors.low_recall", family="errors", severity="warning", confidence=0.6, impact=min(0.5, 2 * lost_fn),
+            title=f"recall {recall:.2f} is the weak side (precision {precision_text})",
+            evidence=evidence,
+            why="the network under-segments: lesion pixels are missed more often than background is mislabelled",
+            fix_key="loss.focal_tversky", fix_value={"weight": 1.0, "fp_weight": 0.3, "fn_weight": 0.7}, numbers=numbers,
+        )
+    if miss_share <= 1 - MISS_DOMINANT and lost_fp >= 2 * MIN_LOST_DICE:
+        for name, spec in loss.items():
+            if not (isinstance(spec, dict) and name in REGION_TERMS):
+                continue
+            f_p, f_n = spec.get("fp_weight", spec.get("alpha", 0.3)), spec.get("fn_weight", spec.get("beta", 0.7))
+            if finite(f_p) and finite(f_n) and f_n >= 3 * max(f_p, 1e-9):
+                return Finding(
+                    id="errors.precision_loss_weights", family="errors", severity="warning", confidence=0.6, impact=min(0.5, 2 * lost_fp),
+                    title=f"precision is the weak side ({precision:.2f} vs recall {recall:.2f}) and loss.{name} weighs misses {f_n / max(f_p, 1e-9):.0f}x more",
+                    evidence=f"{evidence}; loss.{name} fp_weight {f_p:g}, fn_weight {f_n:g}",
+                    why="the loss makes over-segmentation cheap, so the network paints beyond the lesions",
+                    fix_key=f"loss.{name}", fix_value={**{k: v for k, v in spec.items() if k not in ("alpha", "beta")}, "fp_weight": 0.5, "fn_weight": 0.5},
+                    numbers=numbers,
+                )
+    return None

@@ -1,0 +1,75 @@
+"""Error analysis: the Dice deficit breakdown and the recall/precision side, checked by hand."""
+
+from __future__ import annotations
+
+import pytest
+
+from medseg.doctor import errors as E
+from tests.doctor.conftest import make_evidence
+
+
+def _row(dice, truth_empty, pred_empty, n_truth=0, n_found=0):
+    return {"dice": dice, "truth_empty": truth_empty, "pred_empty": pred_empty, "n_lesions_truth": n_truth, "n_lesions_found": n_found}
+
+
+ROWS = [
+    _row(1.0, True, True),            # empty, correct
+    _row(0.0, True, False),           # false positive on an empty image
+    _row(0.0, True, False),
+    _row(0.0, False, True, 2, 0),     # both lesions missed
+    _row(0.6, False, False, 2, 1),    # one of two found: deficit 0.4 split half missed, half outline
+    _row(0.9, False, False, 1, 1),    # found, outline error 0.1
+]
+
+
+def test_dice_breakdown_by_hand():
+    b = E.dice_breakdown(ROWS)
+    assert b["n_cases"] == 6 and b["deficit"] == pytest.approx(3.5)
+    assert b["lost_fp_on_empty"] == pytest.approx(2 / 6)
+    assert b["lost_missed"] == pytest.approx((1.0 + 0.2) / 6)
+    assert b["lost_outline"] == pytest.approx((0.2 + 0.1) / 6)
+    assert b["share_fp_on_empty"] + b["share_missed"] + b["share_outline"] == pytest.approx(1.0)
+    assert (b["n_empty_truth"], b["n_fp_on_empty"]) == (3, 2)
+
+
+def test_breakdown_reads_csv_strings_and_skips_nan_dice():
+    rows = [dict(r, truth_empty=str(r["truth_empty"]), pred_empty=str(r["pred_empty"])) for r in ROWS] + [_row(float("nan"), True, True)]
+    assert E.dice_breakdown(rows)["deficit"] == pytest.approx(3.5)
+
+
+def test_findings_name_the_biggest_losses():
+    ids = {f.id: f for f in E.dice_loss_findings(make_evidence(), ROWS, {"n_lesions_truth_small": 5, "lesion_recall_small": 0.4})}
+    assert {"errors.fp_on_empty", "errors.missed_lesions"} <= set(ids)
+    assert ids["errors.fp_on_empty"].fix_key == "eval.contract.threshold"  # bce already in the default loss
+    assert "small 2/5" in ids["errors.missed_lesions"].evidence
+
+
+def test_recall_starved_with_precision_favouring_tversky_is_serious():
+    loss = {"tversky": {"weight": 1.0, "fp_weight": 0.9, "fn_weight": 0.1}}
+    summary = {"tp": 250.0, "fp": 2.0, "fn": 50.0}
+    f = E.recall_precision(make_evidence(config={"loss": loss}), summary)
+    assert f.id == "errors.recall_loss_weights" and f.severity == "serious"
+    assert f.numbers["recall"] == pytest.approx(250 / 300) and f.numbers["miss_share"] == pytest.approx(50 / 52)
+    assert f.numbers["dice_lost_to_fn"] == pytest.approx(50 / (500 + 52))
+    assert f.fix_key == "loss.tversky" and f.fix_value == {"weight": 1.0, "fp_weight": 0.3, "fn_weight": 0.7}
+
+
+def test_same_numbers_with_a_neutral_loss_are_a_warning_and_balanced_errors_nothing():
+    f = E.recall_precision(make_evidence(config={"loss": {"bce": 1.0, "dice": 1.0}}), {"tp": 250.0, "fp": 2.0, "fn": 50.0})
+    assert f.id == "errors.low_recall" and f.severity == "warning"
+    assert E.recall_precision(make_evidence(), {"tp": 250.0, "fp": 20.0, "fn": 20.0}) is None
+
+
+def test_found_lesion_dice_by_hand():
+    import numpy as np
+
+    from medseg.doctor.evidence import found_lesion_dice
+
+    truth = np.zeros((10, 10), bool)
+    truth[1:3, 1:3] = True   # 4 px, predicted exactly
+    truth[6:9, 6:9] = True   # 9 px, predicted as 6 px inside it
+    truth[1, 8] = True       # missed
+    pred = np.zeros_like(truth)
+    pred[1:3, 1:3] = True
+    pred[6:8, 6:9] = True
+    assert sorted(found_lesion_dice(pred, truth)) == pytest.approx(sorted([1.0, 2 * 6 / 15]))

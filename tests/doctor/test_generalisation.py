@@ -1,0 +1,57 @@
+"""Generalisation checks: growing train-validation gap, budget too short."""
+
+from __future__ import annotations
+
+import pytest
+
+from medseg.doctor import generalisation as G
+from tests.doctor.conftest import make_evidence
+
+
+def _rows(**cols):
+    n = len(next(iter(cols.values())))
+    return [{"epoch": i, **{k: v[i] for k, v in cols.items()}} for i in range(n)]
+
+
+def test_gap_starts_where_validation_loss_bottoms_out():
+    tl = [1.0, 0.8, 0.6, 0.5, 0.4, 0.3, 0.25, 0.2]
+    vl = [1.0, 0.8, 0.7, 0.7, 0.8, 0.9, 1.0, 1.1]
+    f = G.growing_gap(make_evidence(epochs=_rows(train_loss=tl, val_loss=vl), config={"augment": {"preset": "light"}}))
+    smooth = G._smooth(__import__("numpy").array(vl))
+    assert f.numbers["gap_start_epoch"] == int(smooth.argmin()) == 2
+    assert f.numbers["val_loss_rise"] == pytest.approx((smooth[-1] - smooth[2]) / smooth[2])
+    assert (f.fix_key, f.fix_value) == ("augment.preset", "medium")
+
+
+def test_no_gap_while_validation_follows_training():
+    tl = [1.0, 0.8, 0.6, 0.5, 0.4, 0.3]
+    assert G.growing_gap(make_evidence(epochs=_rows(train_loss=tl, val_loss=[x + 0.1 for x in tl]))) is None
+
+
+def test_budget_too_short_gain_over_last_third():
+    dice = [0.1, 0.3, 0.45, 0.55, 0.62, 0.7]
+    f = G.budget_too_short(make_evidence(epochs=_rows(val_dice=dice), summary={"best_epoch": 5}, config={"train": {"epochs": 6}}))
+    assert f.numbers["gain_last_third"] == pytest.approx(0.7 - 0.55)  # last vs best of the first 4 epochs
+    assert f.severity == "serious" and (f.fix_key, f.fix_value) == ("train.epochs", 16)
+
+
+def test_budget_fine_when_plateaued_or_best_earlier():
+    flat = [0.5, 0.8, 0.9, 0.905, 0.906, 0.906]
+    assert G.budget_too_short(make_evidence(epochs=_rows(val_dice=flat), summary={"best_epoch": 5})) is None
+    peak = [0.5, 0.9, 0.8, 0.7]
+    assert G.budget_too_short(make_evidence(epochs=_rows(val_dice=peak), summary={"best_epoch": 1})) is None
+
+
+def test_budget_with_loss_monitor_is_relative():
+    vl = [1.0, 0.8, 0.6, 0.4]
+    f = G.budget_too_short(make_evidence(epochs=_rows(val_loss=vl), config={"train": {"monitor": "loss", "epochs": 4}}))
+    assert f.numbers["gain_last_third"] == pytest.approx((0.8 - 0.4) / 0.8)
+
+
+def test_budget_too_short_when_the_training_loss_has_barely_started_to_fall():
+    rows = _rows(val_dice=[0.48, 0.49], train_loss=[1.56, 1.33])
+    f = G.budget_too_short(make_evidence(epochs=rows, summary={"best_epoch": 1}, config={"train": {"epochs": 2}}))
+    assert f.severity == "serious"
+    assert f.numbers["train_loss_left"] == pytest.approx(1.33 / 1.56) and f.numbers["train_loss_last_fall"] == pytest.approx(0.23 / 1.56)
+    converged = _rows(val_dice=[0.9, 0.905, 0.905], train_loss=[1.6, 0.13, 0.12])
+    assert G.budget_too_short(make_evidence(epochs=converged, summary={"best_epoch": 2})) is None

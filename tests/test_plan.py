@@ -1,0 +1,279 @@
+"""The plan: its rules on synthetic fingerprints, user-set keys, the budget, `medseg plan` and fit's plan.json."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from medseg import plan as P
+from medseg.stepcost import StepCost, measure_cost
+from medseg.config import config_from_dict
+from medseg.data import load_data
+from medseg.data.fingerprint import compute_fingerprint
+from medseg.data.split import make_split
+
+from tests.conftest import make_blob_folder, tiny_config, write_config
+
+
+def write_mostly_empty(root, n=20, positives=(1, 5, 9, 13, 17), size=64):
+    """images/ + masks/ PNGs: a bright 10x10 square lesion in the listed images only."""
+    rng = np.random.default_rng(0)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir(parents=True)
+    for i in range(n):
+        mask = np.zeros((size, size), np.uint8)
+        if i in positives:
+            mask[20:30, 24:34] = 1
+        img = rng.normal(80, 10, (size, size)) + 100 * mask
+        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(root / "images" / f"c{i:02d}.png")
+        Image.fromarray(mask * 255).save(root / "masks" / f"c{i:02d}.png")
+    return root
+
+
+def fp_with(empty: float, fg_mean: float = 0.02, fg_median: float | None = None, n: int = 100) -> dict:
+    train = {
+        "n_images": n, "empty_image_fraction": empty,
+        "foreground_fraction_positive": {"q50": fg_median if fg_median is not None else fg_mean, "mean": fg_mean},
+    }
+    return {"n_images": n, "by_split": {"train": train}}
+
+
+def fingerprint_of(cfg):
+    loaded = load_data(cfg.data)
+    split = make_split([s.case_id for s in loaded.samples], cfg.split, cfg.seed)
+    return compute_fingerprint(loaded, split)
+
+
+# ---------------------------------------------------------------------------------------
+# Rules
+
+
+def test_sampler_share_follows_the_empty_fraction():
+    share, why = P.plan_positive_share(fp_with(empty=0.9))
+    assert share == 0.5 and "90%" in why and "empty" in why
+    share, why = P.plan_positive_share(fp_with(empty=0.3))
+    assert share is None and "70%" in why
+    assert P.plan_positive_share(fp_with(empty=1.0))[0] is None  # nothing to rebalance with
+
+
+@pytest.mark.parametrize("empty, fg_mean, fg_median, share", [(0.9, 0.004, 0.004, 0.5), (0.0, 0.2, 0.2, None), (0.0, 0.45, 0.45, None), (0.5, 0.03, 0.008, None)])
+def test_pos_weight_and_focal_follow_the_foreground(empty, fg_mean, fg_median, share):
+    loss, why, pos_weight = P.plan_loss(fp_with(empty, fg_mean, fg_median), share)
+    p = (share if share is not None else 1 - empty) * fg_mean
+    ratio = math.sqrt((1 - p) / p)
+    if ratio < P.POS_WEIGHT_MIN:
+        assert pos_weight is None and loss["bce"] == 1.0
+    else:
+        assert pos_weight == pytest.approx(min(ratio, P.POS_WEIGHT_CAP), abs=0.01)
+        assert loss["bce"] == {"weight": 1.0, "pos_weight": pos_weight}
+        assert ("capped" in why) == (ratio > P.POS_WEIGHT_CAP)
+    assert loss["dice"] == 1.0
+    assert ("focal" in loss) == (fg_median < P.FOCAL_BELOW_FG)
+
+
+def _sizes(h, w, a05):
+    fp = {"orig_height": {"q50": h}, "orig_width": {"q50": w}}
+    if a05 is not None:
+        fp["lesion_area_px_original"] = {"q05": a05}
+    return fp
+
+
+def test_input_size_keeps_the_smallest_lesions_visible_within_the_device_cap():
+    # 16 px target, 20 px lesions at 1024: scale sqrt(16/20) -> 915.9 px -> 928 (multiple of 32)
+    size, why = P.plan_input_size(_sizes(1024, 1024, 20.0), "gpu", 16.0, None, None)
+    assert size == [928, 928] and "enlarged" in why
+    size, why = P.plan_input_size(_sizes(1024, 1024, 20.0), "cpu", 16.0, None, None)
+    assert size == [256, 256] and "capped at 256" in why and "below the target" in why
+    # big lesions: the 256 px base; small images keep their size; aspect ratio kept
+    assert P.plan_input_size(_sizes(1024, 1024, 5000.0), "gpu", 16.0, None, None)[0] == [256, 256]
+    assert P.plan_input_size(_sizes(64, 64, 30.0), "gpu", 16.0, None, None)[0] == [64, 64]
+    assert P.plan_input_size(_sizes(512, 768, None), "gpu", 16.0, None, None)[0] == [192, 256]
+    assert P.plan_input_size(_sizes(64, 64, 30.0), "cpu", 16.0, None, (96, 96))[0] == [96, 96]
+    assert P.plan_input_size(_sizes(1024, 1024, 20.0), "gpu", 16.0, 512, None)[0] == [512, 512]
+
+
+def test_augmentation_by_number_of_training_images():
+    assert P.plan_augment(fp_with(0.5, n=50))[0] == "heavy"
+    assert P.plan_augment(fp_with(0.5, n=500))[0] == "medium"
+    assert P.plan_augment(fp_with(0.5, n=5000))[0] == "light"
+
+
+def _cost(per_image_mib=100.0, available_gib=1.0, s_per_image=0.01, device="gpu"):
+    return StepCost(
+        method="formula", device=device, device_name="test", train_size=(64, 64), val_size=(64, 64),
+        step_s_fixed=0.0, train_s_per_image=s_per_image, val_s_per_image=s_per_image / 3,
+        mem_fixed_bytes=0.0, mem_per_image_bytes=per_image_mib * 2**20, mem_available_bytes=available_gib * 2**30, macs_per_image=1.0,
+    )
+
+
+def test_batch_size_is_the_tightest_limit_rounded_down_to_a_power_of_two():
+    batch, why = P.plan_batch_size(_cost(per_image_mib=100), n_train=1000, n_val=10, steps_per_epoch=None, budget_minutes=None)
+    assert batch == 8 and "memory" in why  # 1024 MiB / 100 MiB = 10 images
+    batch, why = P.plan_batch_size(_cost(per_image_mib=1), n_train=40, n_val=10, steps_per_epoch=None, budget_minutes=None)
+    assert batch == 4 and "steps per epoch" in why  # 40 / 8 = 5
+    assert P.plan_batch_size(_cost(per_image_mib=1, device="cpu"), 10_000, 10, None, None)[0] == P.MAX_BATCH["cpu"]
+    # a budget that holds one epoch (10000 x 0.05 s > 5 min): batch 32 gives 312 steps < 500, batch 16 gives 625
+    batch, why = P.plan_batch_size(_cost(per_image_mib=1, s_per_image=0.05), 10_000, 10, None, budget_minutes=5)
+    assert batch == 16 and "halved" in why
+    # 3000 images in one epoch: 93, 187, 375 steps at 32, 16, 8; the halving stops at 4 (750 steps)
+    assert P.plan_batch_size(_cost(per_image_mib=1, s_per_image=0.05), 3000, 10, None, budget_minutes=1)[0] == 4
+    # a long budget keeps the largest batch
+    assert P.plan_batch_size(_cost(per_image_mib=1, s_per_image=0.05), 3000, 10, None, budget_minutes=600)[0] == 32
+
+
+# ---------------------------------------------------------------------------------------
+# Whole plans
+
+
+def test_user_set_keys_are_exactly_the_given_leaves(tmp_path):
+    cfg = config_from_dict({"data": {"root": str(tmp_path), "input_size": [64, 64]}, "train": {"epochs": 3}, "loss": {"dice": 1.0}})
+    keys = P.user_set_keys(cfg)
+    assert {"data.input_size", "train.epochs", "loss"} <= keys
+    assert not keys & {"train.batch_size", "sampler.positive_share", "augment.preset", "data.resize_mode"}
+
+
+def test_unset_keys_are_planned_and_user_values_kept(tmp_path):
+    data = write_mostly_empty(tmp_path / "d")
+    raw = tiny_config(data, tmp_path / "runs", plan={"enabled": True, "measure": False})
+    for k in ("loss", "augment"):
+        raw.pop(k)
+    raw["train"].pop("batch_size")
+    cfg = config_from_dict(raw)
+    fp = fingerprint_of(cfg)
+    train = fp["by_split"]["train"]
+    assert 0 < train["n_positive_images"] < train["n_images"] / 2
+    plan, planned = P.make_plan(cfg, fp)
+    share = plan.entry("sampler.positive_share")
+    assert share.set_by == "plan" and share.value == 0.5 and planned.sampler.positive_share == 0.5
+    assert "empty" in share.reason and f"{train['empty_image_fraction']:.0%}" in share.reason
+    assert plan.entry("augment.preset").value == planned.augment.preset == "heavy"
+    assert plan.entry("loss").value == planned.loss and planned.loss["bce"]["pos_weight"] > 1
+    assert plan.entry("train.batch_size").set_by == "plan"
+    size = plan.entry("data.input_size")
+    assert size.set_by == "user" and size.value == [64, 64] and size.reason.startswith("set by user")
+    assert plan.entry("train.epochs").set_by == "user"  # tiny_config sets epochs
+    # the same data with the share set by the user: kept, and the plan says what it would choose
+    user = config_from_dict(raw | {"sampler": {"positive_share": 0.2}})
+    plan2, planned2 = P.make_plan(user, fp)
+    e = plan2.entry("sampler.positive_share")
+    assert e.set_by == "user" and e.value == 0.2 and planned2.sampler.positive_share == 0.2
+    assert e.reason.startswith("set by user") and "would choose 0.5" in e.reason and e.planned == 0.5
+
+
+def test_budget_sets_epochs_monotonically(tmp_path):
+    data = make_blob_folder(tmp_path / "d", n=16)
+    raw = tiny_config(data, tmp_path / "runs", plan={"enabled": True, "measure": False})
+    raw["train"] = {"batch_size": 4}
+    fp = fingerprint_of(config_from_dict(raw))
+    epochs = []
+    for budget in (0.05, 0.2, 1.0, 4.0):
+        raw["train"]["budget_minutes"] = budget
+        plan, planned = P.make_plan(config_from_dict(raw), fp)
+        e = plan.entry("train.epochs")
+        assert e.set_by == "plan" and f"{budget:g} min budget" in e.reason
+        # independent arithmetic from the plan's own per-epoch estimate
+        assert e.value == min(P.MAX_EPOCHS, max(1, math.floor(budget * 60 / plan.estimates["epoch_seconds"])))
+        assert planned.schedule.warmup_epochs < planned.train.epochs
+        epochs.append(planned.train.epochs)
+    assert epochs == sorted(epochs) and epochs[-1] > epochs[0]
+    # a budget of one epoch: the default warm-up shrinks, a warm-up set by the user raises the epochs
+    raw["train"]["budget_minutes"] = 1e-4
+    raw.pop("schedule")
+    plan, planned = P.make_plan(config_from_dict(raw), fp)
+    assert planned.train.epochs == 1 and planned.schedule.warmup_epochs == pytest.approx(0.1)
+    assert plan.entry("schedule.warmup_epochs").set_by == "plan"
+    plan, planned = P.make_plan(config_from_dict(raw | {"schedule": {"warmup_epochs": 1.0}}), fp)
+    assert planned.train.epochs == 2 and "warmup" in plan.entry("train.epochs").reason
+    # without a budget the configured epochs stay, marked as the default
+    raw["train"].pop("budget_minutes")
+    plan, planned = P.make_plan(config_from_dict(raw), fp)
+    assert plan.entry("train.epochs").set_by == "default" and planned.train.epochs == 30
+
+
+def test_several_processes_plan_by_formula(tmp_path, monkeypatch):
+    data = make_blob_folder(tmp_path / "d", n=8)
+    cfg = config_from_dict(tiny_config(data, tmp_path / "runs", plan={"enabled": True, "measure": True}))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    plan, _ = P.make_plan(cfg, fingerprint_of(cfg))
+    assert plan.cost.method == "formula" and any("WORLD_SIZE" in n for n in plan.notes)
+
+
+def test_measured_cost_times_this_machine_and_restores_the_random_state(tmp_path):
+    cfg = config_from_dict(tiny_config(tmp_path, tmp_path / "runs", model={"name": "unet", "channels": [4, 8], "res_units": 0}))
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    cost = measure_cost(cfg, 1, (32, 32), (32, 32), measure=True)
+    assert torch.equal(state, torch.get_rng_state())
+    assert cost.method == "measured" and cost.train_s_per_image > 0 and cost.val_s_per_image > 0
+    assert cost.step_s(4) == pytest.approx(cost.step_s_fixed + 4 * cost.train_s_per_image)
+    formula = measure_cost(cfg, 1, (32, 32), (32, 32), measure=False)
+    assert formula.method == "formula" and formula.macs_per_image > 0 and formula.mem_per_image_bytes > 0
+
+
+# ---------------------------------------------------------------------------------------
+# `medseg plan` and fit
+
+
+def _main(monkeypatch, *args) -> int:
+    from medseg.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["medseg", *map(str, args)])
+    with pytest.raises(SystemExit) as e:
+        main()
+    return int(e.value.code or 0)
+
+
+def test_plan_verb_writes_plan_and_fingerprint_and_never_overwrites(tmp_path, monkeypatch, capsys):
+    data = make_blob_folder(tmp_path / "d", n=16)
+    cfg = write_config(tmp_path / "c.yaml", {"data": {"root": str(data)}, "model": {"name": "unet", "channels": [8, 16, 32]}})
+    out = tmp_path / "plan"
+    assert _main(monkeypatch, "plan", cfg, "--out", out, "--no-measure", "--no-progress", "--set", "train.budget_minutes=1") == 0
+    plan = json.loads((out / "plan.json").read_text())
+    fp = json.loads((out / "fingerprint.json").read_text())
+    assert fp["n_images"] == 16 and fp["raw_mask_values"] == [0, 255]
+    entries = plan["entries"]
+    assert entries["data.input_size"] == {**entries["data.input_size"], "value": [64, 64], "set_by": "plan"}
+    assert fp["input_size"] == [64, 64]  # the data were read again at the planned size
+    assert entries["train.epochs"]["set_by"] == "plan" and plan["cost"]["method"] == "formula"
+    planned = yaml.safe_load((out / "config.yaml").read_text())
+    assert planned["train"]["epochs"] == entries["train.epochs"]["value"] and planned["data"]["input_size"] == [64, 64]
+    assert "data.input_size" in capsys.readouterr().out  # the table
+    before = (out / "plan.json").read_text()
+    assert _main(monkeypatch, "plan", cfg, "--out", out, "--no-measure", "--no-progress") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "already holds" in err and (out / "plan.json").read_text() == before
+
+
+def test_plan_verb_bad_config_is_one_line_exit_2(tmp_path, monkeypatch, capsys):
+    cfg = write_config(tmp_path / "c.yaml", {"data": {"root": str(tmp_path)}, "train": {"budget_minutes": -3}})
+    assert _main(monkeypatch, "plan", cfg, "--out", tmp_path / "o", "--no-progress") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "train.budget_minutes" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_fit_plans_first_and_writes_plan_json(tmp_path):
+    from medseg import run as runfs
+    from medseg.evaluate import load_run_config
+    from medseg.fit import fit
+
+    data = write_mostly_empty(tmp_path / "d")
+    raw = tiny_config(data, tmp_path / "runs", plan={"enabled": True, "measure": False}, train__epochs=1, schedule__warmup_epochs=0.5)
+    run = fit(config_from_dict(raw), progress=False)
+    plan = json.loads((run / P.PLAN_JSON).read_text())
+    assert plan["applied_by_fit"] is True
+    assert plan["entries"]["sampler.positive_share"]["value"] == 0.5
+    assert plan["entries"]["train.epochs"] == {**plan["entries"]["train.epochs"], "set_by": "user", "value": 1}
+    saved = load_run_config(run)
+    assert saved.sampler.positive_share == 0.5
+    assert len(runfs.read_csv(run / runfs.EPOCHS_CSV)) == 1
+    # switched off: no plan, the config trains as written
+    off = fit(config_from_dict(raw | {"name": "off", "plan": {"enabled": False}}), progress=False)
+    assert not (off / P.PLAN_JSON).exists() and load_run_config(off).sampler.positive_share is None
