@@ -374,7 +374,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--faults", nargs="*", help="only these faults (names)")
     ap.add_argument("--no-eval", action="store_true", help="diagnose from the run files only")
     ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--report", action="store_true", help="also write each run's report (it runs the doctor once more)")
     args = ap.parse_args(argv)
+    if not args.report:
+        import medseg.report
+
+        # fit imports build_report at call time: this skips the per-run report and its doctor pass
+        medseg.report.build_report = lambda *a, **k: None
     if args.out.exists() and any(args.out.iterdir()):
         ap.error(f"--out {args.out}: exists and is not empty")
     base = base_config(args.data.resolve(), args.out / "runs", args.size, args.epochs, args.batch_size, args.channels, args.lr)

@@ -44,6 +44,17 @@ def load_network(run_dir: Path, cfg: Config, in_channels: int, which: str = runf
     return net, {"epoch": int(ckpt.get("epoch", -1)), "global_step": int(ckpt.get("global_step", -1))}
 
 
+def load_validation(run_dir: Path, cfg: Config, progress: bool = False):
+    """The run's validation cases (split.json) reloaded from its data, as `fit.SplitArrays`."""
+    from medseg.fit import stack_part
+
+    split = runfs.read_json(run_dir / runfs.SPLIT)
+    val = stack_part(load_data(cfg.data, with_masks=True, progress=progress), split["val"])
+    if len(val.images) == 0:
+        raise MedsegError(f"{run_dir / runfs.SPLIT}: none of the validation cases is in the data any more")
+    return val
+
+
 def score(probs: np.ndarray, masks: np.ndarray, meta: list[dict], contract, surface: bool = True) -> dict:
     """Per-image rows, per-volume rows (for volume data) and the summary under the contract."""
     from medseg.engine import volume_metrics
@@ -101,11 +112,7 @@ def evaluate_run(
         val = stack_part(loaded, sorted({s.case_id for s in loaded.samples}))
         out_dir = runfs.create_run(run_dir / "evaluations", Path(data_config).stem)
     elif val is None:
-        split = runfs.read_json(run_dir / runfs.SPLIT)
-        loaded = load_data(cfg.data, with_masks=True, progress=progress)
-        val = stack_part(loaded, split["val"])
-        if len(val.images) == 0:
-            raise MedsegError(f"{run_dir / runfs.SPLIT}: none of the validation cases is in the data any more")
+        val = load_validation(run_dir, cfg, progress=progress)
     net, info = load_network(run_dir, cfg, state["in_channels"])
     probs = predict_probs(net, val.images, cfg.eval.batch_size, state["precision"], "cpu", cfg.train.channels_last)
     result = score(probs, val.masks, val.meta, contract, surface=True)

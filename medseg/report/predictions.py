@@ -9,9 +9,7 @@ from typing import Optional
 
 import numpy as np
 
-from medseg import run as runfs
 from medseg.config import Config
-from medseg.errors import MedsegError
 
 
 @dataclass
@@ -34,18 +32,11 @@ def predict_validation(run_dir: Path, cfg: Config, state: dict, val=None) -> Val
         val: the validation `SplitArrays` if already in memory (fit passes them); otherwise the
             data is reloaded and the run's split.json picks the validation cases.
     """
-    from medseg.evaluate import load_network
+    from medseg.evaluate import load_network, load_validation
     from medseg.infer import predict_probs
 
     if val is None:
-        from medseg.data import load_data
-        from medseg.fit import stack_part
-
-        split = runfs.read_json(run_dir / runfs.SPLIT)
-        loaded = load_data(cfg.data, with_masks=True, progress=False)
-        val = stack_part(loaded, split["val"])
-        if len(val.images) == 0:
-            raise MedsegError(f"{run_dir / runfs.SPLIT}: none of the validation cases is in the data any more")
+        val = load_validation(run_dir, cfg)
     net, _ = load_network(run_dir, cfg, state["in_channels"])
     # same device and precision as `evaluate`, so the curve agrees with metrics/summary.json
     probs = predict_probs(net, val.images, cfg.eval.batch_size, state["precision"], "cpu", cfg.train.channels_last)
