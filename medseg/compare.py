@@ -339,6 +339,11 @@ def compare_runs(
             raise MedsegError(f"compare: {d} is given twice")
         seen[resolved] = d
     runs = [load_run(Path(d)) for d in run_dirs]
+    names = [r.path.name for r in runs]
+    if len(set(names)) == len(names):
+        # folder names are unique here: short labels keep the tables readable (paths go in "paths")
+        for r, n in zip(runs, names):
+            r.label = n
     check_same_contract(runs)
     check_same_cases(runs)
     mode, pairs = _pairs(len(runs))
@@ -346,6 +351,7 @@ def compare_runs(
     ref = runs[0].summary
     return {
         "runs": [r.label for r in runs],
+        "paths": [str(r.path) for r in runs],
         "contract": ref["contract"],
         "contract_text": ref.get("contract_text", ""),
         "metrics_version": ref.get("metrics_version"),

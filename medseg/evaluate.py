@@ -135,9 +135,9 @@ def evaluate_run(
     if result["volume_rows"]:
         runfs.write_csv(out_dir / "volumes.csv", result["volume_rows"])
     if sweep:
-        from medseg.metrics import threshold_sweep
+        from medseg.metrics import sweep_cases, threshold_sweep
 
-        sw = threshold_sweep(list(probs), list(val.masks), contract)
+        sw = threshold_sweep(*sweep_cases(probs, val.masks, val.meta, contract), contract)
         runfs.write_json(out_dir / "threshold_sweep.json", sw)
         runfs.write_csv(out_dir / "threshold_sweep.csv", sw["rows"])
         summary["threshold_sweep"] = {k: v for k, v in sw.items() if k != "rows"}

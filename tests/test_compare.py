@@ -106,7 +106,7 @@ def test_verdicts(tmp_path, shift, expected):
     result = compare_runs([make_run(tmp_path, "A", a), make_run(tmp_path, "B", b)], resamples=2000)
     pair = result["paired"]["pairs"][0]
     assert pair["verdict"] == expected
-    assert pair["better"] == {"B better": str(tmp_path / "B"), "A better": str(tmp_path / "A")}.get(expected)
+    assert pair["better"] == {"B better": "B", "A better": "A"}.get(expected)  # unique folder names label the runs
     if expected == "B better":
         assert pair["ci_low"] > 0 and pair["p_value"] < 0.05
     if expected == "A better":
@@ -138,14 +138,15 @@ def test_config_diff_lists_only_differing_keys_and_pairs(tmp_path):
     diff = {d["key"]: d["values"] for d in three["config_diff"]}
     assert diff == {"optim.lr": [0.001, 0.01, 0.001], "model.channels": [[16, 32, 64, 128, 256], [16, 32, 64, 128, 256], [8, 16]]}
     assert three["paired"]["mode"] == "all pairs"
-    assert [(p["a"], p["b"]) for p in three["paired"]["pairs"]] == [(str(runs[0]), str(runs[1])), (str(runs[0]), str(runs[2])), (str(runs[1]), str(runs[2]))]
+    assert [(p["a"], p["b"]) for p in three["paired"]["pairs"]] == [("r0", "r1"), ("r0", "r2"), ("r1", "r2")]
+    assert three["paths"] == [str(r) for r in runs[:3]]
     assert compare_runs([runs[0], runs[3]], resamples=200)["config_diff"] == []  # names/output_dir differ, ignored
 
     five = compare_runs(runs, resamples=200)
     assert five["paired"]["mode"] == "each vs the first"
-    assert [p["b"] for p in five["paired"]["pairs"]] == [str(r) for r in runs[1:]]
+    assert [p["b"] for p in five["paired"]["pairs"]] == [r.name for r in runs[1:]]
     assert {d["key"] for d in five["config_diff"]} == {"optim.lr", "model.channels", "loss.bce"}
-    assert [m["run"] for m in five["metrics"]] == [str(r) for r in runs]
+    assert [m["run"] for m in five["metrics"]] == [r.name for r in runs]
     assert five["metrics"][2]["dice"] == pytest.approx(scores[2].mean())
     assert five["contract_text"] == MetricContract().describe()
 

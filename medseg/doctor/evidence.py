@@ -262,7 +262,7 @@ def gather_eval(ev: RunEvidence, loaded=None) -> EvalEvidence:
     from medseg.evaluate import load_network
     from medseg.fit import stack_part
     from medseg.infer import predict_probs
-    from medseg.metrics import MetricContract, case_metrics, summarize, threshold_sweep
+    from medseg.metrics import MetricContract, case_metrics, summarize, sweep_cases, threshold_sweep
 
     if ev.cfg is None:
         raise MedsegError(f"{ev.run_dir / runfs.CONFIG}: {ev.config_error}")
@@ -303,7 +303,7 @@ def gather_eval(ev: RunEvidence, loaded=None) -> EvalEvidence:
         hard_rows=rows,
         hard_summary=summarize(rows, per_image),
         soft_dice=float(soft_dice),
-        sweep=threshold_sweep(list(probs), list(masks), per_image),
+        sweep=threshold_sweep(*sweep_cases(probs, masks, val.meta, hard), hard),
         found_lesion_dice=lesion_dice,
         thumbs_train=thumbnails(train.images),
         thumbs_val=thumbnails(val.images),

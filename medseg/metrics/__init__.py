@@ -10,6 +10,7 @@ _LAZY = {
     "case_metrics": "medseg.metrics.cases",
     "summarize": "medseg.metrics.summary",
     "threshold_sweep": "medseg.metrics.sweep",
+    "sweep_cases": "medseg.metrics.sweep",
     "score_folders": "medseg.metrics.folders",
 }
 

@@ -123,3 +123,28 @@ def _nanmean_axis0(a: np.ndarray) -> np.ndarray:
     n = keep.sum(axis=0)
     total = np.where(keep, a, 0.0).sum(axis=0)
     return np.where(n > 0, total / np.maximum(n, 1), np.nan)
+
+
+def sweep_cases(probs: Sequence[np.ndarray], masks: Sequence[np.ndarray], meta: Sequence[dict] | None, contract: MetricContract):
+    """The cases a sweep scores: per-volume contracts stack 2D slices back into their volumes.
+
+    Sweeping the slices of a per-volume run one by one would score every empty slice as an
+    empty/empty case and report a threshold that wins on slices, not on volumes.
+
+    Args:
+        probs / masks: per-slice (or per-image) arrays in the same order as `meta`.
+        meta: per-sample dicts with `volume` and `slice` for volume data (None or without
+            `volume`: images, returned unchanged).
+        contract: the run's contract; only `per_volume` regroups.
+    """
+    if contract.reduction != "per_volume" or not meta or meta[0].get("volume") is None:
+        return list(probs), list(masks)
+    by_vol: dict = {}
+    for i, m in enumerate(meta):
+        by_vol.setdefault(m["volume"], []).append(i)
+    out_p, out_m = [], []
+    for _, idx in sorted(by_vol.items()):
+        idx = sorted(idx, key=lambda i: meta[i]["slice"])
+        out_p.append(np.stack([probs[i] for i in idx]))
+        out_m.append(np.stack([masks[i] for i in idx]))
+    return out_p, out_m

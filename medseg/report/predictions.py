@@ -20,6 +20,7 @@ class ValPredictions:
     masks: np.ndarray  # (N, H, W) binary
     probs: np.ndarray  # (N, H, W) in [0, 1]
     sample_ids: list[str]
+    meta: Optional[list[dict]] = None  # per-sample meta (volume, slice) for per-volume sweeps
 
 
 def predict_validation(run_dir: Path, cfg: Config, state: dict, val=None) -> ValPredictions:
@@ -40,7 +41,7 @@ def predict_validation(run_dir: Path, cfg: Config, state: dict, val=None) -> Val
     net, _ = load_network(run_dir, cfg, state["in_channels"])
     # same device and precision as `evaluate`, so the curve agrees with metrics/summary.json
     probs = predict_probs(net, val.images, cfg.eval.batch_size, state["precision"], "cpu", cfg.train.channels_last)
-    return ValPredictions(val.images, val.masks, probs, [m["sample_id"] for m in val.meta])
+    return ValPredictions(val.images, val.masks, probs, [m["sample_id"] for m in val.meta], list(val.meta))
 
 
 def pick_cases(case_rows: list[dict], per_side: int = 3) -> tuple[list[dict], list[dict]]:
@@ -65,9 +66,9 @@ def pick_cases(case_rows: list[dict], per_side: int = 3) -> tuple[list[dict], li
 
 def sweep_from_predictions(preds: ValPredictions, cfg: Config) -> dict:
     """Threshold sweep over the validation predictions, the same call `evaluate --sweep` makes."""
-    from medseg.metrics import threshold_sweep
+    from medseg.metrics import sweep_cases, threshold_sweep
 
-    return threshold_sweep(list(preds.probs), list(preds.masks), cfg.eval.contract)
+    return threshold_sweep(*sweep_cases(preds.probs, preds.masks, preds.meta, cfg.eval.contract), cfg.eval.contract)
 
 
 def index_of(preds: ValPredictions, sample_id: str) -> Optional[int]:

@@ -54,6 +54,22 @@ def test_threshold_far_gain_matches_an_independent_dice():
     assert f.numbers["gain"] == pytest.approx(_dice_at(probs, masks, 0.1) - _dice_at(probs, masks, 0.5))
 
 
+def test_threshold_near_but_large_gain_is_reported_small_gain_is_not():
+    masks = _lesions()
+    # lesions at 0.42, background 0.36: only threshold 0.40 separates them, 0.10 from the 0.50 in use
+    probs = np.where(masks, 0.42, 0.36).astype(np.float32)
+    f = M.threshold_far(make_evidence(eval=_eval(probs, masks)))
+    assert f is not None and f.fix_value == pytest.approx(0.4)
+    assert f.numbers["gain"] == pytest.approx(_dice_at(probs, masks, f.fix_value) - _dice_at(probs, masks, 0.5))
+    # the same distance with a gain below LARGE_GAIN stays quiet: one lesion in 24 is borderline
+    masks = _lesions(n=24)
+    probs2 = np.where(masks, 0.9, 0.36).astype(np.float32)
+    probs2[0][masks[0]] = 0.42
+    g = M.threshold_far(make_evidence(eval=_eval(probs2, masks)))
+    gain2 = _dice_at(probs2, masks, 0.4) - _dice_at(probs2, masks, 0.5)
+    assert 0 < gain2 < M.LARGE_GAIN and g is None
+
+
 def test_threshold_blind_metric_on_binary_predictions():
     masks = _lesions()
     probs = np.zeros(masks.shape, np.float32)

@@ -51,3 +51,20 @@ def test_fault_runs_have_their_planted_evidence(planted):
     assert runfs.read_json(runs["masks_0_255_in_loss"] / runfs.FINGERPRINT)["raw_mask_values"] == [0, 255]
     zero = runfs.read_csv(runs["sampler_share_0"] / runfs.EPOCHS_CSV)
     assert all(r["batch_pos_image_share_mean"] == 0.0 for r in zero)
+
+
+def test_rank_beyond_baseline_sets_aside_the_unfaulted_runs_own_findings():
+    from bench.planted_faults import add_baseline_ranks, rank_beyond_baseline
+
+    ids = ["data.duplicates", "optimisation.lr_too_low", "errors.fp_on_empty"]
+    assert rank_beyond_baseline(ids, "optimisation.lr_too_low", {"data.duplicates"}) == 1
+    assert rank_beyond_baseline(ids, "optimisation.lr_too_low", set()) == 2
+    # a planted cause that the baseline also shows keeps its place
+    assert rank_beyond_baseline(ids, "data.duplicates", {"data.duplicates"}) == 1
+    assert rank_beyond_baseline(ids, "missing", set()) is None
+    results = [
+        {"fault": "healthy", "findings": ["data.duplicates", "data.mask_255"], "severities": ["serious", "info"]},
+        {"fault": "lr", "expected": "optimisation.lr_too_low", "findings": ids + ["data.mask_255"]},
+    ]
+    add_baseline_ranks(results)
+    assert results[1]["rank_beyond_baseline"] == 1 and results[1]["baseline"] == ["data.duplicates"]

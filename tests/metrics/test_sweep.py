@@ -104,3 +104,33 @@ def test_fast_on_many_large_images():
     start = time.perf_counter()
     threshold_sweep(probs, truths, MetricContract(), thresholds=np.arange(0.01, 1.0, 0.01))
     assert time.perf_counter() - start < 5.0
+
+
+def test_per_volume_sweep_scores_volumes_not_slices():
+    from medseg.metrics import case_metrics, summarize
+    from medseg.metrics.sweep import sweep_cases
+
+    rng = np.random.default_rng(3)
+    # two volumes of 6 slices, the lesion on 2 slices each; slices given out of order
+    meta, probs, masks = [], [], []
+    for v in ("a", "b"):
+        for z in (5, 0, 3, 1, 4, 2):
+            m = np.zeros((16, 16), np.uint8)
+            if z in (2, 3):
+                m[4:9, 4:9] = 1
+            p = np.clip(m * 0.6 + rng.uniform(0, 0.45, (16, 16)) * (rng.random() < 0.5), 0, 1).astype(np.float32)
+            meta.append({"volume": v, "slice": z})
+            probs.append(p)
+            masks.append(m)
+    c = MetricContract(reduction="per_volume", empty="one")
+    vp, vm = sweep_cases(probs, masks, meta, c)
+    assert [x.shape for x in vp] == [(6, 16, 16), (6, 16, 16)]
+    assert vm[0][2].any() and not vm[0][0].any()  # restacked in slice order
+    sw = threshold_sweep(vp, vm, c, thresholds=[0.3, 0.5])
+    for row in sw["rows"]:
+        t = row["threshold"]
+        ref = summarize([case_metrics(p, m, c.model_copy(update={"threshold": t}), surface=False) for p, m in zip(vp, vm)], c)
+        assert row["dice"] == pytest.approx(ref["dice"], abs=1e-9)
+    # images (no volume meta) and per-image contracts pass through unchanged
+    assert sweep_cases(probs, masks, None, c)[0] == probs
+    assert len(sweep_cases(probs, masks, meta, MetricContract())[0]) == 12
