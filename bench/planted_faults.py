@@ -435,6 +435,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--rediagnose", type=Path, help="diagnose the runs listed in this earlier --json file again (no training)")
     ap.add_argument("--report", action="store_true", help="also write each run's report (it runs the doctor once more)")
     args = ap.parse_args(argv)
+    args.out = args.out.resolve()  # derived data folders are written into configs: keep them absolute
     if not args.report:
         import medseg.report
 
