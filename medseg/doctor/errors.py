@@ -19,6 +19,10 @@ GOOD_DICE = 0.85
 REGION_TERMS = ("tversky", "focal_tversky")
 
 
+# below this share of lesions found the misses are a collapse, not a size problem
+COLLAPSE_FOUND_SHARE = 0.2
+
+
 def check(ev: RunEvidence) -> list[Finding]:
     rows, summary = _rows_and_summary(ev)
     out: list[Finding] = []
@@ -139,7 +143,23 @@ def dice_loss_findings(ev: RunEvidence, rows: list[dict], summary: dict) -> list
         bins = _bins(summary)
         worst = min(bins, key=lambda t: t[2] if finite(t[2]) else 2.0) if bins else None
         bin_text = ", ".join(f"{name} {rec * n:.0f}/{n}" for name, n, rec in bins if finite(rec))
-        if worst and worst[0] in ("small", "size0") and _input_scale(ev) < 0.999:
+        found_share = b["n_lesions_found"] / max(b["n_lesions_truth"], 1)
+        why = "a missed lesion scores 0 on its image however well the others are outlined; the smallest lesions are missed first"
+        if found_share < COLLAPSE_FOUND_SHARE:
+            # nearly nothing found in any size bin: the probabilities stay below the threshold
+            # (a collapse), which no input size fixes; the loss weights are the usual cause
+            why = ("almost every lesion is missed whatever its size: the network's probabilities stay below the "
+                   "threshold, a collapse that points at loss weights (focal or BCE outweighing the region term) "
+                   "rather than at resolution")
+            sw = ev.eval.sweep if ev.eval is not None else ev.saved_sweep
+            best = sw.get("best_threshold") if sw else None
+            if any(k in loss for k in ("focal", "bce")):
+                fix_key, fix_value = "loss", {"bce": 1.0, "dice": 1.0}
+            elif finite(best) and best < used:
+                fix_key, fix_value = "eval.contract.threshold", round(float(best), 2)
+            else:
+                fix_key, fix_value = "loss.dice", 1.0
+        elif worst and worst[0] in ("small", "size0") and _input_scale(ev) < 0.999:
             fix_key, fix_value = "data.input_size", _larger_input(ev)
         else:
             fix_key, fix_value = "loss.focal_tversky", {"weight": 1.0, "fp_weight": 0.3, "fn_weight": 0.7}
@@ -148,8 +168,8 @@ def dice_loss_findings(ev: RunEvidence, rows: list[dict], summary: dict) -> list
             impact=min(0.6, 2 * b["lost_missed"]),
             title=f"missed lesions cost {b['lost_missed']:.3f} Dice ({b['n_lesions_truth'] - b['n_lesions_found']} of {b['n_lesions_truth']} not found)",
             evidence=f"{b['share_missed']:.0%} of the Dice deficit is lesions with no overlapping prediction; found by size: {bin_text or 'n/a'}",
-            why="a missed lesion scores 0 on its image however well the others are outlined; the smallest lesions are missed first",
-            fix_key=fix_key, fix_value=fix_value, numbers={**numbers, "bins": [list(t) for t in bins]},
+            why=why,
+            fix_key=fix_key, fix_value=fix_value, numbers={**numbers, "bins": [list(t) for t in bins], "found_share": found_share},
         ))
     if b["lost_outline"] >= MIN_LOST_DICE and b["share_outline"] >= 0.4:
         lesion = ev.eval.found_lesion_dice if ev.eval is not None else []

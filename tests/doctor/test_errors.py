@@ -73,3 +73,16 @@ def test_found_lesion_dice_by_hand():
     pred[1:3, 1:3] = True
     pred[6:8, 6:9] = True
     assert sorted(found_lesion_dice(pred, truth)) == pytest.approx(sorted([1.0, 2 * 6 / 15]))
+
+
+def test_nearly_everything_missed_is_a_collapse_and_points_at_the_loss_weights():
+    rows = [_row(0.0, False, True, 1, 0) for _ in range(9)] + [_row(0.5, False, False, 1, 1)]
+    summary = {"n_lesions_truth_small": 2, "lesion_recall_small": 0.0}
+    loss = {"bce": 3.0, "dice": 1.0, "focal": 4.0}
+    f = next(f for f in E.dice_loss_findings(make_evidence(config={"loss": loss}), rows, summary) if f.id == "errors.missed_lesions")
+    assert f.numbers["found_share"] == pytest.approx(0.1)
+    assert (f.fix_key, f.fix_value) == ("loss", {"bce": 1.0, "dice": 1.0}) and "collapse" in f.why
+    # half the lesions found: an ordinary miss, not a collapse
+    rows2 = [_row(0.0, False, True, 1, 0) for _ in range(5)] + [_row(0.5, False, False, 1, 1) for _ in range(5)]
+    g = next(f for f in E.dice_loss_findings(make_evidence(config={"loss": loss}), rows2, summary) if f.id == "errors.missed_lesions")
+    assert g.fix_key != "loss" and "collapse" not in g.why
