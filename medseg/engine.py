@@ -23,6 +23,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from medseg import run as runfs
 from medseg.config import Config
 from medseg.data.sampling import audit_warning, composition_columns, epoch_target
+from medseg.data.slices import slices_by_volume
 from medseg.infer import predict_probs
 from medseg.losses import build_loss
 from medseg.metrics import case_metrics, summarize
@@ -219,12 +220,8 @@ class SegModule(pl.LightningModule):
 
 def volume_metrics(probs: np.ndarray, masks: np.ndarray, meta: list[dict], contract, surface: bool = True) -> dict:
     """Stack 2D slice predictions back into volumes and score each volume."""
-    by_vol: dict[str, list[int]] = {}
-    for i, m in enumerate(meta):
-        by_vol.setdefault(m["volume"], []).append(i)
     rows = []
-    for vol, idx in sorted(by_vol.items()):
-        idx = sorted(idx, key=lambda i: meta[i]["slice"])
+    for vol, idx in slices_by_volume(meta).items():
         spacing = meta[idx[0]].get("volume_spacing")
         r = case_metrics(probs[idx], masks[idx], contract, spacing=tuple(spacing) if spacing else None, surface=surface)
         rows.append({"volume": vol, "n_slices": len(idx), **r})

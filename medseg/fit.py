@@ -233,7 +233,7 @@ def fit(cfg: Optional[Config] = None, resume: Optional[Path] = None, console: Op
     try:
         from medseg.report import build_report
 
-        build_report(run_dir, val=val, console=console)
+        build_report(run_dir, val=val, console=console, loaded=loaded)
     except Exception as e:  # noqa: BLE001 — the report is derived (`medseg report` rewrites it); never fail a finished fit
         log.warning("report not written: %s: %s", type(e).__name__, e, exc_info=True)
         console.print(f"[yellow]report not written ({type(e).__name__}: {e}); retry with: medseg report {run_dir}")

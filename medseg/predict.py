@@ -18,6 +18,7 @@ from medseg.data import infer_input, load_data
 from medseg.data.preprocess import to_original
 from medseg.data.readers import volume_stem
 from medseg.data.rle import write_rle_csv
+from medseg.data.slices import slices_by_volume
 from medseg.data.writers import write_png_mask, write_png_prob, write_volume_like
 from medseg.errors import MedsegError
 from medseg.infer import predict_probs
@@ -86,11 +87,7 @@ def predict_run(
 
 
 def _write_volumes(loaded, probs: np.ndarray, thr: float, output: Path, image_suffix: str = "") -> None:
-    by_vol: dict[str, list[int]] = {}
-    for i, s in enumerate(loaded.samples):
-        by_vol.setdefault(s.meta["volume"], []).append(i)
-    for vol, idx in by_vol.items():
-        idx = sorted(idx, key=lambda i: loaded.samples[i].meta["slice"])
+    for vol, idx in slices_by_volume([s.meta for s in loaded.samples]).items():
         full = np.stack([to_original(probs[i], loaded.samples[i].meta["resize"]) for i in idx])
         ref = Path(loaded.volumes[vol]["path"])
         suffix = ".nii.gz" if ref.name.endswith(".nii.gz") else ref.suffix

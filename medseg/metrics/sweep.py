@@ -139,12 +139,10 @@ def sweep_cases(probs: Sequence[np.ndarray], masks: Sequence[np.ndarray], meta: 
     """
     if contract.reduction != "per_volume" or not meta or meta[0].get("volume") is None:
         return list(probs), list(masks)
-    by_vol: dict = {}
-    for i, m in enumerate(meta):
-        by_vol.setdefault(m["volume"], []).append(i)
+    from medseg.data.slices import slices_by_volume
+
     out_p, out_m = [], []
-    for _, idx in sorted(by_vol.items()):
-        idx = sorted(idx, key=lambda i: meta[i]["slice"])
+    for idx in slices_by_volume(meta).values():
         out_p.append(np.stack([probs[i] for i in idx]))
         out_m.append(np.stack([masks[i] for i in idx]))
     return out_p, out_m

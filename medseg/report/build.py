@@ -38,7 +38,7 @@ TAIL_BUILDERS: tuple[tuple[str, str, Callable[[RunContext], Section]], ...] = (
 )
 
 
-def build_report(run_dir: Path, val=None, console: Optional[Console] = None, predict: bool = True, doctor: bool = True) -> Path:
+def build_report(run_dir: Path, val=None, console: Optional[Console] = None, predict: bool = True, doctor: bool = True, loaded=None) -> Path:
     """(Re)write the run's report; returns the path of report.html.
 
     Args:
@@ -48,13 +48,14 @@ def build_report(run_dir: Path, val=None, console: Optional[Console] = None, pre
         predict: run the best checkpoint on the validation images (overlays, and the threshold
             curve when metrics/threshold_sweep.json is absent).
         doctor: include the doctor's findings (medseg.doctor), when that package is installed.
+        loaded: the run's data already in memory (fit passes it so the doctor does not read it again).
     """
     ctx = load_context(Path(run_dir))
     if predict:
         _add_predictions(ctx, val)
     else:
         ctx.preds_error = "the checkpoint was not run (--no-predict)"
-    findings, doctor_error = _run_doctor(ctx.run_dir) if doctor else (None, "doctor skipped (--no-doctor)")
+    findings, doctor_error = _run_doctor(ctx.run_dir, loaded) if doctor else (None, "doctor skipped (--no-doctor)")
 
     sections = [_safe(ctx, *b) for b in SECTION_BUILDERS]
     try:
@@ -88,7 +89,7 @@ def _add_predictions(ctx: RunContext, val) -> None:
             ctx.preds_error = f"threshold sweep failed ({e})"
 
 
-def _run_doctor(run_dir: Path) -> tuple[Optional[list[dict]], str]:
+def _run_doctor(run_dir: Path, loaded=None) -> tuple[Optional[list[dict]], str]:
     """The doctor's findings as dicts, or (None, why not)."""
     try:
         from medseg.doctor import diagnose
@@ -98,7 +99,7 @@ def _run_doctor(run_dir: Path) -> tuple[Optional[list[dict]], str]:
         log.warning("report: the doctor failed to load", exc_info=True)
         return None, f"doctor not available: it failed to load ({type(e).__name__}: {e})"
     try:
-        return [f.to_dict() for f in diagnose(run_dir, evaluate=True)], ""
+        return [f.to_dict() for f in diagnose(run_dir, evaluate=True, loaded=loaded)], ""
     except Exception as e:  # noqa: BLE001
         log.warning("report: the doctor failed", exc_info=True)
         return None, f"the doctor failed ({type(e).__name__}: {e})"

@@ -178,7 +178,7 @@ def test_doctor_findings_and_missing_doctor(run_copy, monkeypatch):
 
     calls = []
     fake = types.ModuleType("medseg.doctor")
-    fake.diagnose = lambda run_dir, evaluate=True: calls.append((Path(run_dir), evaluate)) or [Finding()]
+    fake.diagnose = lambda run_dir, evaluate=True, loaded=None: calls.append((Path(run_dir), evaluate)) or [Finding()]
     monkeypatch.setitem(sys.modules, "medseg.doctor", fake)
     build_report(run_copy, predict=False)
     html = (run_copy / "report.html").read_text()
