@@ -50,12 +50,21 @@ def evaluate(
     run: Path = typer.Argument(..., help="Run folder."),
     data: Optional[Path] = typer.Option(None, "--data", help="YAML with a data: section to evaluate on instead of the run's validation split."),
     sweep: bool = typer.Option(False, "--sweep", help="Also sweep the threshold 0.05..0.95 and report the best."),
+    split: str = typer.Option("val", "--split", help="Which cases of the run's split.json to score: val, or test (results go to runs/NAME/evaluations/test)."),
     no_progress: bool = typer.Option(False, "--no-progress", help="Hide progress bars."),
 ):
-    """Recompute validation metrics from the best checkpoint (checked against what training reported)."""
+    """Recompute validation metrics from the best checkpoint (checked against what training reported).
+
+    Raw numbers follow the metric contract; when the run was tuned (postprocess.json) the
+    post-processed pipeline is scored beside them.
+    """
     from medseg.evaluate import evaluate_run
 
-    s = evaluate_run(run, data, sweep=sweep, console=console, progress=not no_progress)
+    if split not in ("val", "test"):
+        raise MedsegError(f"--split: must be 'val' or 'test', got '{split}'")
+    if split != "val" and data is not None:
+        raise MedsegError("evaluate: use either --data or --split test, not both")
+    s = evaluate_run(run, data, sweep=sweep, console=console, progress=not no_progress, part=split)
     tr = s.get("training_reported")
     if tr and not tr["match"]:
         raise MedsegError(f"{run}: recomputed dice {s['dice']:.6f} differs from training's {tr['dice']:.6f}")
@@ -68,11 +77,16 @@ def predict(
     output: Path = typer.Argument(..., help="New output folder (must not exist or be empty)."),
     threshold: Optional[float] = typer.Option(None, "--threshold", help="Binarisation threshold (default: the run's contract)."),
     tta: bool = typer.Option(False, "--tta", help="Average with horizontally flipped predictions."),
+    raw: bool = typer.Option(False, "--raw", help="Ignore the run's tuned post-processing (postprocess.json): threshold only."),
 ):
-    """Write probability maps and binary masks at the input's own size and geometry."""
+    """Write probability maps and binary masks at the input's own size and geometry.
+
+    Masks use the run's tuned post-processing (threshold, small components removed) when
+    `medseg tune` (or fit) wrote one; --threshold or --raw use a bare threshold instead.
+    """
     from medseg.predict import predict_run
 
-    out = predict_run(run, input, output, threshold=threshold, tta=tta, console=console)
+    out = predict_run(run, input, output, threshold=threshold, tta=tta, console=console, raw=raw)
     console.print(f"[bold green]predictions: {out}")
 
 
@@ -238,7 +252,64 @@ def plan_cmd(
     console.print(f"[bold green]plan: {folder}")
 
 
+@app.command()
+def tune(
+    run: Path = typer.Argument(..., help="Run folder."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing postprocess.json."),
+    set_: list[str] = typer.Option([], "--set", "-s", help="Override a postprocess.* key for this tuning, e.g. --set postprocess.min_gain=0.01."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="Hide progress bars."),
+):
+    """Tune post-processing (threshold, minimum component size, keep-largest) on the run's validation cases.
+
+    Writes runs/NAME/postprocess.json and postprocess.csv; evaluate and predict then apply the
+    rule. fit runs this itself when postprocess.tune is true (the default).
+    """
+    from medseg.tune import tune_run
+
+    if any(not s.startswith("postprocess.") for s in set_):
+        raise MedsegError("tune --set: only postprocess.* keys can be changed here")
+    tune_run(run, console=console, force=force, progress=not no_progress, overrides=set_)
+
+
+# verbs that run a network: worth a faster allocator
+_HEAVY_VERBS = {"fit", "tune", "evaluate", "predict", "demo", "plan", "report", "doctor"}
+_TCMALLOC_PATHS = (
+    "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4",
+    "/usr/lib/aarch64-linux-gnu/libtcmalloc_minimal.so.4",
+    "/usr/lib64/libtcmalloc_minimal.so.4",
+    "/usr/lib/libtcmalloc_minimal.so.4",
+)
+
+
+def _preload_tcmalloc(argv: list[str]) -> None:
+    """Re-execute once with tcmalloc preloaded (Debian: libtcmalloc-minimal4), if it is installed.
+
+    PyTorch on CPU allocates and frees large tensors every step; glibc malloc returns them to
+    the OS and faults them back in, tcmalloc keeps them. Measured here: ~30% shorter steps
+    (BENCHMARKS.md, fast path). LD_PRELOAD only works at process start, hence the re-exec.
+    MEDSEG_TCMALLOC=off disables it.
+    """
+    if sys.platform != "linux" or len(argv) < 2 or argv[1] not in _HEAVY_VERBS:
+        return
+    if os.environ.get("MEDSEG_TCMALLOC", "").lower() in ("off", "0", "no") or "tcmalloc" in os.environ.get("LD_PRELOAD", ""):
+        return
+    lib = next((p for p in _TCMALLOC_PATHS if os.path.exists(p)), None)
+    if lib is None:
+        return
+    env = dict(os.environ, LD_PRELOAD=" ".join(x for x in (lib, os.environ.get("LD_PRELOAD", "")) if x), MEDSEG_TCMALLOC="on")
+    try:
+        os.execve(sys.executable, [sys.executable, "-m", "medseg.cli", *argv[1:]], env)
+    except OSError:
+        return  # could not re-exec: run as is, only slower
+
+
+def tcmalloc_active() -> bool:
+    """Whether this process runs with tcmalloc preloaded."""
+    return "tcmalloc" in os.environ.get("LD_PRELOAD", "")
+
+
 def main() -> None:
+    _preload_tcmalloc(sys.argv)
     try:
         app()
     except MedsegError as e:

@@ -280,6 +280,40 @@ class EvalConfig(_Section):
     batch_size: int = Field(16, ge=1, description="Images per inference batch.")
 
 
+class PostprocessConfig(_Section):
+    tune: bool = Field(
+        True,
+        description="After training, tune threshold, min_area and keep_largest on the validation cases "
+        "(medseg tune) and apply them in evaluate and predict.",
+    )
+    thresholds: list[float] = Field(
+        [0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8],
+        description="Candidate pixel thresholds for the tuning.",
+    )
+    min_area_fractions: list[float] = Field(
+        [0.0, 0.00025, 0.0005, 0.001, 0.002, 0.004, 0.008, 0.016],
+        description="Candidate minimum component sizes, as fractions of one image (slice) area; 0 keeps every component.",
+    )
+    keep_largest: list[bool] = Field([False, True], description="Candidate values of 'keep only the largest component'.")
+    min_gain: float = Field(
+        0.005, ge=0.0, description="Tuned rules must beat the raw prediction by this much validation Dice, else raw is kept.",
+    )
+
+    @field_validator("thresholds")
+    @classmethod
+    def _thr(cls, v):
+        if not v or any(not 0.0 < t < 1.0 for t in v):
+            raise ValueError("needs one or more thresholds, each in (0, 1)")
+        return v
+
+    @field_validator("min_area_fractions")
+    @classmethod
+    def _areas(cls, v):
+        if not v or any(not 0.0 <= f < 1.0 for f in v):
+            raise ValueError("needs one or more fractions, each in [0, 1)")
+        return v
+
+
 class Config(_Section):
     """A medseg run: data, split, model, loss, optimiser, schedule, augmentation, training, evaluation."""
 
@@ -301,6 +335,7 @@ class Config(_Section):
     )
     train: TrainConfig = Field(default_factory=TrainConfig, description="Training loop.")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation and the metric contract.")
+    postprocess: PostprocessConfig = Field(default_factory=PostprocessConfig, description="Post-processing tuned on validation (threshold, small components).")
     plan: PlanConfig = Field(default_factory=PlanConfig, description="The dataset-driven plan that fills unset keys (medseg plan).")
     track: Literal["tensorboard", "mlflow", "none"] = Field(
         "tensorboard",

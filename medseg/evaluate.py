@@ -18,6 +18,7 @@ from medseg.errors import MedsegError
 from medseg.infer import predict_probs
 from medseg.metrics import case_metrics, summarize
 from medseg.models import create_model
+from medseg.postprocess import load_postprocess
 
 MATCH_TOLERANCE = 1e-4
 
@@ -44,15 +45,37 @@ def load_network(run_dir: Path, cfg: Config, in_channels: int, which: str = runf
     return net, {"epoch": int(ckpt.get("epoch", -1)), "global_step": int(ckpt.get("global_step", -1))}
 
 
-def load_validation(run_dir: Path, cfg: Config, progress: bool = False):
-    """The run's validation cases (split.json) reloaded from its data, as `fit.SplitArrays`."""
+def load_validation(run_dir: Path, cfg: Config, progress: bool = False, part: str = "val", loaded=None):
+    """The run's validation (or test) cases (split.json) reloaded from its data, as `fit.SplitArrays`."""
     from medseg.fit import stack_part
 
     split = runfs.read_json(run_dir / runfs.SPLIT)
-    val = stack_part(load_data(cfg.data, with_masks=True, progress=progress), split["val"])
+    if not split.get(part):
+        raise MedsegError(f"{run_dir / runfs.SPLIT}: the run has no '{part}' cases")
+    loaded = loaded if loaded is not None else load_data(cfg.data, with_masks=True, progress=progress)
+    val = stack_part(loaded, split[part])
     if len(val.images) == 0:
-        raise MedsegError(f"{run_dir / runfs.SPLIT}: none of the validation cases is in the data any more")
+        raise MedsegError(f"{run_dir / runfs.SPLIT}: none of the '{part}' cases is in the data any more")
     return val
+
+
+def postprocessed_summary(probs: np.ndarray, masks: np.ndarray, meta: list[dict], contract, pp) -> tuple[dict, list[dict]]:
+    """Summary and per-case rows of the post-processed masks (see medseg.postprocess), under the contract.
+
+    Post-processing works per case: per image, or per stacked volume for a per-volume contract.
+    """
+    from medseg.metrics import sweep_cases
+
+    hard_contract = contract.model_copy(update={"kind": "hard", "threshold": 0.5})
+    cases_p, cases_m = sweep_cases(probs, masks, meta, contract)
+    rows = []
+    for i, (p, m) in enumerate(zip(cases_p, cases_m)):
+        rows.append({"case_index": i, **case_metrics(pp.apply(p).astype(np.float32), m, hard_contract, surface=True)})
+    summary = summarize(rows, hard_contract if contract.reduction != "per_volume" else hard_contract.model_copy(update={"reduction": "per_image"}))
+    summary["rule"] = pp.to_json()
+    summary["rule_text"] = pp.describe()
+    summary["cases"] = "volumes" if len(cases_p) != len(probs) else "images"
+    return summary, rows
 
 
 def score(probs: np.ndarray, masks: np.ndarray, meta: list[dict], contract, surface: bool = True) -> dict:
@@ -81,6 +104,7 @@ def evaluate_run(
     val=None,
     loaded=None,
     progress: bool = True,
+    part: str = "val",
 ) -> dict:
     """Score the best checkpoint on the run's validation cases (or on another dataset).
 
@@ -91,6 +115,8 @@ def evaluate_run(
         sweep: also sweep the threshold 0.05..0.95 and save the curve.
         console: where to print.
         val / loaded: arrays already in memory (fit passes them to skip reloading).
+        part: which cases of the run's split to score: 'val' (the default) or 'test'; test
+            results go to runs/NAME/evaluations/test[-N]/.
     """
     from medseg.fit import stack_part
 
@@ -111,6 +137,9 @@ def evaluate_run(
             raise MedsegError(f"{data_config}: data has {loaded.in_channels} channels, the model expects {state['in_channels']}")
         val = stack_part(loaded, sorted({s.case_id for s in loaded.samples}))
         out_dir = runfs.create_run(run_dir / "evaluations", Path(data_config).stem)
+    elif part != "val":
+        val = load_validation(run_dir, cfg, progress=progress, part=part, loaded=loaded)
+        out_dir = runfs.create_run(run_dir / "evaluations", part)
     elif val is None:
         val = load_validation(run_dir, cfg, progress=progress)
     net, info = load_network(run_dir, cfg, state["in_channels"])
@@ -119,12 +148,17 @@ def evaluate_run(
     summary = dict(result["summary"])
     summary["best_epoch"] = info["epoch"]
     summary["checkpoint"] = runfs.BEST_CKPT
-    summary["evaluated_on"] = str(data_config) if data_config else "validation split"
+    summary["evaluated_on"] = str(data_config) if data_config else ("validation split" if part == "val" else f"{part} split")
     soft = contract.model_copy(update={"kind": "soft"})
     summary["soft_dice"] = summarize([case_metrics(p, m, soft, surface=False) for p, m in zip(probs, val.masks)], soft)["dice"]
     if result["volume_summary"] is not None:
         summary["per_volume"] = {**result["volume_summary"], "rows": result["volume_rows"]}
-    if data_config is None:
+    pp = load_postprocess(run_dir)
+    if pp is not None:
+        # the deployed pipeline (tuned on validation); the raw numbers above stay the contract's
+        summary["postprocessed"], pp_rows = postprocessed_summary(probs, val.masks, val.meta, contract, pp)
+        runfs.write_csv(out_dir / "cases_postprocessed.csv", pp_rows)
+    if data_config is None and part == "val":
         epochs = runfs.read_csv(run_dir / runfs.EPOCHS_CSV)
         row = next((r for r in epochs if int(r["epoch"]) == info["epoch"]), None)
         if row is not None and "val_dice" in row:
@@ -148,17 +182,23 @@ def evaluate_run(
 
 
 def print_summary(console: Console, s: dict, title: str = "") -> None:
-    t = Table(title=title, caption=f"metric contract: {s.get('contract_text', '')}")
+    pp = s.get("postprocessed")
+    caption = f"metric contract: {s.get('contract_text', '')}"
+    if pp:
+        caption += f"\npost-processed: {pp['rule_text']} (tuned on validation: medseg tune)"
+    t = Table(title=title, caption=caption)
     t.add_column("metric")
-    t.add_column("value", justify="right")
+    t.add_column("raw" if pp else "value", justify="right")
+    if pp:
+        t.add_column("post-processed", justify="right")
     keys = [
         "dice", "iou", "precision", "recall", "dice_nonempty", "soft_dice", "fp_rate_empty", "lesion_recall",
         "lesion_precision", "hd95", "asd", "n_cases", "n_empty_truth", "n_empty_empty",
     ]
+    show = lambda v: "" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v))  # noqa: E731
     for k in keys:
         if k in s and s[k] is not None:
-            v = s[k]
-            t.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
+            t.add_row(k, show(s[k]), *([show(pp.get(k))] if pp else []))
     if s.get("per_volume"):
         t.add_row("dice (per volume)", f"{s['per_volume']['dice']:.4f}")
     tr = s.get("training_reported")

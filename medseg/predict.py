@@ -22,6 +22,7 @@ from medseg.data.slices import slices_by_volume
 from medseg.data.writers import write_png_mask, write_png_prob, write_volume_like
 from medseg.errors import MedsegError
 from medseg.infer import predict_probs
+from medseg.postprocess import PostProcess, load_postprocess
 
 
 def predict_run(
@@ -31,6 +32,7 @@ def predict_run(
     threshold: Optional[float] = None,
     tta: bool = False,
     console: Optional[Console] = None,
+    raw: bool = False,
 ) -> Path:
     """Predict INPUT with the run's best checkpoint into the new folder OUTPUT.
 
@@ -40,6 +42,7 @@ def predict_run(
         output: output folder; must not exist or be empty (nothing is overwritten).
         threshold: binarisation threshold (default: the run's metric contract).
         tta: horizontal-flip test-time augmentation.
+        raw: ignore the run's tuned post-processing (postprocess.json); --threshold implies it.
     """
     from medseg.evaluate import load_network, load_run_config
 
@@ -60,19 +63,23 @@ def predict_run(
     net, _ = load_network(run_dir, cfg, state["in_channels"])
     images = np.stack([s.image for s in loaded.samples]).astype(np.float32, copy=False)
     probs = predict_probs(net, images, cfg.eval.batch_size, state["precision"], "cpu", cfg.train.channels_last, tta=tta)
-    thr = cfg.eval.contract.threshold if threshold is None else threshold
-    if not 0.0 < thr < 1.0:
-        raise MedsegError(f"--threshold: must be in (0, 1), got {thr}")
+    if threshold is not None and not 0.0 < threshold < 1.0:
+        raise MedsegError(f"--threshold: must be in (0, 1), got {threshold}")
+    # the tuned rule (medseg tune) unless the caller asks for a bare threshold
+    pp = load_postprocess(run_dir) if threshold is None and not raw else None
+    if pp is None:
+        pp = PostProcess(cfg.eval.contract.threshold if threshold is None else threshold, 0, False)
+    thr = pp.threshold
     output.mkdir(parents=True, exist_ok=True)
     if loaded.source == "volumes":
-        _write_volumes(loaded, probs, thr, output, data_cfg.image_suffix)
+        _write_volumes(loaded, probs, pp, output, data_cfg.image_suffix)
     else:
         rle_rows = {}
         (output / "probs").mkdir()
         (output / "masks").mkdir()
         for s, p in zip(loaded.samples, probs):
             full = to_original(p, s.meta["resize"])
-            mask = (full >= thr).astype(np.uint8)
+            mask = pp.apply(full, area_scale=full.size / p.size).astype(np.uint8)
             write_png_prob(output / "probs" / f"{s.sample_id}.png", full)
             write_png_mask(output / "masks" / f"{s.sample_id}.png", mask)
             if loaded.source == "siim":
@@ -81,12 +88,12 @@ def predict_run(
             write_rle_csv(output / "submission.csv", rle_rows)
     runfs.write_json(
         output / "prediction.json",
-        {"run": str(run_dir), "input": str(input_path), "threshold": thr, "tta": tta, "n_images": len(probs), "source": loaded.source},
+        {"run": str(run_dir), "input": str(input_path), "threshold": thr, "postprocess": pp.to_json(), "tta": tta, "n_images": len(probs), "source": loaded.source},
     )
     return output
 
 
-def _write_volumes(loaded, probs: np.ndarray, thr: float, output: Path, image_suffix: str = "") -> None:
+def _write_volumes(loaded, probs: np.ndarray, pp: PostProcess, output: Path, image_suffix: str = "") -> None:
     for vol, idx in slices_by_volume([s.meta for s in loaded.samples]).items():
         full = np.stack([to_original(probs[i], loaded.samples[i].meta["resize"]) for i in idx])
         ref = Path(loaded.volumes[vol]["path"])
@@ -96,4 +103,5 @@ def _write_volumes(loaded, probs: np.ndarray, thr: float, output: Path, image_su
         if image_suffix and stem.endswith(image_suffix) and len(stem) > len(image_suffix):
             stem = stem[: -len(image_suffix)]
         write_volume_like(output / f"{stem}_prob{suffix}", full.astype(np.float32), ref, dtype=np.float32)
-        write_volume_like(output / f"{stem}_mask{suffix}", (full >= thr).astype(np.uint8), ref, dtype=np.uint8)
+        scale = full[0].size / probs[idx[0]].size
+        write_volume_like(output / f"{stem}_mask{suffix}", pp.apply(full, area_scale=scale).astype(np.uint8), ref, dtype=np.uint8)

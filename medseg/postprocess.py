@@ -1,0 +1,196 @@
+"""Post-processing of probability maps, and its tuning on the validation cases (`medseg tune`).
+
+A segmentation network trained on images that are mostly empty or hold one small lesion
+leaves specks: a few pixels above 0.5 on a normal image turn a perfect empty/empty case
+(Dice 1 under `empty: one`) into Dice 0. The SIIM-ACR winners removed small predictions
+and tuned the threshold on validation; nnU-Net chooses "keep the largest component" by
+cross-validation. medseg does both in one search, on validation only:
+
+* ``threshold``: pixel threshold on the probability map;
+* ``min_area``: connected components (full connectivity, as the lesion metrics count them)
+  smaller than this many pixels (voxels for volumes) at network input size are removed;
+* ``keep_largest``: keep only the largest component of each case.
+
+The winner must beat the raw prediction (the contract's threshold, nothing removed) by at
+least ``postprocess.min_gain`` in the contract's Dice, else the raw prediction is kept: a
+few validation images should not move the pipeline for noise.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+from scipy import ndimage
+
+from medseg.metrics.contract import MetricContract
+from medseg.metrics.overlap import overlap_scores
+
+POSTPROCESS_JSON = "postprocess.json"
+
+
+@dataclass(frozen=True)
+class PostProcess:
+    """How a probability map becomes the final mask.
+
+    Attributes:
+        threshold: foreground where prob >= threshold.
+        min_area: remove connected components with fewer pixels (voxels); 0 keeps all.
+        keep_largest: keep only the largest component.
+    """
+
+    threshold: float = 0.5
+    min_area: int = 0
+    keep_largest: bool = False
+
+    def apply(self, prob: np.ndarray, area_scale: float = 1.0) -> np.ndarray:
+        """The final boolean mask of one case (2D image or 3D volume).
+
+        Args:
+            prob: probability map.
+            area_scale: pixels of `prob` per pixel at network input size (a map resized back
+                to the original image has (H*W)/(h*w)); scales `min_area`.
+        """
+        hard = np.asarray(prob, dtype=np.float64) >= self.threshold
+        if (self.min_area <= 0 and not self.keep_largest) or not hard.any():
+            return hard
+        labels, sizes = _components(hard)
+        keep = _kept_labels(sizes, int(round(self.min_area * area_scale)), self.keep_largest)
+        return np.isin(labels, keep)
+
+    def describe(self) -> str:
+        parts = [f"threshold {self.threshold:g}"]
+        if self.min_area > 0:
+            parts.append(f"remove components < {self.min_area} px")
+        if self.keep_largest:
+            parts.append("keep the largest component")
+        return ", ".join(parts)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict) -> "PostProcess":
+        return cls(threshold=float(d["threshold"]), min_area=int(d["min_area"]), keep_largest=bool(d["keep_largest"]))
+
+
+def _components(hard: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    structure = ndimage.generate_binary_structure(hard.ndim, hard.ndim)
+    labels, n = ndimage.label(hard, structure=structure)
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)
+    sizes[0] = 0
+    return labels, sizes
+
+
+def _kept_labels(sizes: np.ndarray, min_area: int, keep_largest: bool) -> np.ndarray:
+    ids = np.arange(len(sizes))
+    keep = (sizes >= max(1, min_area)) & (ids > 0)
+    if keep_largest and keep.any():
+        largest = int(np.argmax(np.where(keep, sizes, -1)))
+        keep = ids == largest
+    return ids[keep]
+
+
+def _case_dice(pred: np.ndarray, truth: np.ndarray, empty_score: float) -> tuple[float, float, float, float, bool]:
+    tp = float(np.count_nonzero(pred & truth))
+    fp = float(np.count_nonzero(pred & ~truth))
+    fn = float(np.count_nonzero(~pred & truth))
+    return tp, fp, fn, float(truth.size - tp - fp - fn), (not truth.any()) and (not pred.any())
+
+
+def _reduce(counts: list[tuple], contract: MetricContract) -> float:
+    """The contract's Dice over cases from (tp, fp, fn, tn, empty_empty) tuples."""
+    c = np.array([x[:4] for x in counts], dtype=np.float64)
+    ee = np.array([x[4] for x in counts], dtype=bool)
+    if contract.reduction == "global":
+        return float(overlap_scores(*c.sum(axis=0), empty_empty=bool(ee.all()), empty_score=contract.empty_score())["dice"])
+    dice = overlap_scores(c[:, 0], c[:, 1], c[:, 2], c[:, 3], ee, contract.empty_score())["dice"]
+    dice = np.asarray(dice, dtype=np.float64)
+    return float(np.nanmean(dice)) if np.isfinite(dice).any() else math.nan
+
+
+def default_area_grid(case_shape: Sequence[int], fractions: Sequence[float]) -> list[int]:
+    """Candidate `min_area` values: fractions of one 2D image (slice) area, rounded, unique."""
+    plane = int(case_shape[-1]) * int(case_shape[-2])
+    return sorted({int(round(f * plane)) for f in fractions})
+
+
+def tune_postprocess(
+    probs: Sequence[np.ndarray],
+    masks: Sequence[np.ndarray],
+    contract: MetricContract,
+    thresholds: Sequence[float],
+    area_fractions: Sequence[float],
+    keep_largest: Sequence[bool] = (False, True),
+    min_gain: float = 0.005,
+) -> dict:
+    """Grid-search threshold x min_area x keep_largest for the contract's Dice.
+
+    Args:
+        probs / masks: per-case probability maps and binary truths (images, or volumes
+            for a per-volume contract: pass `metrics.sweep_cases` output).
+        contract: the run's metric contract (its reduction and empty policy are the objective).
+        thresholds: candidate pixel thresholds.
+        area_fractions: candidate min_area values as fractions of one image's area (0 = keep all).
+        keep_largest: candidate values of keep_largest.
+        min_gain: the best must beat the raw prediction by this much, else raw is chosen.
+
+    Returns:
+        {"chosen": PostProcess as dict, "raw": {...,"dice"}, "best": {..., "dice"}, "gain", "rows": all candidates,
+         "n_cases", "min_gain", "reason"}.
+    """
+    if not len(probs):
+        raise ValueError("no cases to tune on")
+    truths = [np.asarray(m).astype(bool) for m in masks]
+    areas = default_area_grid(np.asarray(probs[0]).shape, area_fractions)
+    rows = []
+    for thr in sorted(set(float(t) for t in thresholds) | {float(contract.threshold)}):
+        hards = [np.asarray(p, dtype=np.float64) >= thr for p in probs]
+        comps = [_components(h) if h.any() else (None, np.zeros(1, dtype=np.int64)) for h in hards]
+        for largest in keep_largest:
+            for area in areas:
+                counts = []
+                for hard, (labels, sizes), truth in zip(hards, comps, truths):
+                    if labels is None or (area <= 0 and not largest):
+                        pred = hard
+                    else:
+                        pred = np.isin(labels, _kept_labels(sizes, area, largest))
+                    counts.append(_case_dice(pred, truth, contract.empty_score()))
+                n_pred_empty_on_empty = sum(1 for (tp, fp, fn, tn, ee) in counts if ee)
+                rows.append({
+                    "threshold": thr, "min_area": int(area), "keep_largest": bool(largest),
+                    "dice": _reduce(counts, contract), "n_empty_empty": n_pred_empty_on_empty,
+                })
+    raw = next(r for r in rows if r["threshold"] == float(contract.threshold) and r["min_area"] == 0 and not r["keep_largest"])
+
+    def rank(r: dict) -> tuple:
+        # best Dice; ties go to the simplest rule: contract threshold, smaller area, all components
+        d = r["dice"] if math.isfinite(r["dice"]) else -math.inf
+        return (round(d, 9), -abs(r["threshold"] - contract.threshold), -r["min_area"], not r["keep_largest"])
+
+    best = max(rows, key=rank)
+    gain = best["dice"] - raw["dice"] if math.isfinite(best["dice"]) and math.isfinite(raw["dice"]) else 0.0
+    if gain >= min_gain:
+        chosen = PostProcess(best["threshold"], best["min_area"], best["keep_largest"])
+        reason = f"{chosen.describe()}: Dice {best['dice']:.4f} vs {raw['dice']:.4f} raw on {len(probs)} validation cases (+{gain:.4f})"
+    else:
+        chosen = PostProcess(float(contract.threshold), 0, False)
+        reason = f"raw prediction kept: the best rule ({PostProcess(best['threshold'], best['min_area'], best['keep_largest']).describe()}) gains only {gain:+.4f} < {min_gain:g}"
+    return {
+        "chosen": chosen.to_json(), "raw": raw, "best": best, "gain": gain, "rows": rows,
+        "n_cases": len(probs), "min_gain": min_gain, "reason": reason,
+    }
+
+
+def load_postprocess(run_dir) -> Optional[PostProcess]:
+    """The run's tuned post-processing (runs/NAME/postprocess.json), or None if not tuned."""
+    from pathlib import Path
+
+    from medseg import run as runfs
+
+    path = Path(run_dir) / POSTPROCESS_JSON
+    if not path.is_file():
+        return None
+    return PostProcess.from_json(runfs.read_json(path)["chosen"])

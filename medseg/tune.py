@@ -1,0 +1,77 @@
+"""`medseg tune`: choose the run's post-processing on its validation cases.
+
+Writes runs/NAME/postprocess.json (the chosen rule, the raw and best scores, and every
+candidate) and postprocess.csv; `evaluate`, `predict` and the report apply the rule. See
+`medseg.postprocess` for the search.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from rich.console import Console
+from rich.table import Table
+
+from medseg import run as runfs
+from medseg.errors import MedsegError
+from medseg.postprocess import POSTPROCESS_JSON, tune_postprocess
+
+
+def tune_run(
+    run_dir: Path, console: Optional[Console] = None, val=None, force: bool = False, progress: bool = True,
+    overrides: Optional[list[str]] = None,
+) -> dict:
+    """Tune post-processing for a run on its validation cases with the best checkpoint.
+
+    Args:
+        run_dir: the run folder.
+        console: where to print.
+        val: validation arrays already in memory (fit passes them).
+        force: replace an existing postprocess.json (otherwise refuse: runs are never overwritten silently).
+        progress: show progress bars while loading data.
+        overrides: `postprocess.KEY=VALUE` strings for this tuning (the saved config is unchanged).
+    """
+    from medseg.evaluate import load_network, load_run_config, load_validation
+    from medseg.infer import predict_probs
+    from medseg.metrics import sweep_cases
+
+    console = console or Console(stderr=True)
+    run_dir = runfs.open_run(run_dir)
+    out = run_dir / POSTPROCESS_JSON
+    if out.exists() and not force:
+        raise MedsegError(f"{out}: already tuned (use --force to tune again and replace it)")
+    cfg = load_run_config(run_dir)
+    if overrides:
+        from medseg.config import apply_overrides, config_from_dict, read_yaml
+
+        cfg = config_from_dict(apply_overrides(read_yaml(run_dir / runfs.CONFIG), overrides), run_dir)
+    state = runfs.read_json(run_dir / runfs.STATE)
+    if val is None:
+        val = load_validation(run_dir, cfg, progress=progress)
+    net, info = load_network(run_dir, cfg, state["in_channels"])
+    probs = predict_probs(net, val.images, cfg.eval.batch_size, state["precision"], "cpu", cfg.train.channels_last)
+    contract = cfg.eval.contract
+    pp = cfg.postprocess
+    cases_p, cases_m = sweep_cases(probs, val.masks, val.meta, contract)
+    result = tune_postprocess(cases_p, cases_m, contract, pp.thresholds, pp.min_area_fractions, pp.keep_largest, pp.min_gain)
+    result["checkpoint"] = runfs.BEST_CKPT
+    result["best_epoch"] = info["epoch"]
+    result["contract_text"] = contract.describe()
+    runfs.write_csv(run_dir / "postprocess.csv", result["rows"])
+    runfs.write_json(out, {k: v for k, v in result.items() if k != "rows"})
+    print_tuning(console, result)
+    return result
+
+
+def print_tuning(console: Console, result: dict) -> None:
+    """The raw score, the five best candidates and the chosen rule."""
+    t = Table(title=f"post-processing tuned on {result['n_cases']} validation cases ({result.get('contract_text', '')})")
+    for c in ("threshold", "min area px", "largest only", "Dice"):
+        t.add_column(c, justify="right")
+    raw = result["raw"]
+    t.add_row(f"{raw['threshold']:g}", "0", "no", f"{raw['dice']:.4f} (raw)")
+    for r in sorted(result["rows"], key=lambda r: -r["dice"] if r["dice"] == r["dice"] else 1e9)[:5]:
+        t.add_row(f"{r['threshold']:g}", str(r["min_area"]), "yes" if r["keep_largest"] else "no", f"{r['dice']:.4f}")
+    console.print(t)
+    console.print(f"chosen: {result['reason']}")

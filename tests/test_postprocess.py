@@ -1,0 +1,100 @@
+"""Post-processing rules and their tuning, checked against hand-built cases and numpy Dice."""
+
+import math
+
+import numpy as np
+import pytest
+
+from medseg.metrics.contract import MetricContract
+from medseg.postprocess import PostProcess, default_area_grid, tune_postprocess
+
+
+def _disk(shape, cy, cx, r):
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    return (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+
+
+def _np_dice(pred, truth, empty=1.0):
+    if not pred.any() and not truth.any():
+        return empty
+    return 2 * np.count_nonzero(pred & truth) / (pred.sum() + truth.sum())
+
+
+def test_apply_removes_small_components_and_keeps_largest():
+    prob = np.zeros((40, 40), np.float32)
+    prob[_disk(prob.shape, 10, 10, 6)] = 0.9  # ~113 px
+    prob[30:33, 30:33] = 0.9  # 9 px
+    prob[2, 38] = 0.6  # 1 px, and below a 0.7 threshold
+    assert PostProcess(0.5).apply(prob).sum() == (prob >= 0.5).sum()
+    kept = PostProcess(0.5, min_area=10).apply(prob)
+    assert kept.sum() == _disk(prob.shape, 10, 10, 6).sum()
+    assert PostProcess(0.7).apply(prob).sum() == (prob >= 0.7).sum()
+    largest = PostProcess(0.5, keep_largest=True).apply(prob)
+    assert largest.sum() == _disk(prob.shape, 10, 10, 6).sum()
+    # a map at 2x the input side has 4x the pixels: min_area 10 at input is 40 here
+    assert PostProcess(0.5, min_area=3).apply(prob, area_scale=4.0).sum() == _disk(prob.shape, 10, 10, 6).sum()
+    # diagonal neighbours are one component (full connectivity, as the lesion metrics count)
+    diag = np.zeros((8, 8)); diag[1, 1] = diag[2, 2] = diag[3, 3] = 1.0
+    assert PostProcess(0.5, min_area=3).apply(diag).sum() == 3
+
+
+def _specky_cases(rng, n=12, shape=(48, 48)):
+    """Half lesion images (big disk, prob 0.8), half normal images with a 4-px speck at 0.9."""
+    probs, truths = [], []
+    for i in range(n):
+        p = rng.uniform(0, 0.2, shape).astype(np.float32)
+        t = np.zeros(shape, bool)
+        if i % 2 == 0:
+            t = _disk(shape, 24, 24, 8)
+            p[_disk(shape, 24, 25, 8)] = 0.8
+        else:
+            p[5:7, 5:7] = 0.9
+        probs.append(p)
+        truths.append(t)
+    return probs, truths
+
+
+def test_tuning_finds_the_area_that_removes_specks_and_scores_like_numpy():
+    probs, truths = _specky_cases(np.random.default_rng(0))
+    c = MetricContract()
+    res = tune_postprocess(probs, truths, c, thresholds=[0.5, 0.85], area_fractions=[0.0, 0.001, 0.004, 0.05])
+    raw = np.mean([_np_dice(p >= 0.5, t) for p, t in zip(probs, truths)])
+    assert res["raw"]["dice"] == pytest.approx(raw, abs=1e-9)
+    chosen = PostProcess.from_json(res["chosen"])
+    # 0.001*48*48 = 2 px keeps the 4-px specks; 0.004 -> 9 px removes them, 0.05 -> 115 px would remove lesions
+    assert chosen.min_area == 9 and chosen.threshold == 0.5
+    tuned = np.mean([_np_dice(chosen.apply(p), t) for p, t in zip(probs, truths)])
+    assert res["best"]["dice"] == pytest.approx(tuned, abs=1e-9)
+    assert res["gain"] == pytest.approx(tuned - raw, abs=1e-9) and res["gain"] > 0.4
+    assert len(res["rows"]) == 2 * 4 * 2  # thresholds x areas x keep_largest
+
+
+def test_tuning_keeps_raw_when_the_gain_is_below_min_gain():
+    rng = np.random.default_rng(1)
+    probs, truths = [], []
+    for _ in range(6):
+        t = _disk((32, 32), 16, 16, 6)
+        probs.append(np.where(t, 0.9, 0.05).astype(np.float32))
+        truths.append(t)
+    res = tune_postprocess(probs, truths, MetricContract(), [0.4, 0.5, 0.6], [0.0, 0.01], min_gain=0.005)
+    assert res["chosen"] == {"threshold": 0.5, "min_area": 0, "keep_largest": False}
+    assert "raw prediction kept" in res["reason"]
+
+
+def test_tuning_follows_the_empty_policy_and_per_volume_cases():
+    probs, truths = _specky_cases(np.random.default_rng(2), n=6)
+    nan_contract = MetricContract(empty="nan")
+    res = tune_postprocess(probs, truths, nan_contract, [0.5], [0.0, 0.004])
+    # with empty=nan a speck on a normal image scores 0 and a clean one drops out of the mean
+    expect = np.nanmean([_np_dice(p >= 0.5, t, empty=math.nan) for p, t in zip(probs, truths)])
+    assert res["raw"]["dice"] == pytest.approx(expect, abs=1e-9)
+    lesions_only = np.mean([_np_dice(p >= 0.5, t) for p, t in zip(probs, truths) if t.any()])
+    assert res["best"]["dice"] == pytest.approx(lesions_only, abs=1e-9)
+    vol_p, vol_t = np.stack(probs), np.stack(truths)
+    res3 = tune_postprocess([vol_p], [vol_t], MetricContract(reduction="per_volume"), [0.5], [0.0, 0.004])
+    pred = PostProcess.from_json(res3["chosen"]).apply(vol_p)
+    assert res3["best"]["dice"] == pytest.approx(_np_dice(pred, vol_t), abs=1e-9)
+
+
+def test_area_grid_uses_one_slice_area():
+    assert default_area_grid((10, 100, 50), [0.0, 0.001, 0.01]) == [0, 5, 50]

@@ -1,0 +1,96 @@
+"""medseg tune end to end: fit tunes on validation, evaluate scores raw and tuned, predict applies the rule."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from medseg import run as runfs
+from medseg.config import config_from_dict
+from medseg.evaluate import evaluate_run, load_run_config
+from medseg.fit import fit
+from medseg.postprocess import PostProcess, load_postprocess
+from medseg.predict import predict_run
+from tests.conftest import make_blob_folder, tiny_config
+from tests.test_cli import _cli, _one_error_line
+
+
+@pytest.fixture(scope="module")
+def tuned_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("tune")
+    data = make_blob_folder(tmp / "d", n=16, size=64)
+    cfg = tiny_config(data, tmp / "runs", train__epochs=2, schedule__warmup_epochs=0,
+                      split={"mode": "holdout", "val_fraction": 0.25, "test_fraction": 0.25})
+    return fit(config_from_dict(cfg), progress=False), data, tmp
+
+
+def test_fit_tunes_and_evaluate_scores_the_rule_independently(tuned_run):
+    run, data, _ = tuned_run
+    saved = runfs.read_json(run / "postprocess.json")
+    rows = runfs.read_csv(run / "postprocess.csv")
+    cfg = load_run_config(run)
+    assert len(rows) == len(cfg.postprocess.thresholds) * len(cfg.postprocess.min_area_fractions) * 2
+    assert saved["raw"]["threshold"] == 0.5 and saved["n_cases"] == len(runfs.read_json(run / runfs.SPLIT)["val"])
+    pp = load_postprocess(run)
+    assert pp == PostProcess.from_json(saved["chosen"])
+    summary = runfs.read_json(run / "metrics" / "summary.json")
+    # the raw figure stays the contract's and matches the tuning's raw row
+    assert summary["dice"] == pytest.approx(saved["raw"]["dice"], abs=1e-9)
+    # the post-processed figure, recomputed here from the saved probabilities' rule with numpy
+    from medseg.evaluate import load_validation, load_network
+    from medseg.infer import predict_probs
+
+    val = load_validation(run, cfg)
+    net, _ = load_network(run, cfg, 1)
+    probs = predict_probs(net, val.images, 8, "32-true", "cpu", cfg.train.channels_last)
+    dices = []
+    for p, m in zip(probs, val.masks):
+        pred, t = pp.apply(p), m.astype(bool)
+        dices.append(1.0 if not pred.any() and not t.any() else 2 * (pred & t).sum() / (pred.sum() + t.sum()))
+    assert summary["postprocessed"]["dice"] == pytest.approx(np.mean(dices), abs=1e-6)
+    assert summary["postprocessed"]["dice"] == pytest.approx(saved["best"]["dice"] if saved["gain"] >= saved["min_gain"] else saved["raw"]["dice"], abs=1e-6)
+
+
+def test_tune_refuses_to_overwrite_and_force_replaces(tuned_run):
+    run, _, _ = tuned_run
+    before = (run / "postprocess.json").read_text()
+    r = _cli("tune", str(run), "--no-progress")
+    assert r.returncode == 2 and "already tuned" in _one_error_line(r)
+    assert (run / "postprocess.json").read_text() == before
+    r = _cli("tune", str(run), "--force", "--no-progress", "--set", "postprocess.thresholds=[0.5]", "--set", "postprocess.min_gain=1.0")
+    assert r.returncode == 0, r.stderr
+    after = json.loads((run / "postprocess.json").read_text())
+    assert after["chosen"] == {"threshold": 0.5, "min_area": 0, "keep_largest": False}  # nothing gains 1.0 Dice
+    r = _cli("tune", str(run), "--force", "--set", "train.epochs=3")
+    assert r.returncode == 2 and "postprocess" in _one_error_line(r)
+
+
+def test_evaluate_on_test_split_writes_a_separate_folder(tuned_run):
+    run, _, _ = tuned_run
+    split = runfs.read_json(run / runfs.SPLIT)
+    s = evaluate_run(run, part="test", progress=False)
+    assert s["n_cases"] == len(split["test"]) and s["evaluated_on"] == "test split"
+    assert (run / "evaluations" / "test" / "summary.json").is_file()
+    assert "postprocessed" in s and "training_reported" not in s
+    r = _cli("evaluate", str(run), "--split", "train")
+    assert r.returncode == 2 and "--split" in _one_error_line(r)
+
+
+def test_predict_applies_the_rule_unless_raw(tuned_run, tmp_path):
+    run, data, _ = tuned_run
+    new = tmp_path / "in"
+    new.mkdir()
+    img = np.full((64, 64), 20, np.uint8)
+    img[30:40, 30:40] = 240  # a lesion-like square
+    img[5, 5] = 255  # a one-pixel speck
+    Image.fromarray(img).save(new / "x.png")
+    (run / "postprocess.json").write_text(json.dumps({"chosen": {"threshold": 0.5, "min_area": 5000, "keep_largest": False}}))
+    out = predict_run(run, new, tmp_path / "pp")
+    assert not np.array(Image.open(out / "masks" / "x.png")).any()  # every component is < 5000 px: removed
+    assert json.loads((out / "prediction.json").read_text())["postprocess"]["min_area"] == 5000
+    raw = predict_run(run, new, tmp_path / "raw", raw=True)
+    prob = np.array(Image.open(raw / "probs" / "x.png")).astype(np.float64) / 65535
+    assert (np.array(Image.open(raw / "masks" / "x.png")) > 0).sum() == (prob >= 0.5).sum()
