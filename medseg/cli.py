@@ -308,8 +308,13 @@ def tcmalloc_active() -> bool:
     return "tcmalloc" in os.environ.get("LD_PRELOAD", "")
 
 
-def main() -> None:
+def entry() -> None:
+    """The `medseg` console script: the fast allocator first, then the command line."""
     _preload_tcmalloc(sys.argv)
+    main()
+
+
+def main() -> None:
     try:
         app()
     except MedsegError as e:
@@ -323,4 +328,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    entry()

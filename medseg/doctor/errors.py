@@ -21,6 +21,8 @@ REGION_TERMS = ("tversky", "focal_tversky")
 
 # below this share of lesions found the misses are a collapse, not a size problem
 COLLAPSE_FOUND_SHARE = 0.2
+# false positives on empty images this large against the median lesion are regions, not specks
+LARGE_FP_SHARE_OF_LESION = 0.25
 
 
 def check(ev: RunEvidence) -> list[Finding]:
@@ -73,6 +75,12 @@ def dice_breakdown(rows: list[dict]) -> dict:
         "outline": float((lost * (1 - missed_share))[nonempty].sum()),
     }
     total = float(lost.sum())
+    # how big the false positives on empty images are, against the lesions: specks a
+    # component-size rule removes, or lesion-sized regions it cannot
+    fp_px = np.array([float(r["fp"]) if finite(r.get("fp")) else np.nan for r in rows])
+    area = np.array([float(r["tp"]) + float(r["fn"]) if finite(r.get("tp")) and finite(r.get("fn")) else np.nan for r in rows])
+    fp_on_empty = fp_px[keep & truth_empty & ~pred_empty]
+    lesion_area = area[keep & ~truth_empty]
     return {
         "n_cases": n,
         "deficit": total,
@@ -83,6 +91,8 @@ def dice_breakdown(rows: list[dict]) -> dict:
         "n_fp_on_empty": int((keep & truth_empty & ~pred_empty).sum()),
         "n_lesions_truth": int(n_truth.sum()),
         "n_lesions_found": int(n_found.sum()),
+        "fp_px_on_empty_median": float(np.nanmedian(fp_on_empty)) if np.isfinite(fp_on_empty).any() else float("nan"),
+        "lesion_px_median": float(np.nanmedian(lesion_area)) if np.isfinite(lesion_area).any() else float("nan"),
     }
 
 
@@ -121,7 +131,21 @@ def dice_loss_findings(ev: RunEvidence, rows: list[dict], summary: dict) -> list
     if b["lost_fp_on_empty"] >= MIN_LOST_DICE and b["share_fp_on_empty"] >= MIN_DEFICIT_SHARE:
         sw = ev.eval.sweep if ev.eval is not None else ev.saved_sweep
         best = sw.get("best_threshold") if sw else None
-        if finite(best) and best > used:
+        fp_med, les_med = b["fp_px_on_empty_median"], b["lesion_px_median"]
+        large = finite(fp_med) and finite(les_med) and les_med > 0 and fp_med >= LARGE_FP_SHARE_OF_LESION * les_med
+        why = ("each empty image with any predicted pixel scores Dice 0 under this contract: stray specks cost as "
+               "much as a missed lesion")
+        if large:
+            why = (f"the predictions on empty images are lesion-sized (median {fp_med:.0f} px against {les_med:.0f} px per "
+                   "lesion image), not specks: no threshold or component-size rule removes them without removing lesions; "
+                   "the network has not learned what an image without a lesion looks like")
+        if ev.get("postprocess.tune", True) is False and not large:
+            # the tuned threshold + small-component removal is medseg's own control for specks
+            fix_key, fix_value = "postprocess.tune", True
+        elif large and ev.get("model.name") in ("unet", "basicunet"):
+            # a deeper encoder sees more context per pixel (BENCHMARKS.md §5: cross-validation on BUSI)
+            fix_key, fix_value = "model.name", "flexunet-resnet34"
+        elif finite(best) and best > used:
             fix_key, fix_value = "eval.contract.threshold", round(float(best), 2)
         elif "bce" not in loss and "focal" not in loss:
             fix_key, fix_value = "loss.bce", 1.0
@@ -134,9 +158,9 @@ def dice_loss_findings(ev: RunEvidence, rows: list[dict], summary: dict) -> list
             impact=min(0.6, 2 * b["lost_fp_on_empty"]),
             title=f"false positives on {b['n_fp_on_empty']} of {b['n_empty_truth']} empty images cost {b['lost_fp_on_empty']:.3f} Dice",
             evidence=f"{b['share_fp_on_empty']:.0%} of the Dice deficit (1 - {b['dice']:.3f}) comes from predictions on "
-            f"images without a lesion (fp_rate_empty {b['n_fp_on_empty'] / max(b['n_empty_truth'], 1):.2f})",
-            why="each empty image with any predicted pixel scores Dice 0 under this contract: stray specks cost as "
-            "much as a missed lesion",
+            f"images without a lesion (fp_rate_empty {b['n_fp_on_empty'] / max(b['n_empty_truth'], 1):.2f})"
+            + (f"; median predicted area there {fp_med:.0f} px, median lesion {les_med:.0f} px" if finite(fp_med) and finite(les_med) else ""),
+            why=why,
             fix_key=fix_key, fix_value=fix_value, numbers=numbers,
         ))
     if b["lost_missed"] >= MIN_LOST_DICE and b["share_missed"] >= MIN_DEFICIT_SHARE:

@@ -48,6 +48,14 @@ def result_section(ctx: RunContext) -> Section:
     for shown in (overlap, detection):
         if shown:
             sec.blocks.append(Table([k for k, _ in shown], [[fmt(v) for _, v in shown]], where))
+    pp = s.get("postprocessed")
+    if isinstance(pp, dict):
+        shown = [(k, pp[k]) for k in HEADLINE_OVERLAP + HEADLINE_DETECTION if k in pp]
+        sec.blocks.append(Table(
+            [k for k, _ in shown], [[fmt(v) for _, v in shown]],
+            f"post-processed: {pp.get('rule_text', '')}, which replaces the threshold (chosen by medseg tune on these validation "
+            f"cases, so optimistic here; confirm with medseg evaluate RUN --split test); {contract_caption(ctx)}",
+        ))
     tr = s.get("training_reported")
     if isinstance(tr, dict):
         if tr.get("match"):

@@ -44,6 +44,12 @@ def test_findings_name_the_biggest_losses():
     assert "small 2/5" in ids["errors.missed_lesions"].evidence
 
 
+def test_fp_on_empty_points_at_the_tuning_when_it_is_off():
+    ev = make_evidence(config={"postprocess": {"tune": False}})
+    f = next(f for f in E.dice_loss_findings(ev, ROWS, {}) if f.id == "errors.fp_on_empty")
+    assert (f.fix_key, f.fix_value) == ("postprocess.tune", True)
+
+
 def test_recall_starved_with_precision_favouring_tversky_is_serious():
     loss = {"tversky": {"weight": 1.0, "fp_weight": 0.9, "fn_weight": 0.1}}
     summary = {"tp": 250.0, "fp": 2.0, "fn": 50.0}
@@ -86,3 +92,20 @@ def test_nearly_everything_missed_is_a_collapse_and_points_at_the_loss_weights()
     rows2 = [_row(0.0, False, True, 1, 0) for _ in range(5)] + [_row(0.5, False, False, 1, 1) for _ in range(5)]
     g = next(f for f in E.dice_loss_findings(make_evidence(config={"loss": loss}), rows2, summary) if f.id == "errors.missed_lesions")
     assert g.fix_key != "loss" and "collapse" not in g.why
+
+
+def _sized(dice, truth_empty, pred_empty, fp, area, n_truth=0, n_found=0):
+    return dict(_row(dice, truth_empty, pred_empty, n_truth, n_found), fp=fp, tp=area * dice / 2 if area else 0.0,
+                fn=area - area * dice / 2 if area else 0.0)
+
+
+def test_lesion_sized_false_positives_are_told_apart_from_specks():
+    lesion = [_sized(0.8, False, False, 100.0, 4000.0, 1, 1) for _ in range(4)]
+    big = lesion + [_sized(0.0, True, False, 3000.0, 0.0) for _ in range(3)]
+    b = E.dice_breakdown(big)
+    assert b["fp_px_on_empty_median"] == 3000.0 and b["lesion_px_median"] == 4000.0
+    f = next(f for f in E.dice_loss_findings(make_evidence(config={"postprocess": {"tune": False}, "model": {"name": "unet"}}), big, {}) if f.id == "errors.fp_on_empty")
+    assert "lesion-sized" in f.why and (f.fix_key, f.fix_value) == ("model.name", "flexunet-resnet34")
+    specks = lesion + [_sized(0.0, True, False, 12.0, 0.0) for _ in range(3)]
+    f = next(f for f in E.dice_loss_findings(make_evidence(config={"postprocess": {"tune": False}}), specks, {}) if f.id == "errors.fp_on_empty")
+    assert "specks cost" in f.why and f.fix_key == "postprocess.tune"

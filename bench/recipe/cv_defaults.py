@@ -1,0 +1,97 @@
+"""Cross-validation of default candidates inside BUSI's training 80% (the test 20% is never read).
+
+The 624 training cases of the prepared copy (bench/recipe/prepare.py: its train + val) are cut
+into K folds stratified by class; every candidate trains on K-1 folds under the same wall-clock
+budget and is scored on the held-out fold. Per fold and candidate: the raw per-image Dice
+(threshold 0.5, empty=one), and the post-processed Dice, whose rule `medseg tune` picks on that
+same fold (so it is optimistic by the same amount for every candidate; use it to rank, not to
+report).
+
+    .venv/bin/python -u bench/recipe/cv_defaults.py /work/cache/busi256 --out runs/bench-cv \\
+        --budget-min 5 --folds 2 --candidate default= --candidate r34=model.name=flexunet-resnet34
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def folds_of(cases: list[str], k: int, seed: int) -> list[list[str]]:
+    """K folds, stratified by class (the stem before the last underscore)."""
+    rng = np.random.RandomState(seed)
+    folds: list[list[str]] = [[] for _ in range(k)]
+    for cls in sorted({c.rsplit("_", 1)[0] for c in cases}):
+        members = sorted(c for c in cases if c.rsplit("_", 1)[0] == cls)
+        for i, j in enumerate(rng.permutation(len(members))):
+            folds[i % k].append(members[j])
+    return [sorted(f) for f in folds]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("prep", type=Path)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--budget-min", type=float, default=5.0)
+    ap.add_argument("--folds", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--candidate", action="append", required=True,
+                    help="NAME=key=value[,key=value...] (medseg --set overrides; 'NAME=' for the defaults)")
+    a = ap.parse_args()
+    if a.out.exists():
+        sys.exit(f"{a.out}: exists; never overwritten")
+    a.out.mkdir(parents=True)
+    a.out, a.prep = a.out.resolve(), a.prep.resolve()  # the configs resolve relative paths against their own folder
+    split = json.loads((a.prep / "split.json").read_text())
+    pool = sorted(split["train"] + split["val"])  # the 80%; split["test"] is never used here
+    folds = folds_of(pool, a.folds, a.seed)
+    results = {"command": " ".join(sys.argv), "budget_min": a.budget_min, "folds": [len(f) for f in folds], "runs": []}
+    for cand in a.candidate:
+        name, _, sets = cand.partition("=")
+        overrides = [s for s in sets.split(",") if s]
+        for k, held in enumerate(folds):
+            fold_split = a.out / f"split_fold{k}.json"
+            if not fold_split.exists():
+                fold_split.write_text(json.dumps({"train": sorted(set(pool) - set(held)), "val": held}))
+            cfg = a.out / f"{name}_fold{k}.yaml"
+            cfg.write_text(
+                f"name: {name}-fold{k}\noutput_dir: {a.out / 'runs'}\nseed: {a.seed}\n"
+                f"data: {{source: images, root: {a.prep}, input_size: [256, 256]}}\n"
+                f"split: {{mode: file, file: {fold_split}}}\ntrain: {{budget_minutes: {a.budget_min}}}\n"
+            )
+            cmd = [sys.executable, "-m", "medseg.cli", "fit", str(cfg), "--no-progress"] + [x for s in overrides for x in ("--set", s)]
+            print(f"[{time.strftime('%H:%M:%S')}] {name} fold {k}: {' '.join(cmd[3:])}", flush=True)
+            t0 = time.time()
+            r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+            (a.out / f"{name}_fold{k}.log").write_text(r.stdout + r.stderr)
+            if r.returncode != 0:
+                raise SystemExit(f"{name} fold {k} failed; see {a.out / f'{name}_fold{k}.log'}")
+            s = json.loads((a.out / "runs" / f"{name}-fold{k}" / "metrics" / "summary.json").read_text())
+            pp = s.get("postprocessed") or s
+            row = {"candidate": name, "overrides": overrides, "fold": k, "dice_raw": s["dice"], "dice_postprocessed": pp["dice"],
+                   "fp_rate_empty_raw": s["fp_rate_empty"], "fp_rate_empty_postprocessed": pp["fp_rate_empty"],
+                   "dice_nonempty_raw": s["dice_nonempty"], "best_epoch": s.get("best_epoch"), "wall_s": time.time() - t0}
+            results["runs"].append(row)
+            print(f"   dice raw {row['dice_raw']:.4f}, post-processed {row['dice_postprocessed']:.4f}, "
+                  f"fp_rate_empty {row['fp_rate_empty_raw']:.2f} -> {row['fp_rate_empty_postprocessed']:.2f}", flush=True)
+            (a.out / "results.json").write_text(json.dumps(results, indent=1))
+    lines = ["| candidate | overrides | Dice raw (mean ± sd over folds) | Dice post-processed | FP rate normals raw → post-processed |", "|---|---|---|---|---|"]
+    for cand in dict.fromkeys(r["candidate"] for r in results["runs"]):
+        rs = [r for r in results["runs"] if r["candidate"] == cand]
+        f = lambda key: f"{np.mean([r[key] for r in rs]):.3f} ± {np.std([r[key] for r in rs]):.3f}"  # noqa: E731
+        lines.append(f"| {cand} | {' '.join(rs[0]['overrides']) or '(defaults)'} | {f('dice_raw')} | {f('dice_postprocessed')} | "
+                     f"{np.mean([r['fp_rate_empty_raw'] for r in rs]):.2f} → {np.mean([r['fp_rate_empty_postprocessed'] for r in rs]):.2f} |")
+    (a.out / "results.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
