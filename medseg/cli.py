@@ -303,11 +303,6 @@ def _preload_tcmalloc(argv: list[str]) -> None:
         return  # could not re-exec: run as is, only slower
 
 
-def tcmalloc_active() -> bool:
-    """Whether this process runs with tcmalloc preloaded."""
-    return "tcmalloc" in os.environ.get("LD_PRELOAD", "")
-
-
 def entry() -> None:
     """The `medseg` console script: the fast allocator first, then the command line."""
     _preload_tcmalloc(sys.argv)

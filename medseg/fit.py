@@ -236,7 +236,9 @@ def fit(cfg: Optional[Config] = None, resume: Optional[Path] = None, console: Op
 
     from medseg.evaluate import evaluate_run
 
-    if cfg.postprocess.tune and not (run_dir / "postprocess.json").exists():
+    from medseg.postprocess import POSTPROCESS_JSON
+
+    if cfg.postprocess.tune and not (run_dir / POSTPROCESS_JSON).exists():
         from medseg.tune import tune_run
 
         tune_run(run_dir, console=console, val=val)

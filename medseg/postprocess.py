@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 from scipy import ndimage
 
+from medseg import run as runfs
 from medseg.metrics.contract import MetricContract
 from medseg.metrics.overlap import overlap_scores
 
@@ -93,7 +95,8 @@ def _kept_labels(sizes: np.ndarray, min_area: int, keep_largest: bool) -> np.nda
     return ids[keep]
 
 
-def _case_dice(pred: np.ndarray, truth: np.ndarray, empty_score: float) -> tuple[float, float, float, float, bool]:
+def _case_counts(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float, float, float, bool]:
+    """(tp, fp, fn, tn, empty_empty) of one case."""
     tp = float(np.count_nonzero(pred & truth))
     fp = float(np.count_nonzero(pred & ~truth))
     fn = float(np.count_nonzero(~pred & truth))
@@ -157,7 +160,7 @@ def tune_postprocess(
                         pred = hard
                     else:
                         pred = np.isin(labels, _kept_labels(sizes, area, largest))
-                    counts.append(_case_dice(pred, truth, contract.empty_score()))
+                    counts.append(_case_counts(pred, truth))
                 n_pred_empty_on_empty = sum(1 for (tp, fp, fn, tn, ee) in counts if ee)
                 rows.append({
                     "threshold": thr, "min_area": int(area), "keep_largest": bool(largest),
@@ -186,10 +189,6 @@ def tune_postprocess(
 
 def load_postprocess(run_dir) -> Optional[PostProcess]:
     """The run's tuned post-processing (runs/NAME/postprocess.json), or None if not tuned."""
-    from pathlib import Path
-
-    from medseg import run as runfs
-
     path = Path(run_dir) / POSTPROCESS_JSON
     if not path.is_file():
         return None

@@ -101,7 +101,7 @@ def run_medseg(prep: Path, out: Path, budget_min: float, seed: int, extra: list[
     return stats
 
 
-def bare_step(out: Path, stats: dict) -> dict:
+def bare_step(stats: dict) -> dict:
     """The same model/batch/input's bare training step (no data loading), and the naive step."""
     plan = stats["plan"]
     batch = int(plan.get("train.batch_size", 16))
@@ -200,7 +200,7 @@ def main() -> None:
         results["methods"]["medseg default, raw (no post-processing)"] = {
             "stats": st, "score": score_predictions(a.out / "medseg" / "pred_raw", prep, test)["summary"]}
         save()
-        steps = bare_step(a.out, st)
+        steps = bare_step(st)
         fast = steps["fast (tcmalloc, channels_last, fp32)"]["images_per_s"]
         results["throughput"] = {
             "pipeline_images_per_s": st["median_epoch_images_per_s"], "bare_steps": steps,
