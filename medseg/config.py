@@ -284,7 +284,7 @@ class EvalConfig(_Section):
 class PostprocessConfig(_Section):
     tune: bool = Field(
         True,
-        description="After training, tune threshold, min_area and keep_largest on the validation cases "
+        description="After training, tune threshold, min_area, keep_largest and min_score on the validation cases "
         "(medseg tune) and apply them in evaluate and predict.",
     )
     thresholds: list[float] = Field(
@@ -296,6 +296,16 @@ class PostprocessConfig(_Section):
         description="Candidate minimum component sizes, as fractions of one image (slice) area; 0 keeps every component.",
     )
     keep_largest: list[bool] = Field([False, True], description="Candidate values of 'keep only the largest component'.")
+    min_scores: list[float] = Field(
+        [0.0, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98],
+        description="Candidate case gates: an image (volume) is predicted empty unless its highest probability "
+        "reaches the gate; 0 = no gate.",
+    )
+    tta: bool = Field(
+        True,
+        description="Tune and apply the rule on probabilities averaged with the horizontally flipped prediction "
+        "(raw metrics stay without TTA).",
+    )
     min_gain: float = Field(
         0.005, ge=0.0, description="Tuned rules must beat the raw prediction by this much validation Dice, else raw is kept.",
     )
@@ -305,6 +315,13 @@ class PostprocessConfig(_Section):
     def _thr(cls, v):
         if not v or any(not 0.0 < t < 1.0 for t in v):
             raise ValueError("needs one or more thresholds, each in (0, 1)")
+        return v
+
+    @field_validator("min_scores")
+    @classmethod
+    def _gates(cls, v):
+        if not v or any(not 0.0 <= g < 1.0 for g in v):
+            raise ValueError("needs one or more gates, each in [0, 1)")
         return v
 
     @field_validator("min_area_fractions")

@@ -156,7 +156,10 @@ def evaluate_run(
     pp = load_postprocess(run_dir)
     if pp is not None:
         # the deployed pipeline (tuned on validation); the raw numbers above stay the contract's
-        summary["postprocessed"], pp_rows = postprocessed_summary(probs, val.masks, val.meta, contract, pp)
+        pp_probs = probs
+        if pp.tta:
+            pp_probs = predict_probs(net, val.images, cfg.eval.batch_size, state["precision"], "cpu", cfg.train.channels_last, tta=True)
+        summary["postprocessed"], pp_rows = postprocessed_summary(pp_probs, val.masks, val.meta, contract, pp)
         runfs.write_csv(out_dir / "cases_postprocessed.csv", pp_rows)
     if data_config is None and part == "val":
         epochs = runfs.read_csv(run_dir / runfs.EPOCHS_CSV)

@@ -9,7 +9,11 @@ cross-validation. medseg does both in one search, on validation only:
 * ``threshold``: pixel threshold on the probability map;
 * ``min_area``: connected components (full connectivity, as the lesion metrics count them)
   smaller than this many pixels (voxels for volumes) at network input size are removed;
-* ``keep_largest``: keep only the largest component of each case.
+* ``keep_largest``: keep only the largest component of each case;
+* ``min_score``: the case is predicted empty unless its highest probability reaches this
+  (the SIIM-ACR winners' "top threshold"): a lesion-sized false alarm on a normal image is
+  often a broad, lukewarm blob that no area rule removes, while real lesions peak near 1;
+* ``tta``: the rule reads probabilities averaged with the horizontally flipped prediction.
 
 The winner must beat the raw prediction (the contract's threshold, nothing removed) by at
 least ``postprocess.min_gain`` in the contract's Dice, else the raw prediction is kept: a
@@ -41,11 +45,16 @@ class PostProcess:
         threshold: foreground where prob >= threshold.
         min_area: remove connected components with fewer pixels (voxels); 0 keeps all.
         keep_largest: keep only the largest component.
+        min_score: predict the case empty unless its maximum probability is >= this (0 = off).
+        tta: probabilities come from flip test-time augmentation (read by the callers that
+            produce the probabilities; `apply` only sees the map).
     """
 
     threshold: float = 0.5
     min_area: int = 0
     keep_largest: bool = False
+    min_score: float = 0.0
+    tta: bool = False
 
     def apply(self, prob: np.ndarray, area_scale: float = 1.0) -> np.ndarray:
         """The final boolean mask of one case (2D image or 3D volume).
@@ -55,7 +64,10 @@ class PostProcess:
             area_scale: pixels of `prob` per pixel at network input size (a map resized back
                 to the original image has (H*W)/(h*w)); scales `min_area`.
         """
-        hard = np.asarray(prob, dtype=np.float64) >= self.threshold
+        prob = np.asarray(prob, dtype=np.float64)
+        if self.min_score > 0 and prob.size and float(prob.max()) < self.min_score:
+            return np.zeros(prob.shape, dtype=bool)
+        hard = prob >= self.threshold
         if (self.min_area <= 0 and not self.keep_largest) or not hard.any():
             return hard
         labels, sizes = _components(hard)
@@ -68,6 +80,10 @@ class PostProcess:
             parts.append(f"remove components < {self.min_area} px")
         if self.keep_largest:
             parts.append("keep the largest component")
+        if self.min_score > 0:
+            parts.append(f"empty unless max probability >= {self.min_score:g}")
+        if self.tta:
+            parts.append("flip TTA")
         return ", ".join(parts)
 
     def to_json(self) -> dict:
@@ -75,7 +91,9 @@ class PostProcess:
 
     @classmethod
     def from_json(cls, d: dict) -> "PostProcess":
-        return cls(threshold=float(d["threshold"]), min_area=int(d["min_area"]), keep_largest=bool(d["keep_largest"]))
+        # min_score and tta are absent from rules tuned before they existed
+        return cls(threshold=float(d["threshold"]), min_area=int(d["min_area"]), keep_largest=bool(d["keep_largest"]),
+                   min_score=float(d.get("min_score", 0.0)), tta=bool(d.get("tta", False)))
 
 
 def _components(hard: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -103,6 +121,12 @@ def _case_counts(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float, flo
     return tp, fp, fn, float(truth.size - tp - fp - fn), (not truth.any()) and (not pred.any())
 
 
+def _empty_counts(truth: np.ndarray) -> tuple[float, float, float, float, bool]:
+    """(tp, fp, fn, tn, empty_empty) of one case predicted empty."""
+    fn = float(np.count_nonzero(truth))
+    return 0.0, 0.0, fn, float(truth.size - fn), fn == 0
+
+
 def _reduce(counts: list[tuple], contract: MetricContract) -> float:
     """The contract's Dice over cases from (tp, fp, fn, tn, empty_empty) tuples."""
     c = np.array([x[:4] for x in counts], dtype=np.float64)
@@ -128,8 +152,11 @@ def tune_postprocess(
     area_fractions: Sequence[float],
     keep_largest: Sequence[bool] = (False, True),
     min_gain: float = 0.005,
+    min_scores: Sequence[float] = (0.0,),
+    tta: bool = False,
+    raw_probs: Optional[Sequence[np.ndarray]] = None,
 ) -> dict:
-    """Grid-search threshold x min_area x keep_largest for the contract's Dice.
+    """Grid-search threshold x min_area x keep_largest x min_score for the contract's Dice.
 
     Args:
         probs / masks: per-case probability maps and binary truths (images, or volumes
@@ -138,6 +165,10 @@ def tune_postprocess(
         thresholds: candidate pixel thresholds.
         area_fractions: candidate min_area values as fractions of one image's area (0 = keep all).
         keep_largest: candidate values of keep_largest.
+        min_scores: candidate case gates on the maximum probability (0 = off).
+        tta: whether `probs` came from flip TTA (recorded in the chosen rule).
+        raw_probs: the plain (no TTA) probabilities when `probs` came from TTA: the raw
+            baseline the rule must beat is then the contract's plain prediction.
         min_gain: the best must beat the raw prediction by this much, else raw is chosen.
 
     Returns:
@@ -148,6 +179,9 @@ def tune_postprocess(
         raise ValueError("no cases to tune on")
     truths = [np.asarray(m).astype(bool) for m in masks]
     areas = default_area_grid(np.asarray(probs[0]).shape, area_fractions)
+    gates = sorted({0.0} | {float(g) for g in min_scores})
+    peaks = [float(np.max(p)) if np.size(p) else 0.0 for p in probs]
+    as_empty = [_empty_counts(t) for t in truths]
     rows = []
     for thr in sorted(set(float(t) for t in thresholds) | {float(contract.threshold)}):
         hards = [np.asarray(p, dtype=np.float64) >= thr for p in probs]
@@ -161,26 +195,38 @@ def tune_postprocess(
                     else:
                         pred = np.isin(labels, _kept_labels(sizes, area, largest))
                     counts.append(_case_counts(pred, truth))
-                n_pred_empty_on_empty = sum(1 for (tp, fp, fn, tn, ee) in counts if ee)
-                rows.append({
-                    "threshold": thr, "min_area": int(area), "keep_largest": bool(largest),
-                    "dice": _reduce(counts, contract), "n_empty_empty": n_pred_empty_on_empty,
-                })
-    raw = next(r for r in rows if r["threshold"] == float(contract.threshold) and r["min_area"] == 0 and not r["keep_largest"])
+                for gate in gates:
+                    # a gated case is predicted empty: its counts are known without redoing the mask
+                    gated = [e if pk < gate else c for c, e, pk in zip(counts, as_empty, peaks)] if gate > 0 else counts
+                    rows.append({
+                        "threshold": thr, "min_area": int(area), "keep_largest": bool(largest), "min_score": gate,
+                        "dice": _reduce(gated, contract), "n_empty_empty": sum(1 for c in gated if c[4]),
+                    })
+    if raw_probs is not None:
+        plain = [_case_counts(np.asarray(p, dtype=np.float64) >= contract.threshold, t) for p, t in zip(raw_probs, truths)]
+        raw = {"threshold": float(contract.threshold), "min_area": 0, "keep_largest": False, "min_score": 0.0,
+               "dice": _reduce(plain, contract), "n_empty_empty": sum(1 for c in plain if c[4])}
+    else:
+        raw = next(r for r in rows if r["threshold"] == float(contract.threshold) and r["min_area"] == 0
+                   and not r["keep_largest"] and r["min_score"] == 0.0)
 
     def rank(r: dict) -> tuple:
-        # best Dice; ties go to the simplest rule: contract threshold, smaller area, all components
+        # best Dice; ties go to the simplest rule: contract threshold, smaller area, all components, no gate
         d = r["dice"] if math.isfinite(r["dice"]) else -math.inf
-        return (round(d, 9), -abs(r["threshold"] - contract.threshold), -r["min_area"], not r["keep_largest"])
+        return (round(d, 9), -abs(r["threshold"] - contract.threshold), -r["min_area"], not r["keep_largest"], -r["min_score"])
+
+    def rule(r: dict) -> PostProcess:
+        return PostProcess(r["threshold"], r["min_area"], r["keep_largest"], r["min_score"], bool(tta))
 
     best = max(rows, key=rank)
     gain = best["dice"] - raw["dice"] if math.isfinite(best["dice"]) and math.isfinite(raw["dice"]) else 0.0
+    what = f"on {len(probs)} validation cases" + (" (flip TTA)" if tta else "")
     if gain >= min_gain:
-        chosen = PostProcess(best["threshold"], best["min_area"], best["keep_largest"])
-        reason = f"{chosen.describe()}: Dice {best['dice']:.4f} vs {raw['dice']:.4f} raw on {len(probs)} validation cases (+{gain:.4f})"
+        chosen = rule(best)
+        reason = f"{chosen.describe()}: Dice {best['dice']:.4f} vs {raw['dice']:.4f} raw {what} (+{gain:.4f})"
     else:
-        chosen = PostProcess(float(contract.threshold), 0, False)
-        reason = f"raw prediction kept: the best rule ({PostProcess(best['threshold'], best['min_area'], best['keep_largest']).describe()}) gains only {gain:+.4f} < {min_gain:g}"
+        chosen = PostProcess(float(contract.threshold), 0, False, 0.0, False)
+        reason = f"raw prediction kept: the best rule ({rule(best).describe()}) gains only {gain:+.4f} < {min_gain:g} {what}"
     return {
         "chosen": chosen.to_json(), "raw": raw, "best": best, "gain": gain, "rows": rows,
         "n_cases": len(probs), "min_gain": min_gain, "reason": reason,

@@ -62,13 +62,14 @@ def predict_run(
         raise MedsegError(f"{input_path}: images have {loaded.in_channels} channels, the model expects {state['in_channels']}")
     net, _ = load_network(run_dir, cfg, state["in_channels"])
     images = np.stack([s.image for s in loaded.samples]).astype(np.float32, copy=False)
-    probs = predict_probs(net, images, cfg.eval.batch_size, state["precision"], "cpu", cfg.train.channels_last, tta=tta)
     if threshold is not None and not 0.0 < threshold < 1.0:
         raise MedsegError(f"--threshold: must be in (0, 1), got {threshold}")
     # the tuned rule (medseg tune) unless the caller asks for a bare threshold
     pp = load_postprocess(run_dir) if threshold is None and not raw else None
     if pp is None:
         pp = PostProcess(cfg.eval.contract.threshold if threshold is None else threshold, 0, False)
+    tta = tta or pp.tta  # a rule tuned on TTA probabilities needs TTA probabilities
+    probs = predict_probs(net, images, cfg.eval.batch_size, state["precision"], "cpu", cfg.train.channels_last, tta=tta)
     thr = pp.threshold
     output.mkdir(parents=True, exist_ok=True)
     if loaded.source == "volumes":

@@ -50,11 +50,18 @@ def tune_run(
     if val is None:
         val = load_validation(run_dir, cfg, progress=progress)
     net, info = load_network(run_dir, cfg, state["in_channels"])
-    probs = predict_probs(net, val.images, cfg.eval.batch_size, state["precision"], "cpu", cfg.train.channels_last)
     contract = cfg.eval.contract
     pp = cfg.postprocess
+    probs = predict_probs(net, val.images, cfg.eval.batch_size, state["precision"], "cpu", cfg.train.channels_last)
     cases_p, cases_m = sweep_cases(probs, val.masks, val.meta, contract)
-    result = tune_postprocess(cases_p, cases_m, contract, pp.thresholds, pp.min_area_fractions, pp.keep_largest, pp.min_gain)
+    raw_cases = None
+    if pp.tta:
+        # the rule is searched on TTA probabilities but must beat the plain prediction
+        raw_cases = cases_p
+        probs = predict_probs(net, val.images, cfg.eval.batch_size, state["precision"], "cpu", cfg.train.channels_last, tta=True)
+        cases_p, _ = sweep_cases(probs, val.masks, val.meta, contract)
+    result = tune_postprocess(cases_p, cases_m, contract, pp.thresholds, pp.min_area_fractions, pp.keep_largest,
+                              pp.min_gain, min_scores=pp.min_scores, tta=pp.tta, raw_probs=raw_cases)
     result["checkpoint"] = runfs.BEST_CKPT
     result["best_epoch"] = info["epoch"]
     result["contract_text"] = contract.describe()
@@ -67,11 +74,12 @@ def tune_run(
 def print_tuning(console: Console, result: dict) -> None:
     """The raw score, the five best candidates and the chosen rule."""
     t = Table(title=f"post-processing tuned on {result['n_cases']} validation cases ({result.get('contract_text', '')})")
-    for c in ("threshold", "min area px", "largest only", "Dice"):
+    for c in ("threshold", "min area px", "largest only", "min max-prob", "Dice"):
         t.add_column(c, justify="right")
     raw = result["raw"]
-    t.add_row(f"{raw['threshold']:g}", "0", "no", f"{raw['dice']:.4f} (raw)")
+    t.add_row(f"{raw['threshold']:g}", "0", "no", "0", f"{raw['dice']:.4f} (raw)")
     for r in sorted(result["rows"], key=lambda r: -r["dice"] if r["dice"] == r["dice"] else 1e9)[:5]:
-        t.add_row(f"{r['threshold']:g}", str(r["min_area"]), "yes" if r["keep_largest"] else "no", f"{r['dice']:.4f}")
+        t.add_row(f"{r['threshold']:g}", str(r["min_area"]), "yes" if r["keep_largest"] else "no",
+                  f"{r.get('min_score', 0.0):g}", f"{r['dice']:.4f}")
     console.print(t)
     console.print(f"chosen: {result['reason']}")

@@ -66,7 +66,7 @@ def test_tuning_finds_the_area_that_removes_specks_and_scores_like_numpy():
     tuned = np.mean([_np_dice(chosen.apply(p), t) for p, t in zip(probs, truths)])
     assert res["best"]["dice"] == pytest.approx(tuned, abs=1e-9)
     assert res["gain"] == pytest.approx(tuned - raw, abs=1e-9) and res["gain"] > 0.4
-    assert len(res["rows"]) == 2 * 4 * 2  # thresholds x areas x keep_largest
+    assert len(res["rows"]) == 2 * 4 * 2  # thresholds x areas x keep_largest (no gates asked for)
 
 
 def test_tuning_keeps_raw_when_the_gain_is_below_min_gain():
@@ -77,8 +77,56 @@ def test_tuning_keeps_raw_when_the_gain_is_below_min_gain():
         probs.append(np.where(t, 0.9, 0.05).astype(np.float32))
         truths.append(t)
     res = tune_postprocess(probs, truths, MetricContract(), [0.4, 0.5, 0.6], [0.0, 0.01], min_gain=0.005)
-    assert res["chosen"] == {"threshold": 0.5, "min_area": 0, "keep_largest": False}
+    assert res["chosen"] == {"threshold": 0.5, "min_area": 0, "keep_largest": False, "min_score": 0.0, "tta": False}
     assert "raw prediction kept" in res["reason"]
+
+
+def _lukewarm_cases(rng, n=12, shape=(48, 48)):
+    """Lesion images peak at 0.99; normal images hold a lesion-sized blob at 0.75 that no area rule can remove."""
+    probs, truths = [], []
+    for i in range(n):
+        p = rng.uniform(0, 0.2, shape).astype(np.float32)
+        t = np.zeros(shape, bool)
+        if i % 2 == 0:
+            t = _disk(shape, 24, 24, 8)
+            p[_disk(shape, 24, 25, 8)] = 0.99
+        else:
+            p[_disk(shape, 12, 30, 8)] = 0.75
+        probs.append(p)
+        truths.append(t)
+    return probs, truths
+
+
+def test_gate_on_the_peak_probability_empties_lukewarm_false_alarms():
+    probs, truths = _lukewarm_cases(np.random.default_rng(3))
+    assert not PostProcess(0.5, min_score=0.8).apply(probs[1]).any()
+    assert PostProcess(0.5, min_score=0.8).apply(probs[0]).sum() == (probs[0] >= 0.5).sum()
+    assert PostProcess(0.5, min_score=0.99).apply(probs[0]).any()  # the gate is inclusive
+    # without gates the best rule cannot tell the blobs from lesions (same size); with gates it can
+    plain = tune_postprocess(probs, truths, MetricContract(), [0.5], [0.0, 0.004])
+    gated = tune_postprocess(probs, truths, MetricContract(), [0.5], [0.0, 0.004], min_scores=[0.7, 0.9, 0.995])
+    assert plain["best"]["dice"] < 0.6
+    chosen = PostProcess.from_json(gated["chosen"])
+    assert chosen.min_score == 0.9  # 0.7 keeps the blobs, 0.995 would empty the lesions too
+    expect = np.mean([_np_dice(chosen.apply(p), t) for p, t in zip(probs, truths)])
+    assert gated["best"]["dice"] == pytest.approx(expect, abs=1e-9) and expect > 0.95
+    assert len(gated["rows"]) == 1 * 2 * 2 * 4  # thresholds x areas x keep_largest x (0 + three gates)
+    assert "max probability >= 0.9" in chosen.describe()
+
+
+def test_tta_rule_must_beat_the_plain_prediction():
+    probs, truths = _specky_cases(np.random.default_rng(4))
+    plain = [np.where(t, 0.3, 0.0).astype(np.float32) for t in truths]  # plain prediction misses every lesion
+    res = tune_postprocess(probs, truths, MetricContract(), [0.5], [0.0, 0.004], tta=True, raw_probs=plain)
+    assert res["raw"]["dice"] == pytest.approx(np.mean([_np_dice(p >= 0.5, t) for p, t in zip(plain, truths)]), abs=1e-9)
+    assert res["chosen"]["tta"] is True and "flip TTA" in res["reason"]
+    same = tune_postprocess(plain, truths, MetricContract(), [0.5], [0.0], tta=True, raw_probs=plain, min_gain=0.01)
+    assert same["chosen"]["tta"] is False  # nothing gained: the plain raw prediction is kept, TTA off
+
+
+def test_rules_saved_before_gates_existed_still_load():
+    old = {"threshold": 0.6, "min_area": 3, "keep_largest": True}
+    assert PostProcess.from_json(old) == PostProcess(0.6, 3, True, 0.0, False)
 
 
 def test_tuning_follows_the_empty_policy_and_per_volume_cases():

@@ -32,7 +32,8 @@ def test_fit_tunes_and_evaluate_scores_the_rule_independently(tuned_run):
     saved = runfs.read_json(run / "postprocess.json")
     rows = runfs.read_csv(run / "postprocess.csv")
     cfg = load_run_config(run)
-    assert len(rows) == len(cfg.postprocess.thresholds) * len(cfg.postprocess.min_area_fractions) * 2
+    n_gates = len({0.0, *cfg.postprocess.min_scores})
+    assert len(rows) == len(cfg.postprocess.thresholds) * len(cfg.postprocess.min_area_fractions) * 2 * n_gates
     assert saved["raw"]["threshold"] == 0.5 and saved["n_cases"] == len(runfs.read_json(run / runfs.SPLIT)["val"])
     pp = load_postprocess(run)
     assert pp == PostProcess.from_json(saved["chosen"])
@@ -45,7 +46,7 @@ def test_fit_tunes_and_evaluate_scores_the_rule_independently(tuned_run):
 
     val = load_validation(run, cfg)
     net, _ = load_network(run, cfg, 1)
-    probs = predict_probs(net, val.images, 8, "32-true", "cpu", cfg.train.channels_last)
+    probs = predict_probs(net, val.images, 8, "32-true", "cpu", cfg.train.channels_last, tta=pp.tta)
     dices = []
     for p, m in zip(probs, val.masks):
         pred, t = pp.apply(p), m.astype(bool)
@@ -63,7 +64,7 @@ def test_tune_refuses_to_overwrite_and_force_replaces(tuned_run):
     r = _cli("tune", str(run), "--force", "--no-progress", "--set", "postprocess.thresholds=[0.5]", "--set", "postprocess.min_gain=1.0")
     assert r.returncode == 0, r.stderr
     after = json.loads((run / "postprocess.json").read_text())
-    assert after["chosen"] == {"threshold": 0.5, "min_area": 0, "keep_largest": False}  # nothing gains 1.0 Dice
+    assert after["chosen"] == {"threshold": 0.5, "min_area": 0, "keep_largest": False, "min_score": 0.0, "tta": False}  # nothing gains 1.0 Dice
     r = _cli("tune", str(run), "--force", "--set", "train.epochs=3")
     assert r.returncode == 2 and "postprocess" in _one_error_line(r)
 
@@ -94,3 +95,23 @@ def test_predict_applies_the_rule_unless_raw(tuned_run, tmp_path):
     raw = predict_run(run, new, tmp_path / "raw", raw=True)
     prob = np.array(Image.open(raw / "probs" / "x.png")).astype(np.float64) / 65535
     assert (np.array(Image.open(raw / "masks" / "x.png")) > 0).sum() == (prob >= 0.5).sum()
+
+
+def test_predict_follows_a_tta_rule_and_its_gate(tuned_run, tmp_path):
+    run, _, _ = tuned_run
+    new = tmp_path / "in"
+    new.mkdir()
+    img = np.full((64, 64), 20, np.uint8)
+    img[30:40, 20:44] = 240  # asymmetric, so flipping changes the probabilities
+    Image.fromarray(img).save(new / "x.png")
+    (run / "postprocess.json").write_text(json.dumps({"chosen": {"threshold": 0.5, "min_area": 0, "keep_largest": False, "min_score": 0.0, "tta": True}}))
+    out = predict_run(run, new, tmp_path / "tta")
+    assert json.loads((out / "prediction.json").read_text())["tta"] is True
+    probs = lambda folder: np.array(Image.open(folder / "probs" / "x.png"))
+    plain = predict_run(run, new, tmp_path / "plain", raw=True)
+    flipped = predict_run(run, new, tmp_path / "flipped", raw=True, tta=True)
+    assert np.array_equal(probs(out), probs(flipped)) and not np.array_equal(probs(out), probs(plain))
+    # a gate above every probability empties the case
+    (run / "postprocess.json").write_text(json.dumps({"chosen": {"threshold": 0.5, "min_area": 0, "keep_largest": False, "min_score": 0.999999, "tta": False}}))
+    gated = predict_run(run, new, tmp_path / "gated")
+    assert not np.array(Image.open(gated / "masks" / "x.png")).any()

@@ -36,6 +36,20 @@ def folds_of(cases: list[str], k: int, seed: int) -> list[list[str]]:
     return [sorted(f) for f in folds]
 
 
+def split_overrides(sets: str) -> list[str]:
+    """'a=1,b={x: 1, y: 2}' -> ['a=1', 'b={x: 1, y: 2}']: commas inside YAML brackets stay."""
+    out, depth, cur = [], 0, ""
+    for ch in sets:
+        depth += ch in "{["
+        depth -= ch in "}]"
+        if ch == "," and depth == 0:
+            out.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    return [s for s in out + [cur] if s]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("prep", type=Path)
@@ -56,7 +70,7 @@ def main() -> None:
     results = {"command": " ".join(sys.argv), "budget_min": a.budget_min, "folds": [len(f) for f in folds], "runs": []}
     for cand in a.candidate:
         name, _, sets = cand.partition("=")
-        overrides = [s for s in sets.split(",") if s]
+        overrides = split_overrides(sets)
         for k, held in enumerate(folds):
             fold_split = a.out / f"split_fold{k}.json"
             if not fold_split.exists():
