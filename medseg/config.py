@@ -222,7 +222,8 @@ class TrainConfig(_Section):
     grad_clip: float = Field(1.0, ge=0.0, description="Clip the gradient norm to this value (0: off).")
     precision: Literal["auto", "32", "bf16", "16"] = Field(
         "auto",
-        description="auto: bf16-mixed on GPUs that support it, 16-mixed on older GPUs, 32 on CPU; bf16 on CPU only if asked.",
+        description="auto: bf16-mixed on GPUs that support it, 16-mixed on older GPUs; on CPU bf16-mixed where the CPU "
+        "has AVX512-BF16 or AMX, else 32.",
     )
     accelerator: Literal["auto", "cpu", "gpu"] = Field("auto", description="Lightning accelerator.")
     devices: Union[int, str] = Field(1, description="Devices per node (int, or 'auto'); use torchrun for multi-node DDP.")

@@ -12,11 +12,14 @@ with the rules below, and write every value with the reason for it to plan.json:
 * ``sampler.positive_share``: 0.5 when fewer than half of the training images hold foreground
   (so a batch is never mostly empty); null (natural order) when most images are positive or
   none is. Not planned when ``sampler.schedule`` is set.
-* ``loss``: BCE + Dice, BCE with ``pos_weight`` = sqrt((1 - p) / p), capped at 10 and left
-  out below 1.5, where p is the foreground pixel share the batches will hold (share of
-  positive images in a batch x mean foreground share of a positive image). The square root
-  weights rare foreground without turning BCE into a positives-only loss (the full ratio
-  reaches hundreds on tiny targets). Focal is added when the median positive image has less
+* ``loss``: BCE + Dice. p is the foreground pixel share the batches will hold (share of
+  positive images in a batch x mean foreground share of a positive image). From 1% up
+  (`PLAIN_BCE_FROM_FG`) BCE is unweighted: the Dice term already weighs foreground by region,
+  and on BUSI (p = 7.7%) the former rule's pos_weight 3.46 lost to plain BCE on both
+  cross-validation folds with more false alarms on normal images (BENCHMARKS.md §5c); nnU-Net
+  and the SIIM-ACR winners weigh no class either. Below 1% BCE gets ``pos_weight`` =
+  sqrt((1 - p) / p), capped at 10: the square root weights rare foreground without turning
+  BCE into a positives-only loss (the full ratio reaches hundreds on tiny targets). Focal is added when the median positive image has less
   than 1% foreground pixels: its (1 - p)^gamma factor keeps the many easy background pixels
   from drowning the few lesion pixels.
 * ``augment.preset``: by the number of training images: heavy below 200, medium below 2000,
@@ -80,6 +83,7 @@ POSITIVE_SHARE_TARGET = 0.5
 # loss
 POS_WEIGHT_CAP = 10.0
 POS_WEIGHT_MIN = 1.5
+PLAIN_BCE_FROM_FG = 0.01
 FOCAL_BELOW_FG = 0.01
 # augmentation
 HEAVY_BELOW_IMAGES = 200
@@ -216,7 +220,11 @@ def plan_loss(fp: dict, batch_positive_share: Optional[float]) -> tuple[dict, st
     raw_weight = math.sqrt((1.0 - p) / p) if p > 0 else POS_WEIGHT_CAP
     weight = min(raw_weight, POS_WEIGHT_CAP)
     why = [f"batches hold {share:.0%} positive images x {fg_pos['mean']:.3%} foreground per positive image = {p:.3%} foreground pixels"]
-    if weight < POS_WEIGHT_MIN:
+    if p >= PLAIN_BCE_FROM_FG:
+        bce = 1.0
+        pos_weight = None
+        why.append(f"{p:.1%} >= {PLAIN_BCE_FROM_FG:.0%}: plain BCE, the Dice term weighs the foreground (a pos_weight lost in cross-validation on BUSI)")
+    elif weight < POS_WEIGHT_MIN:
         bce: Any = 1.0
         pos_weight = None
         why.append(f"sqrt((1-p)/p) = {raw_weight:.2f} < {POS_WEIGHT_MIN:g}: plain BCE")

@@ -63,12 +63,15 @@ def test_sampler_share_follows_the_empty_fraction():
     assert P.plan_positive_share(fp_with(empty=1.0))[0] is None  # nothing to rebalance with
 
 
-@pytest.mark.parametrize("empty, fg_mean, fg_median, share", [(0.9, 0.004, 0.004, 0.5), (0.0, 0.2, 0.2, None), (0.0, 0.45, 0.45, None), (0.5, 0.03, 0.008, None)])
+@pytest.mark.parametrize("empty, fg_mean, fg_median, share", [
+    (0.9, 0.004, 0.004, 0.5), (0.0, 0.2, 0.2, None), (0.0, 0.45, 0.45, None), (0.5, 0.03, 0.008, None),
+    (0.0, 0.009, 0.02, None), (0.17, 0.093, 0.055, None),  # just below 1% foreground; BUSI's figures
+])
 def test_pos_weight_and_focal_follow_the_foreground(empty, fg_mean, fg_median, share):
     loss, why, pos_weight = P.plan_loss(fp_with(empty, fg_mean, fg_median), share)
     p = (share if share is not None else 1 - empty) * fg_mean
     ratio = math.sqrt((1 - p) / p)
-    if ratio < P.POS_WEIGHT_MIN:
+    if p >= 0.01 or ratio < P.POS_WEIGHT_MIN:
         assert pos_weight is None and loss["bce"] == 1.0
     else:
         assert pos_weight == pytest.approx(min(ratio, P.POS_WEIGHT_CAP), abs=0.01)
@@ -154,7 +157,7 @@ def test_unset_keys_are_planned_and_user_values_kept(tmp_path):
     assert share.set_by == "plan" and share.value == 0.5 and planned.sampler.positive_share == 0.5
     assert "empty" in share.reason and f"{train['empty_image_fraction']:.0%}" in share.reason
     assert plan.entry("augment.preset").value == planned.augment.preset == "heavy"
-    assert plan.entry("loss").value == planned.loss and planned.loss["bce"]["pos_weight"] > 1
+    assert plan.entry("loss").value == planned.loss == P.plan_loss(fp, 0.5)[0]
     assert plan.entry("train.batch_size").set_by == "plan"
     size = plan.entry("data.input_size")
     assert size.set_by == "user" and size.value == [64, 64] and size.reason.startswith("set by user")
