@@ -38,20 +38,38 @@ def test_apply_removes_small_components_and_keeps_largest():
     assert PostProcess(0.5, min_area=3).apply(diag).sum() == 3
 
 
-def _specky_cases(rng, n=12, shape=(48, 48)):
-    """Half lesion images (big disk, prob 0.8), half normal images with a 4-px speck at 0.9."""
+def _half_normal_cases(rng, lesion_prob, false_alarm, n=12, shape=(48, 48)):
+    """Even cases: a disk lesion predicted at `lesion_prob`; odd cases: normal, with `false_alarm(p)` painted in."""
     probs, truths = [], []
     for i in range(n):
         p = rng.uniform(0, 0.2, shape).astype(np.float32)
         t = np.zeros(shape, bool)
         if i % 2 == 0:
             t = _disk(shape, 24, 24, 8)
-            p[_disk(shape, 24, 25, 8)] = 0.8
+            p[_disk(shape, 24, 25, 8)] = lesion_prob
         else:
-            p[5:7, 5:7] = 0.9
+            false_alarm(p)
         probs.append(p)
         truths.append(t)
     return probs, truths
+
+
+def _speck(p):
+    p[5:7, 5:7] = 0.9
+
+
+def _lukewarm_blob(p):
+    p[_disk(p.shape, 12, 30, 8)] = 0.75
+
+
+def _specky_cases(rng, n=12):
+    """Lesions at 0.8; a 4-px speck at 0.9 on every normal image."""
+    return _half_normal_cases(rng, 0.8, _speck, n)
+
+
+def _lukewarm_cases(rng, n=12):
+    """Lesions peak at 0.99; normal images hold a lesion-sized blob at 0.75 that no area rule can remove."""
+    return _half_normal_cases(rng, 0.99, _lukewarm_blob, n)
 
 
 def test_tuning_finds_the_area_that_removes_specks_and_scores_like_numpy():
@@ -79,22 +97,6 @@ def test_tuning_keeps_raw_when_the_gain_is_below_min_gain():
     res = tune_postprocess(probs, truths, MetricContract(), [0.4, 0.5, 0.6], [0.0, 0.01], min_gain=0.005)
     assert res["chosen"] == {"threshold": 0.5, "min_area": 0, "keep_largest": False, "min_score": 0.0, "tta": False}
     assert "raw prediction kept" in res["reason"]
-
-
-def _lukewarm_cases(rng, n=12, shape=(48, 48)):
-    """Lesion images peak at 0.99; normal images hold a lesion-sized blob at 0.75 that no area rule can remove."""
-    probs, truths = [], []
-    for i in range(n):
-        p = rng.uniform(0, 0.2, shape).astype(np.float32)
-        t = np.zeros(shape, bool)
-        if i % 2 == 0:
-            t = _disk(shape, 24, 24, 8)
-            p[_disk(shape, 24, 25, 8)] = 0.99
-        else:
-            p[_disk(shape, 12, 30, 8)] = 0.75
-        probs.append(p)
-        truths.append(t)
-    return probs, truths
 
 
 def test_gate_on_the_peak_probability_empties_lukewarm_false_alarms():
