@@ -220,7 +220,7 @@ def tune_postprocess(
 
     best = max(rows, key=rank)
     gain = best["dice"] - raw["dice"] if math.isfinite(best["dice"]) and math.isfinite(raw["dice"]) else 0.0
-    what = f"on {len(probs)} validation cases" + (" (flip TTA)" if tta else "")
+    what = f"on {len(probs)} validation case{'s' if len(probs) != 1 else ''}"  # the rule's text already says "flip TTA"
     if gain >= min_gain:
         chosen = rule(best)
         reason = f"{chosen.describe()}: Dice {best['dice']:.4f} vs {raw['dice']:.4f} raw {what} (+{gain:.4f})"
