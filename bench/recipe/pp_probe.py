@@ -38,6 +38,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("runs", nargs="+", type=Path)
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--min-scores", type=float, nargs="+", help="gate grid (default: each run's postprocess.min_scores)")
     a = ap.parse_args()
     results = {"command": " ".join(sys.argv), "runs": []}
     for rd in a.runs:
@@ -54,8 +55,9 @@ def main() -> None:
         normals = [i for i, t in enumerate(truths) if not t.any()]
         row = {"run": str(rd), "n_cases": len(truths),
                "raw_dice": float(np.mean([dice_empty_one(p >= 0.5, t) for p, t in zip(plain, truths)]))}
-        for name, probs, gates in (("grid", plain, [0.0]), ("grid+gate", plain, pp.min_scores),
-                                   ("grid, TTA", flip, [0.0]), ("grid+gate, TTA", flip, pp.min_scores)):
+        grid = a.min_scores or pp.min_scores
+        for name, probs, gates in (("grid", plain, [0.0]), ("grid+gate", plain, grid),
+                                   ("grid, TTA", flip, [0.0]), ("grid+gate, TTA", flip, grid)):
             scores, fps, rules = [], [], []
             for k in (0, 1):
                 tune_idx, score_idx = halves[k], halves[1 - k]
