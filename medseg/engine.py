@@ -240,10 +240,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 def cpu_has_native_bf16() -> bool:
     """AVX512-BF16 or AMX: bf16 matmuls run in hardware (elsewhere bf16 autocast can be slower than fp32)."""
-    check = getattr(torch, "cpu", None)
     try:
-        return bool(check._is_avx512_bf16_supported() or check._is_amx_tile_supported())
-    except AttributeError:
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except AttributeError:  # private helpers; absent from other torch builds
         return False
 
 

@@ -12,10 +12,10 @@ from rich.console import Console
 from rich.table import Table
 
 from medseg import run as runfs
-from medseg.config import Config, DataConfig, config_from_dict, read_yaml
+from medseg.config import Config, config_from_dict, read_yaml
 from medseg.data import load_data
 from medseg.errors import MedsegError
-from medseg.infer import predict_probs
+from medseg.infer import run_probs
 from medseg.metrics import case_metrics, summarize
 from medseg.models import create_model
 from medseg.postprocess import load_postprocess
@@ -143,7 +143,7 @@ def evaluate_run(
     elif val is None:
         val = load_validation(run_dir, cfg, progress=progress)
     net, info = load_network(run_dir, cfg, state["in_channels"])
-    probs = predict_probs(net, val.images, cfg.eval.batch_size, state["precision"], "cpu", cfg.train.channels_last)
+    probs = run_probs(net, val.images, cfg, state)
     result = score(probs, val.masks, val.meta, contract, surface=True)
     summary = dict(result["summary"])
     summary["best_epoch"] = info["epoch"]
@@ -156,9 +156,7 @@ def evaluate_run(
     pp = load_postprocess(run_dir)
     if pp is not None:
         # the deployed pipeline (tuned on validation); the raw numbers above stay the contract's
-        pp_probs = probs
-        if pp.tta:
-            pp_probs = predict_probs(net, val.images, cfg.eval.batch_size, state["precision"], "cpu", cfg.train.channels_last, tta=True)
+        pp_probs = run_probs(net, val.images, cfg, state, tta=True) if pp.tta else probs
         summary["postprocessed"], pp_rows = postprocessed_summary(pp_probs, val.masks, val.meta, contract, pp)
         runfs.write_csv(out_dir / "cases_postprocessed.csv", pp_rows)
     if data_config is None and part == "val":

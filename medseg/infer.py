@@ -61,6 +61,19 @@ def predict_probs(
     return out
 
 
+def run_probs(net: nn.Module, images: np.ndarray, cfg, state: dict, tta: bool = False) -> np.ndarray:
+    """`predict_probs` with a run's settings: its eval batch size, trained precision and memory format.
+
+    Args:
+        net: the run's network.
+        images: normalised images at the network's input size.
+        cfg: the run's Config.
+        state: the run's state.json (its `precision`).
+        tta: average with the horizontally flipped prediction.
+    """
+    return predict_probs(net, images, cfg.eval.batch_size, state["precision"], "cpu", cfg.train.channels_last, tta=tta)
+
+
 def _forward(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
     y = net(x)
     if isinstance(y, (list, tuple)):

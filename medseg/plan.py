@@ -220,12 +220,13 @@ def plan_loss(fp: dict, batch_positive_share: Optional[float]) -> tuple[dict, st
     raw_weight = math.sqrt((1.0 - p) / p) if p > 0 else POS_WEIGHT_CAP
     weight = min(raw_weight, POS_WEIGHT_CAP)
     why = [f"batches hold {share:.0%} positive images x {fg_pos['mean']:.3%} foreground per positive image = {p:.3%} foreground pixels"]
+    bce: Any
     if p >= PLAIN_BCE_FROM_FG:
         bce = 1.0
         pos_weight = None
         why.append(f"{p:.1%} >= {PLAIN_BCE_FROM_FG:.0%}: plain BCE, the Dice term weighs the foreground (a pos_weight lost in cross-validation on BUSI)")
     elif weight < POS_WEIGHT_MIN:
-        bce: Any = 1.0
+        bce = 1.0
         pos_weight = None
         why.append(f"sqrt((1-p)/p) = {raw_weight:.2f} < {POS_WEIGHT_MIN:g}: plain BCE")
     else:

@@ -202,13 +202,11 @@ def tune_postprocess(
                         "threshold": thr, "min_area": int(area), "keep_largest": bool(largest), "min_score": gate,
                         "dice": _reduce(gated, contract), "n_empty_empty": sum(1 for c in gated if c[4]),
                     })
-    if raw_probs is not None:
-        plain = [_case_counts(np.asarray(p, dtype=np.float64) >= contract.threshold, t) for p, t in zip(raw_probs, truths)]
-        raw = {"threshold": float(contract.threshold), "min_area": 0, "keep_largest": False, "min_score": 0.0,
-               "dice": _reduce(plain, contract), "n_empty_empty": sum(1 for c in plain if c[4])}
-    else:
-        raw = next(r for r in rows if r["threshold"] == float(contract.threshold) and r["min_area"] == 0
-                   and not r["keep_largest"] and r["min_score"] == 0.0)
+    # the baseline: the contract's threshold on the plain probabilities, nothing removed
+    plain = [_case_counts(np.asarray(p, dtype=np.float64) >= contract.threshold, t)
+             for p, t in zip(probs if raw_probs is None else raw_probs, truths)]
+    raw = {"threshold": float(contract.threshold), "min_area": 0, "keep_largest": False, "min_score": 0.0,
+           "dice": _reduce(plain, contract), "n_empty_empty": sum(1 for c in plain if c[4])}
 
     def rank(r: dict) -> tuple:
         # best Dice; ties go to the simplest rule: contract threshold, smaller area, all components, no gate

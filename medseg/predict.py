@@ -21,7 +21,7 @@ from medseg.data.rle import write_rle_csv
 from medseg.data.slices import slices_by_volume
 from medseg.data.writers import write_png_mask, write_png_prob, write_volume_like
 from medseg.errors import MedsegError
-from medseg.infer import predict_probs
+from medseg.infer import run_probs
 from medseg.postprocess import PostProcess, load_postprocess
 
 
@@ -69,7 +69,7 @@ def predict_run(
     if pp is None:
         pp = PostProcess(cfg.eval.contract.threshold if threshold is None else threshold, 0, False)
     tta = tta or pp.tta  # a rule tuned on TTA probabilities needs TTA probabilities
-    probs = predict_probs(net, images, cfg.eval.batch_size, state["precision"], "cpu", cfg.train.channels_last, tta=tta)
+    probs = run_probs(net, images, cfg, state, tta=tta)
     thr = pp.threshold
     output.mkdir(parents=True, exist_ok=True)
     if loaded.source == "volumes":

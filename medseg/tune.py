@@ -33,7 +33,7 @@ def tune_run(
         overrides: `postprocess.KEY=VALUE` strings for this tuning (the saved config is unchanged).
     """
     from medseg.evaluate import load_network, load_run_config, load_validation
-    from medseg.infer import predict_probs
+    from medseg.infer import run_probs
     from medseg.metrics import sweep_cases
 
     console = console or Console(stderr=True)
@@ -52,14 +52,12 @@ def tune_run(
     net, info = load_network(run_dir, cfg, state["in_channels"])
     contract = cfg.eval.contract
     pp = cfg.postprocess
-    probs = predict_probs(net, val.images, cfg.eval.batch_size, state["precision"], "cpu", cfg.train.channels_last)
-    cases_p, cases_m = sweep_cases(probs, val.masks, val.meta, contract)
+    cases_p, cases_m = sweep_cases(run_probs(net, val.images, cfg, state), val.masks, val.meta, contract)
     raw_cases = None
     if pp.tta:
         # the rule is searched on TTA probabilities but must beat the plain prediction
         raw_cases = cases_p
-        probs = predict_probs(net, val.images, cfg.eval.batch_size, state["precision"], "cpu", cfg.train.channels_last, tta=True)
-        cases_p, _ = sweep_cases(probs, val.masks, val.meta, contract)
+        cases_p, _ = sweep_cases(run_probs(net, val.images, cfg, state, tta=True), val.masks, val.meta, contract)
     result = tune_postprocess(cases_p, cases_m, contract, pp.thresholds, pp.min_area_fractions, pp.keep_largest,
                               pp.min_gain, min_scores=pp.min_scores, tta=pp.tta, raw_probs=raw_cases)
     result["checkpoint"] = runfs.BEST_CKPT
@@ -80,6 +78,6 @@ def print_tuning(console: Console, result: dict) -> None:
     t.add_row(f"{raw['threshold']:g}", "0", "no", "0", f"{raw['dice']:.4f} (raw)")
     for r in sorted(result["rows"], key=lambda r: -r["dice"] if r["dice"] == r["dice"] else 1e9)[:5]:
         t.add_row(f"{r['threshold']:g}", str(r["min_area"]), "yes" if r["keep_largest"] else "no",
-                  f"{r.get('min_score', 0.0):g}", f"{r['dice']:.4f}")
+                  f"{r['min_score']:g}", f"{r['dice']:.4f}")
     console.print(t)
     console.print(f"chosen: {result['reason']}")

@@ -34,13 +34,13 @@ def predict_validation(run_dir: Path, cfg: Config, state: dict, val=None) -> Val
             data is reloaded and the run's split.json picks the validation cases.
     """
     from medseg.evaluate import load_network, load_validation
-    from medseg.infer import predict_probs
+    from medseg.infer import run_probs
 
     if val is None:
         val = load_validation(run_dir, cfg)
     net, _ = load_network(run_dir, cfg, state["in_channels"])
     # same device and precision as `evaluate`, so the curve agrees with metrics/summary.json
-    probs = predict_probs(net, val.images, cfg.eval.batch_size, state["precision"], "cpu", cfg.train.channels_last)
+    probs = run_probs(net, val.images, cfg, state)
     return ValPredictions(val.images, val.masks, probs, [m["sample_id"] for m in val.meta], list(val.meta))
 
 
