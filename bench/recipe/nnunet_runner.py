@@ -44,6 +44,7 @@ except ImportError:  # run as a script: bench/recipe is sys.path[0]
 
 DATASET_ID = 501
 DATASET = "Dataset501_BUSI256"
+TCMALLOC = "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"
 TRAINERS = {"short": "nnUNetTrainer_MedsegShort", "1epoch": "nnUNetTrainer_Medseg1epoch"}
 VAL_ITER_COST = 0.5  # a validation iteration (forward only) as a fraction of a training one
 # progress-bar and per-case chatter kept in the log files but not echoed
@@ -103,6 +104,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=None, help="short: fixed number of epochs (implies --no-adapt)")
     ap.add_argument("--no-adapt", action="store_true", help="short: keep the initial epoch count instead of re-deriving it after epoch 0")
     ap.add_argument("--n-proc-da", type=int, default=2, help="nnUNet_n_proc_DA: augmentation worker processes (0 = in the main process)")
+    ap.add_argument("--tcmalloc", action="store_true", help="preload tcmalloc (the CPU fast path medseg uses) into nnU-Net's processes")
     ap.add_argument("--final-val", action="store_true", help="also run nnU-Net's post-training prediction of the val cases")
     ap.add_argument("--force", action="store_true", help="replace an existing OUT")
     args = ap.parse_args()
@@ -137,6 +139,10 @@ def main() -> None:
                MEDSEG_BENCH_NNUNET_ITERS=str(args.iters_per_epoch), MEDSEG_BENCH_NNUNET_VAL_ITERS=str(args.val_iters),
                MEDSEG_BENCH_NNUNET_EPOCHS=str(epochs), MEDSEG_BENCH_NNUNET_BUDGET_S=str(args.budget_s if adapt else 0),
                MEDSEG_BENCH_NNUNET_FINAL_VAL="1" if args.final_val else "0")
+    if args.tcmalloc:
+        if not Path(TCMALLOC).is_file():
+            sys.exit(f"error: --tcmalloc: {TCMALLOC} not found (Debian: apt install libtcmalloc-minimal4)")
+        env["LD_PRELOAD"] = TCMALLOC
     phase = {}
 
     t = time.perf_counter()
@@ -208,6 +214,7 @@ def main() -> None:
         "tta": "nnU-Net default mirroring",
         "final_validation": args.final_val,
         "n_proc_da": args.n_proc_da,
+        "tcmalloc": args.tcmalloc,
         "torch_threads": timing["torch_threads"],
         **phase,
     }

@@ -71,7 +71,11 @@ class _MedsegTiming:
     def train_step(self, batch: dict) -> dict:
         t = time.perf_counter()
         out = super().train_step(batch)
-        self._medseg["train_step_seconds"].append(time.perf_counter() - t)
+        steps = self._medseg["train_step_seconds"]
+        steps.append(time.perf_counter() - t)
+        # a long epoch (the stock 1epoch trainer: 250 iterations, hours on a CPU) says how far it is
+        if len(steps) % 10 == 0:
+            print(f"[medseg] {len(steps)} training iterations, {sum(steps[-10:]) / 10:.1f}s each over the last 10", flush=True)
         return out
 
     def on_epoch_end(self):

@@ -173,6 +173,7 @@ def main() -> None:
     ap.add_argument("--methods", default="medseg,notebook,nnunet", help="comma list of medseg, notebook, nnunet")
     ap.add_argument("--nnunet-venv", type=Path, default=Path("/work/cache/nnunet-venv"))
     ap.add_argument("--nnunet-trainer", default="short", help="short (budget-sized epochs) or 1epoch (stock, 250 iterations)")
+    ap.add_argument("--nnunet-tcmalloc", action="store_true", help="preload tcmalloc into nnU-Net's processes too (medseg preloads it by default)")
     ap.add_argument("--medseg-set", action="append", default=[], help="extra --set for medseg fit (ablations only)")
     a = ap.parse_args()
     if a.out.exists():
@@ -220,7 +221,8 @@ def main() -> None:
     if "nnunet" in methods:
         log("== nnU-Net v2 2d")
         st = run_peer("nnunet_runner.py", prep, a.out / "nnunet", a.budget_min, a.seed,
-                      ["--venv", str(a.nnunet_venv), "--trainer", a.nnunet_trainer], sys.executable)
+                      ["--venv", str(a.nnunet_venv), "--trainer", a.nnunet_trainer, *(["--tcmalloc"] if a.nnunet_tcmalloc else [])],
+                      sys.executable)
         results["methods"][f"nnU-Net v2 2d ({a.nnunet_trainer})"] = {"stats": st, "score": score_predictions(a.out / "nnunet" / "pred", prep, test)["summary"]}
         save()
     m = results["methods"]
