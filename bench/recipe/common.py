@@ -18,6 +18,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+# the allocator medseg's CLI preloads (medseg/cli.py searches more paths; the benchmark machine is Debian x86_64)
+TCMALLOC = "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"
+
 _T0 = time.perf_counter()
 
 

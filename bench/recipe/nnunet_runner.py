@@ -38,13 +38,12 @@ import numpy as np
 from PIL import Image
 
 try:
-    from bench.recipe.common import load_split, log, open_out, read_mask, write_pred, write_stats
+    from bench.recipe.common import TCMALLOC, load_split, log, open_out, read_mask, write_pred, write_stats
 except ImportError:  # run as a script: bench/recipe is sys.path[0]
-    from common import load_split, log, open_out, read_mask, write_pred, write_stats
+    from common import TCMALLOC, load_split, log, open_out, read_mask, write_pred, write_stats
 
 DATASET_ID = 501
 DATASET = "Dataset501_BUSI256"
-TCMALLOC = "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"
 TRAINERS = {"short": "nnUNetTrainer_MedsegShort", "1epoch": "nnUNetTrainer_Medseg1epoch"}
 VAL_ITER_COST = 0.5  # a validation iteration (forward only) as a fraction of a training one
 # progress-bar and per-case chatter kept in the log files but not echoed

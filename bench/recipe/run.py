@@ -30,10 +30,9 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.recipe.common import TCMALLOC  # noqa: E402
 from bench.recipe.prepare import prepare  # noqa: E402
 from bench.recipe.score import score_predictions  # noqa: E402
-
-TCMALLOC = "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"
 
 
 def log(msg: str) -> None:
