@@ -29,11 +29,11 @@ MIXES = {"bce1_dice1": {"bce": 1.0, "dice": 1.0}, "bce3_dice1_focal4": {"bce": 3
 
 def score_run(run_dir: Path) -> dict:
     """Best-checkpoint probabilities on the run's validation cases, scored under both contracts."""
-    from medseg import run as runfs
+    from medseg import runfolder as runfs
     from medseg.data import load_data
-    from medseg.evaluate import load_network, load_run_config
-    from medseg.fit import stack_part
-    from medseg.infer import predict_probs
+    from medseg.runfolder import load_network, load_run_config
+    from medseg.data.arrays import stack_part
+    from medseg.inference import predict_probs
     from medseg.metrics import MetricContract, case_metrics, summarize, threshold_sweep
 
     cfg = load_run_config(run_dir)
@@ -67,7 +67,7 @@ def main(argv=None) -> int:
     if args.out.exists():
         sys.exit(f"{args.out}: exists (never overwritten)")
     from medseg.config import config_from_dict
-    from medseg.fit import fit
+    from medseg.commands.fit import fit
 
     data = args.data.resolve()
     results = {"command": " ".join(sys.argv), "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {__import__('os').cpu_count()} cpus", "runs": {}}

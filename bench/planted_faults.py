@@ -176,7 +176,7 @@ def focal_overflow(after_calls: int = 6) -> Iterator[None]:
 
 def as_fp16(run_dir: Path) -> None:
     """Record the run as trained in float16 mixed precision (what the overflow fault models on a CPU)."""
-    from medseg import run as runfs
+    from medseg import runfolder as runfs
 
     state = runfs.read_json(run_dir / runfs.STATE)
     state["precision"] = "16-mixed"
@@ -185,7 +185,7 @@ def as_fp16(run_dir: Path) -> None:
 
 def growing_gap(run_dir: Path) -> None:
     """From a third of the run on, validation loss climbs and Dice sinks while training loss keeps falling."""
-    from medseg import run as runfs
+    from medseg import runfolder as runfs
 
     rows = runfs.read_csv(run_dir / runfs.EPOCHS_CSV)
     start = max(1, len(rows) // 3)
@@ -293,7 +293,7 @@ def base_config(data_root: Path, out_dir: Path, input_size: int = 256, epochs: i
 
 def train_run(cfg: dict, patch: Optional[Callable[[], contextlib.AbstractContextManager]] = None) -> Path:
     from medseg.config import config_from_dict
-    from medseg.fit import fit
+    from medseg.commands.fit import fit
 
     data_root = Path(cfg["data"]["root"])
     config = config_from_dict(copy.deepcopy(cfg), data_root)
@@ -437,10 +437,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = ap.parse_args(argv)
     args.out = args.out.resolve()  # derived data folders are written into configs: keep them absolute
     if not args.report:
-        import medseg.report
+        import medseg.commands.fit
 
-        # fit imports build_report at call time: this skips the per-run report and its doctor pass
-        medseg.report.build_report = lambda *a, **k: None
+        # skips the per-run report and its doctor pass
+        medseg.commands.fit.report_run = lambda *a, **k: None
     if not args.rediagnose and args.out.exists() and any(args.out.iterdir()):
         ap.error(f"--out {args.out}: exists and is not empty")
     base = base_config(args.data.resolve(), args.out / "runs", args.size, args.epochs, args.batch_size, args.channels, args.lr)

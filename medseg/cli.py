@@ -1,8 +1,11 @@
-"""The `medseg` command line: one small function per verb, no logic beyond parsing."""
+"""The `medseg` command line: one small function per verb, parsing only; each calls one command.
+
+Commands are imported inside the verb functions so that `medseg --help` and the re-exec for
+tcmalloc start fast (torch is not imported until a verb needs it).
+"""
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -33,8 +36,8 @@ def fit(
     no_progress: bool = typer.Option(False, "--no-progress", help="Hide progress bars."),
 ):
     """Train a model into a new run folder (runs/NAME), then evaluate its best checkpoint."""
+    from medseg.commands.fit import fit as do_fit
     from medseg.config import load_config
-    from medseg.fit import fit as do_fit
 
     if resume is None and config is None:
         raise MedsegError("fit: give a CONFIG file, or --resume runs/NAME")
@@ -58,7 +61,7 @@ def evaluate(
     Raw numbers follow the metric contract; when the run was tuned (postprocess.json) the
     post-processed pipeline is scored beside them.
     """
-    from medseg.evaluate import evaluate_run
+    from medseg.commands.evaluate import evaluate_run
 
     if split not in ("val", "test"):
         raise MedsegError(f"--split: must be 'val' or 'test', got '{split}'")
@@ -84,7 +87,7 @@ def predict(
     Masks use the run's tuned post-processing (threshold, small components removed) when
     `medseg tune` (or fit) wrote one; --threshold or --raw use a bare threshold instead.
     """
-    from medseg.predict import predict_run
+    from medseg.commands.predict import predict_run
 
     out = predict_run(run, input, output, threshold=threshold, tta=tta, console=console, raw=raw)
     console.print(f"[bold green]predictions: {out}")
@@ -104,14 +107,9 @@ def config_cmd(
         if markdown:
             typer.echo(reference_markdown(), nl=False)
             return
-        from rich.table import Table
+        from medseg.commands.console import print_reference
 
-        t = Table(title="medseg config reference", show_lines=False)
-        for c in ("key", "type", "default", "meaning"):
-            t.add_column(c, overflow="fold")
-        for row in reference_rows():
-            t.add_row(*(escape(cell) for cell in row))  # descriptions hold brackets, e.g. medseg[mlflow]
-        Console().print(t)
+        print_reference(Console(), reference_rows())
         return
     if check is not None or set_:
         typer.echo(dump_config(load_config(check, set_)), nl=False)
@@ -130,25 +128,9 @@ def metrics(
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for cases.csv and summary.json."),
 ):
     """Score a folder of predictions against a folder of truths under a stated metric contract."""
-    from pydantic import ValidationError
+    from medseg.commands.metrics import metrics_command
 
-    from medseg.evaluate import print_summary
-    from medseg.metrics import MetricContract, score_folders
-    from medseg import run as runfs
-
-    try:
-        contract = MetricContract(threshold=threshold, empty=empty, reduction=reduction, kind=kind)
-    except ValidationError as e:
-        err = e.errors()[0]
-        raise MedsegError(f"--{err['loc'][0]}: {err['msg']}") from None
-    rows, summary = score_folders(pred_dir, truth_dir, contract)
-    if out is not None:
-        if out.exists() and any(out.iterdir()):
-            raise MedsegError(f"--out {out}: folder exists and is not empty (nothing is overwritten)")
-        out.mkdir(parents=True, exist_ok=True)
-        runfs.write_csv(out / "cases.csv", rows)
-        runfs.write_json(out / "summary.json", summary)
-    print_summary(Console(), summary, title=f"{pred_dir} vs {truth_dir}")
+    metrics_command(pred_dir, truth_dir, threshold=threshold, empty=empty, reduction=reduction, kind=kind, out=out, console=Console())
 
 
 @app.command()
@@ -158,18 +140,18 @@ def demo(
     cache: Optional[Path] = typer.Option(None, "--cache", help="Cache folder for the downloaded data (default ~/.cache/medseg)."),
 ):
     """Download the pyradiomics 3.0.1 volumes, train a 2.5D model on CPU, evaluate, predict, summarise."""
-    from medseg.demo import run_demo
+    from medseg.commands.demo import run_demo
 
     run_demo(output_dir=output_dir, epochs=epochs, cache=cache, console=console)
 
 
 @app.command()
 def models():
-    """List the model names accepted by model.name."""
-    from medseg.models import available_models
+    """List the model names accepted by model.name, with their output stride."""
+    from medseg.commands.models import list_models
 
-    for name in available_models():
-        typer.echo(name)
+    for line in list_models():
+        typer.echo(line)
 
 
 @app.command()
@@ -183,7 +165,8 @@ def compare(
     seed: int = typer.Option(0, "--seed", help="Bootstrap seed (same runs + seed give the same CI)."),
 ):
     """Compare runs: config differences, metrics with their contract, paired per-case Dice tests."""
-    from medseg.compare import check_new_files, compare_runs, print_comparison, write_reports
+    from medseg.commands.compare import check_new_files, compare_runs, write_reports
+    from medseg.commands.console import print_comparison
 
     check_new_files(out, html, json_path)  # refuse before any work, never overwrite
     result = compare_runs(runs, alpha=alpha, resamples=resamples, seed=seed)
@@ -201,8 +184,8 @@ def augment_preview(
     set_: list[str] = typer.Option([], "--set", "-s", help=SET_HELP),
 ):
     """Draw training images beside augmented versions, mask outlines on, to check the augmentation."""
+    from medseg.commands.augment_preview import write_augment_preview
     from medseg.config import load_config
-    from medseg.data.augment_preview import write_augment_preview
 
     path = write_augment_preview(load_config(config, set_), out, n=n, variants=variants)
     console.print(f"[bold green]augmentation preview: {path}")
@@ -215,9 +198,9 @@ def report(
     no_doctor: bool = typer.Option(False, "--no-doctor", help="Leave out the doctor's findings."),
 ):
     """(Re)write the run's report: report.html (self-contained), report.md and report_assets/ in the run folder."""
-    from medseg.report import build_report
+    from medseg.commands.report import report_run
 
-    build_report(run, console=console, predict=not no_predict, doctor=not no_doctor)
+    report_run(run, console=console, predict=not no_predict, doctor=not no_doctor)
 
 
 @app.command()
@@ -227,14 +210,9 @@ def doctor(
     no_eval: bool = typer.Option(False, "--no-eval", help="Read only the run's files; do not reload the data and run the checkpoint on validation."),
 ):
     """Diagnose a run: ranked findings with the numbers measured, why they matter, the config key to change and a confidence."""
-    from medseg.doctor import examine, print_findings, verdict, write_findings_json
+    from medseg.commands.doctor import doctor_command
 
-    if json_out is not None and json_out.exists():
-        raise MedsegError(f"--json {json_out}: file exists (nothing is overwritten)")
-    ev, findings = examine(run, evaluate=not no_eval)
-    print_findings(Console(), findings, ev.run_dir.name, verdict(findings), ev.notes, ev.summary.get("contract_text", ""))
-    if json_out is not None:
-        console.print(f"[bold green]findings: {write_findings_json(json_out, findings)}")
+    doctor_command(run, json_out=json_out, evaluate=not no_eval, console=Console(), status=console)
 
 
 @app.command("plan")
@@ -246,7 +224,7 @@ def plan_cmd(
     no_progress: bool = typer.Option(False, "--no-progress", help="Hide progress bars."),
 ):
     """Fingerprint the dataset and plan input size, batch size, sampler, loss, augmentation and epochs, with reasons."""
-    from medseg.plan import plan_command
+    from medseg.commands.plan import plan_command
 
     folder = plan_command(config, set_, out, measure=False if no_measure else None, console=Console(), progress=not no_progress)
     console.print(f"[bold green]plan: {folder}")
@@ -264,7 +242,7 @@ def tune(
     Writes runs/NAME/postprocess.json and postprocess.csv; evaluate and predict then apply the
     rule. fit runs this itself when postprocess.tune is true (the default).
     """
-    from medseg.tune import tune_run
+    from medseg.commands.tune import tune_run
 
     if any(not s.startswith("postprocess.") for s in set_):
         raise MedsegError("tune --set: only postprocess.* keys can be changed here")
@@ -273,34 +251,13 @@ def tune(
 
 # verbs that run a network: worth a faster allocator
 _HEAVY_VERBS = {"fit", "tune", "evaluate", "predict", "demo", "plan", "report", "doctor"}
-_TCMALLOC_PATHS = (
-    "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4",
-    "/usr/lib/aarch64-linux-gnu/libtcmalloc_minimal.so.4",
-    "/usr/lib64/libtcmalloc_minimal.so.4",
-    "/usr/lib/libtcmalloc_minimal.so.4",
-)
 
 
 def _preload_tcmalloc(argv: list[str]) -> None:
-    """Re-execute once with tcmalloc preloaded (Debian: libtcmalloc-minimal4), if it is installed.
+    """Re-execute once with tcmalloc preloaded for the verbs that run a network (see `runtime.preload_tcmalloc`)."""
+    from medseg.runtime import preload_tcmalloc
 
-    PyTorch on CPU allocates and frees large tensors every step; glibc malloc returns them to
-    the OS and faults them back in, tcmalloc keeps them. Measured here: ~30% shorter steps
-    (BENCHMARKS.md, fast path). LD_PRELOAD only works at process start, hence the re-exec.
-    MEDSEG_TCMALLOC=off disables it.
-    """
-    if sys.platform != "linux" or len(argv) < 2 or argv[1] not in _HEAVY_VERBS:
-        return
-    if os.environ.get("MEDSEG_TCMALLOC", "").lower() in ("off", "0", "no") or "tcmalloc" in os.environ.get("LD_PRELOAD", ""):
-        return
-    lib = next((p for p in _TCMALLOC_PATHS if os.path.exists(p)), None)
-    if lib is None:
-        return
-    env = dict(os.environ, LD_PRELOAD=" ".join(x for x in (lib, os.environ.get("LD_PRELOAD", "")) if x), MEDSEG_TCMALLOC="on")
-    try:
-        os.execve(sys.executable, [sys.executable, "-m", "medseg.cli", *argv[1:]], env)
-    except OSError:
-        return  # could not re-exec: run as is, only slower
+    preload_tcmalloc(argv, _HEAVY_VERBS)
 
 
 def entry() -> None:

@@ -15,115 +15,28 @@ from typing import Any, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from medseg.data.schema import DataConfig, NormalizeConfig, Section, SplitConfig
+from medseg.data.sources import available_sources
 from medseg.errors import MedsegError
+from medseg.losses import validate_loss_spec
 from medseg.metrics.contract import MetricContract
+from medseg.models import available_models, get_model_spec
+from medseg.models.unet import UNET_CHANNELS
+
+__all__ = ["Config", "DataConfig", "NormalizeConfig", "SplitConfig", "config_from_dict", "dump_config", "load_config", "read_yaml"]
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class NormalizeConfig(_Section):
-    mode: Literal["auto", "zscore", "percentile", "ct_window", "minmax", "none"] = Field(
-        "auto",
-        description="Intensity normalisation. auto: ct_window for CT volumes, else percentile clip then z-score.",
-    )
-    window: tuple[float, float] = Field(
-        (40.0, 400.0), description="CT window as (level, width) in HU, used by ct_window."
-    )
-    percentiles: tuple[float, float] = Field(
-        (0.5, 99.5), description="Lower/upper percentiles to clip before z-scoring (percentile mode)."
-    )
-
-    @field_validator("window")
-    @classmethod
-    def _width_positive(cls, v):
-        if v[1] <= 0:
-            raise ValueError("width (second value) must be > 0")
-        return v
-
-    @field_validator("percentiles")
-    @classmethod
-    def _pct(cls, v):
-        if not (0 <= v[0] < v[1] <= 100):
-            raise ValueError("need 0 <= low < high <= 100")
-        return v
-
-
-class DataConfig(_Section):
-    source: Literal["images", "volumes", "siim"] = Field(
-        "images",
-        description="images: images/ + masks/ folders; volumes: NIfTI/NRRD image+label pairs read as 2.5D; "
-        "siim: DICOM folder + SIIM-ACR RLE CSV.",
-    )
-    root: Optional[Path] = Field(None, description="Dataset folder (relative paths resolve against the config file).")
-    images_dir: str = Field("images", description="images source: sub-folder of root holding the images.")
-    masks_dir: str = Field("masks", description="images source: sub-folder of root holding the masks (same stems).")
-    image_suffix: str = Field("_image", description="volumes source: file-stem suffix of image volumes.")
-    label_suffix: str = Field("_label", description="volumes source: file-stem suffix of label volumes.")
-    rle_csv: Optional[Path] = Field(None, description="siim source: the competition's train-rle.csv (ImageId, EncodedPixels).")
-    cases_csv: Optional[Path] = Field(
-        None, description="Optional CSV with a 'case' column (file stem) and a patient column used to group the split."
-    )
-    group_column: str = Field("patient_id", description="Column of cases_csv that identifies a patient for splitting.")
-    modality: Literal["auto", "ct", "mr", "us", "xray", "other"] = Field(
-        "auto", description="Imaging modality; auto: CT if a volume holds values below -500, else other."
-    )
-    normalize: NormalizeConfig = Field(default_factory=NormalizeConfig, description="Intensity normalisation.")
-    context_slices: int = Field(
-        1, ge=0, le=8, description="volumes: k neighbouring slices on each side stacked as channels (2k+1 channels)."
-    )
-    color: Literal["auto", "grey", "rgb"] = Field(
-        "auto", description="images: grey (1 channel) or rgb (3); auto: grey unless some image has distinct colour channels."
-    )
-    input_size: tuple[int, int] = Field((256, 256), description="Network input (height, width) in pixels.")
-    resize_mode: Literal["resize", "letterbox"] = Field(
-        "resize", description="resize: scale to input_size; letterbox: keep aspect ratio and zero-pad."
-    )
-    skip_bad: bool = Field(
-        False, description="Skip unreadable/unmatched/mismatched files (listed in the run's bad_files.json) instead of failing."
-    )
-
-    @field_validator("input_size")
-    @classmethod
-    def _size(cls, v):
-        if min(v) < 16 or v[0] % 16 or v[1] % 16:
-            raise ValueError("each side must be a multiple of 16 and >= 16 (the networks downsample 4-5 times)")
-        return v
-
-
-class SplitConfig(_Section):
-    mode: Literal["holdout", "kfold", "file"] = Field(
-        "holdout", description="holdout: random val/test fractions by case; kfold: fold k of n; file: read split.json."
-    )
-    val_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="holdout: share of cases for validation.")
-    test_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="holdout/kfold: share of cases held out as test.")
-    folds: int = Field(5, ge=2, description="kfold: number of folds.")
-    fold: int = Field(0, ge=0, description="kfold: which fold is validation (0-based).")
-    file: Optional[Path] = Field(
-        None, description="file: JSON with case-id lists 'train', 'val' and optionally 'test' (a file with only train/test uses test as val)."
-    )
-    seed: Optional[int] = Field(None, description="Split seed; defaults to the run seed.")
-
-    @model_validator(mode="after")
-    def _check(self):
-        if self.mode == "kfold" and self.fold >= self.folds:
-            raise ValueError("split.fold: must be < split.folds")
-        if self.mode == "file" and self.file is None:
-            raise ValueError("split.file: required when split.mode is 'file'")
-        if self.val_fraction + self.test_fraction >= 1.0:
-            raise ValueError("split.val_fraction: val_fraction + test_fraction must be < 1")
-        return self
-
-
-class ModelConfig(_Section):
+class ModelConfig(Section):
     name: str = Field(
         "flexunet-resnet34",
-        description="Network: unet, basicunet, flexunet-resnet18/34/50, flexunet-efficientnet-b0..b4 (see `medseg models`). "
+        description="Network: a registered model (`medseg models` lists them with their stride), e.g. unet, basicunet, "
+        "segresnet, flexunet-resnet18/34/50, flexunet-efficientnet-b0..b4. "
         "The default won a 2-fold cross-validation inside BUSI's training 80% against the small unet (BENCHMARKS.md §5).",
     )
     channels: list[int] = Field(
-        [16, 32, 64, 128, 256], description="unet: feature channels per level (also basicunet's 6 features if given 6)."
+        default_factory=lambda: list(UNET_CHANNELS),
+        description="unet: feature channels per level (also basicunet's 6 features if given 6; other models "
+        "ignore it). `medseg models` lists each model's stride and defaults.",
     )
     res_units: int = Field(2, ge=0, le=4, description="unet: residual units per level (0: plain convolutions).")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout probability inside the network.")
@@ -134,8 +47,6 @@ class ModelConfig(_Section):
     @field_validator("name")
     @classmethod
     def _known(cls, v):
-        from medseg.models import available_models
-
         names = available_models()
         if v not in names:
             hint = difflib.get_close_matches(v, names, n=1)
@@ -143,14 +54,14 @@ class ModelConfig(_Section):
         return v
 
 
-class OptimConfig(_Section):
+class OptimConfig(Section):
     name: Literal["adamw", "sgd"] = Field("adamw", description="Optimiser.")
     lr: float = Field(1e-3, gt=0.0, le=10.0, description="Peak learning rate (after warm-up).")
     weight_decay: float = Field(1e-4, ge=0.0, description="Decoupled weight decay (AdamW) or L2 (SGD).")
     momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD momentum (Nesterov).")
 
 
-class ScheduleConfig(_Section):
+class ScheduleConfig(Section):
     name: Literal["cosine", "poly", "plateau", "constant"] = Field(
         "cosine", description="LR schedule after warm-up; stepped per optimiser step (plateau: per epoch on the monitor)."
     )
@@ -161,7 +72,7 @@ class ScheduleConfig(_Section):
     plateau_factor: float = Field(0.5, gt=0.0, lt=1.0, description="plateau: LR multiplier on a cut.")
 
 
-class AugmentConfig(_Section):
+class AugmentConfig(Section):
     preset: Literal["none", "light", "medium", "heavy"] = Field(
         "light", description="Augmentation preset (albumentations); geometric transforms move image and mask together."
     )
@@ -170,7 +81,7 @@ class AugmentConfig(_Section):
     )
 
 
-class SamplerConfig(_Section):
+class SamplerConfig(Section):
     positive_share: Optional[float] = Field(
         None, ge=0.0, le=1.0,
         description="Target share of positive images (mask has any foreground) in every training batch; "
@@ -199,8 +110,8 @@ class SamplerConfig(_Section):
     @field_validator("crop_size")
     @classmethod
     def _crop(cls, v):
-        if v is not None and (min(v) < 16 or v[0] % 16 or v[1] % 16):
-            raise ValueError("each side must be a multiple of 16 and >= 16 (the networks downsample 4-5 times)")
+        if v is not None and min(v) < 16:
+            raise ValueError("each side must be >= 16 (and a multiple of the model's output stride)")
         return v
 
     @model_validator(mode="after")
@@ -210,12 +121,12 @@ class SamplerConfig(_Section):
         return self
 
 
-class EarlyStopConfig(_Section):
+class EarlyStopConfig(Section):
     patience: int = Field(0, ge=0, description="Epochs without improvement of the monitor before stopping (0: off).")
     min_delta: float = Field(0.0, ge=0.0, description="Smallest improvement that counts.")
 
 
-class TrainConfig(_Section):
+class TrainConfig(Section):
     epochs: int = Field(30, ge=1, description="Maximum number of epochs.")
     batch_size: int = Field(8, ge=1, description="Images per optimiser micro-batch.")
     accumulate: int = Field(1, ge=1, description="Gradient accumulation steps (effective batch = batch_size × accumulate).")
@@ -244,7 +155,7 @@ class TrainConfig(_Section):
     )
 
 
-class PlanConfig(_Section):
+class PlanConfig(Section):
     enabled: bool = Field(
         True,
         description="Fill the keys this config does not set (data.input_size, train.batch_size, sampler.positive_share, "
@@ -261,7 +172,7 @@ class PlanConfig(_Section):
     )
 
 
-class TrackingConfig(_Section):
+class TrackingConfig(Section):
     uri: Optional[str] = Field(
         None,
         description="track: mlflow: the MLflow tracking URI (http://host:5000, sqlite:///path/mlflow.db, ...). "
@@ -277,12 +188,12 @@ class TrackingConfig(_Section):
         return v
 
 
-class EvalConfig(_Section):
+class EvalConfig(Section):
     contract: MetricContract = Field(default_factory=MetricContract, description="The metric contract for every reported number.")
     batch_size: int = Field(16, ge=1, description="Images per inference batch.")
 
 
-class PostprocessConfig(_Section):
+class PostprocessConfig(Section):
     tune: bool = Field(
         True,
         description="After training, tune threshold, min_area, keep_largest and min_score on the validation cases "
@@ -333,7 +244,7 @@ class PostprocessConfig(_Section):
         return v
 
 
-class Config(_Section):
+class Config(Section):
     """A medseg run: data, split, model, loss, optimiser, schedule, augmentation, training, evaluation."""
 
     name: str = Field("run", description="Run name; the run folder is <output_dir>/<name>[-N] and never overwritten.")
@@ -366,18 +277,30 @@ class Config(_Section):
     @field_validator("loss")
     @classmethod
     def _loss(cls, v):
-        from medseg.losses import validate_loss_spec
-
         validate_loss_spec(v)
         return v
 
     @model_validator(mode="after")
     def _cross(self):
+        if self.data.source not in available_sources():
+            hint = difflib.get_close_matches(self.data.source, available_sources(), n=1)
+            raise ValueError(
+                f"data.source: unknown source '{self.data.source}'" + (f" (did you mean '{hint[0]}'?)" if hint else "")
+                + f"; choose from {', '.join(available_sources())}"
+            )
         crop = self.sampler.crop_size
         if crop is not None and (crop[0] > self.data.input_size[0] or crop[1] > self.data.input_size[1]):
             raise ValueError(
                 f"sampler.crop_size: {list(crop)} must not exceed data.input_size {list(self.data.input_size)}"
             )
+        # the network halves the input `stride` times over; other sides break its skip connections
+        stride = get_model_spec(self.model.name).output_stride(self.model.channels)
+        for key, size in (("data.input_size", self.data.input_size), ("sampler.crop_size", crop)):
+            if size is not None and (size[0] % stride or size[1] % stride):
+                raise ValueError(
+                    f"{key}: {list(size)}: each side must be a multiple of {stride}, the output stride of model "
+                    f"'{self.model.name}' (with its channels)"
+                )
         if self.schedule.warmup_epochs >= self.train.epochs:
             raise ValueError(
                 f"schedule.warmup_epochs: warm-up ({self.schedule.warmup_epochs:g} epochs) must be shorter than "
@@ -452,7 +375,7 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     return raw
 
 
-def _resolve_paths(cfg: Config, base: Path) -> Config:
+def resolve_paths(cfg: Config, base: Path) -> Config:
     def fix(p: Optional[Path]) -> Optional[Path]:
         if p is None:
             return None
@@ -472,7 +395,7 @@ def config_from_dict(raw: dict, base: Optional[Path] = None) -> Config:
         cfg = Config.model_validate(raw)
     except ValidationError as err:
         raise MedsegError(_format_error(err, raw)) from None
-    return _resolve_paths(cfg, base or Path.cwd())
+    return resolve_paths(cfg, base or Path.cwd())
 
 
 def read_yaml(path: Path) -> dict:

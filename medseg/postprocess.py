@@ -24,17 +24,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 from scipy import ndimage
 
-from medseg import run as runfs
 from medseg.metrics.contract import MetricContract
-from medseg.metrics.overlap import overlap_scores
-
-POSTPROCESS_JSON = "postprocess.json"
+from medseg.metrics.validation import dice_from_counts
 
 
 @dataclass(frozen=True)
@@ -127,17 +123,6 @@ def _empty_counts(truth: np.ndarray) -> tuple[float, float, float, float, bool]:
     return 0.0, 0.0, fn, float(truth.size - fn), fn == 0
 
 
-def _reduce(counts: list[tuple], contract: MetricContract) -> float:
-    """The contract's Dice over cases from (tp, fp, fn, tn, empty_empty) tuples."""
-    c = np.array([x[:4] for x in counts], dtype=np.float64)
-    ee = np.array([x[4] for x in counts], dtype=bool)
-    if contract.reduction == "global":
-        return float(overlap_scores(*c.sum(axis=0), empty_empty=bool(ee.all()), empty_score=contract.empty_score())["dice"])
-    dice = overlap_scores(c[:, 0], c[:, 1], c[:, 2], c[:, 3], ee, contract.empty_score())["dice"]
-    dice = np.asarray(dice, dtype=np.float64)
-    return float(np.nanmean(dice)) if np.isfinite(dice).any() else math.nan
-
-
 def default_area_grid(case_shape: Sequence[int], fractions: Sequence[float]) -> list[int]:
     """Candidate `min_area` values: fractions of one 2D image (slice) area, rounded, unique."""
     plane = int(case_shape[-1]) * int(case_shape[-2])
@@ -200,13 +185,13 @@ def tune_postprocess(
                     gated = [e if pk < gate else c for c, e, pk in zip(counts, as_empty, peaks)] if gate > 0 else counts
                     rows.append({
                         "threshold": thr, "min_area": int(area), "keep_largest": bool(largest), "min_score": gate,
-                        "dice": _reduce(gated, contract), "n_empty_empty": sum(1 for c in gated if c[4]),
+                        "dice": dice_from_counts(gated, contract), "n_empty_empty": sum(1 for c in gated if c[4]),
                     })
     # the baseline: the contract's threshold on the plain probabilities, nothing removed
     plain = [_case_counts(np.asarray(p, dtype=np.float64) >= contract.threshold, t)
              for p, t in zip(probs if raw_probs is None else raw_probs, truths)]
     raw = {"threshold": float(contract.threshold), "min_area": 0, "keep_largest": False, "min_score": 0.0,
-           "dice": _reduce(plain, contract), "n_empty_empty": sum(1 for c in plain if c[4])}
+           "dice": dice_from_counts(plain, contract), "n_empty_empty": sum(1 for c in plain if c[4])}
 
     def rank(r: dict) -> tuple:
         # best Dice; ties go to the simplest rule: contract threshold, smaller area, all components, no gate
@@ -229,11 +214,3 @@ def tune_postprocess(
         "chosen": chosen.to_json(), "raw": raw, "best": best, "gain": gain, "rows": rows,
         "n_cases": len(probs), "min_gain": min_gain, "reason": reason,
     }
-
-
-def load_postprocess(run_dir) -> Optional[PostProcess]:
-    """The run's tuned post-processing (runs/NAME/postprocess.json), or None if not tuned."""
-    path = Path(run_dir) / POSTPROCESS_JSON
-    if not path.is_file():
-        return None
-    return PostProcess.from_json(runfs.read_json(path)["chosen"])

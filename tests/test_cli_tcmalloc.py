@@ -6,19 +6,19 @@ import sys
 
 import pytest
 
-from medseg import cli
+from medseg import cli, runtime
 
 
 @pytest.fixture
 def fake_exec(monkeypatch, tmp_path):
     lib = tmp_path / "libtcmalloc_minimal.so.4"
     lib.write_bytes(b"")
-    monkeypatch.setattr(cli, "_TCMALLOC_PATHS", (str(tmp_path / "absent.so"), str(lib)))
+    monkeypatch.setattr(runtime, "_TCMALLOC_PATHS", (str(tmp_path / "absent.so"), str(lib)))
     monkeypatch.setattr(sys, "platform", "linux")
     monkeypatch.delenv("LD_PRELOAD", raising=False)
     monkeypatch.delenv("MEDSEG_TCMALLOC", raising=False)
     calls = []
-    monkeypatch.setattr(cli.os, "execve", lambda path, argv, env: calls.append((path, argv, env)))
+    monkeypatch.setattr(runtime.os, "execve", lambda path, argv, env: calls.append((path, argv, env)))
     return lib, calls
 
 
@@ -47,6 +47,6 @@ def test_no_reexec(fake_exec, monkeypatch, argv, env):
 
 def test_no_library_no_reexec(fake_exec, monkeypatch, tmp_path):
     _, calls = fake_exec
-    monkeypatch.setattr(cli, "_TCMALLOC_PATHS", (str(tmp_path / "absent.so"),))
+    monkeypatch.setattr(runtime, "_TCMALLOC_PATHS", (str(tmp_path / "absent.so"),))
     cli._preload_tcmalloc(["medseg", "fit", "c.yaml"])
     assert calls == []

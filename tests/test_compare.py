@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from scipy.stats import wilcoxon
 
-from medseg import run as runfs
-from medseg.compare import compare_runs, flatten_config
+from medseg import runfolder as runfs
+from medseg.commands.compare import compare_runs, flatten_config
 from medseg.config import config_from_dict, dump_config
 from medseg.metrics.contract import METRICS_VERSION, MetricContract
 from medseg.metrics.summary import nanmean
@@ -232,7 +232,7 @@ def test_cli_writes_reports_and_never_overwrites(tmp_path):
 
 
 def test_real_fit_run_folders(tmp_path):
-    from medseg.fit import fit
+    from medseg.commands.fit import fit
     from tests.conftest import make_blob_folder, tiny_config
 
     data = make_blob_folder(tmp_path / "data", n=8)

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from medseg import run as runfs
+from medseg import runfolder as runfs
 from medseg.config import config_from_dict
-from medseg.evaluate import evaluate_run
-from medseg.fit import fit
+from medseg.commands.evaluate import evaluate_run
+from medseg.commands.fit import fit
 
 from tests.conftest import tiny_config, write_config
 

@@ -8,12 +8,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medseg import run as runfs
+from medseg import runfolder as runfs
 from medseg.config import config_from_dict
-from medseg.evaluate import evaluate_run, load_run_config
-from medseg.fit import fit
-from medseg.postprocess import PostProcess, load_postprocess
-from medseg.predict import predict_run
+from medseg.commands.evaluate import evaluate_run
+from medseg.runfolder import load_run_config
+from medseg.commands.fit import fit
+from medseg.postprocess import PostProcess
+from medseg.runfolder import load_postprocess
+from medseg.commands.predict import predict_run
 from tests.conftest import make_blob_folder, tiny_config
 from tests.test_cli import _cli, _one_error_line
 
@@ -41,8 +43,8 @@ def test_fit_tunes_and_evaluate_scores_the_rule_independently(tuned_run):
     # the raw figure stays the contract's and matches the tuning's raw row
     assert summary["dice"] == pytest.approx(saved["raw"]["dice"], abs=1e-9)
     # the post-processed figure, recomputed here from the saved probabilities' rule with numpy
-    from medseg.evaluate import load_validation, load_network
-    from medseg.infer import predict_probs
+    from medseg.runfolder import load_network, load_split_part as load_validation
+    from medseg.inference import predict_probs
 
     val = load_validation(run, cfg)
     net, _ = load_network(run, cfg, 1)

@@ -22,9 +22,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from medseg import run as runfs  # noqa: E402
-from medseg.evaluate import load_network, load_run_config, load_validation  # noqa: E402
-from medseg.infer import predict_probs  # noqa: E402
+from medseg import runfolder as runfs  # noqa: E402
+from medseg.runfolder import load_network, load_run_config, load_split_part as load_validation  # noqa: E402
+from medseg.inference import predict_probs  # noqa: E402
 from medseg.postprocess import PostProcess, tune_postprocess  # noqa: E402
 
 

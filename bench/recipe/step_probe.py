@@ -19,7 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from medseg.evaluate import load_run_config  # noqa: E402
+from medseg.runfolder import load_run_config  # noqa: E402
 from medseg.losses import build_loss  # noqa: E402
 from medseg.models import create_model  # noqa: E402
 

@@ -23,6 +23,7 @@ from typing import Iterable, Optional
 import numpy as np
 from scipy import ndimage
 
+from medseg.data.sources import get_source
 from medseg.errors import MedsegError
 
 FINGERPRINT_VERSION = 2
@@ -138,74 +139,34 @@ def _summarise_raw(per_file: list[dict]) -> Optional[dict]:
     }
 
 
-def _read_raw(source: str, path: str) -> np.ndarray:
-    from medseg.data.readers import read_dicom, read_image_2d, read_volume
-
-    if source == "volumes":
-        return read_volume(path)[0]
-    if source == "siim":
-        return read_dicom(path)[0]
-    return read_image_2d(path)
-
-
-class _MaskReader:
-    """Original-resolution binary masks of loaded samples, read again from their files."""
-
-    def __init__(self, source: str):
-        self.source = source
-        self._rle: dict[str, dict[str, list[str]]] = {}
-
-    def volume(self, label_path: str) -> np.ndarray:
-        from medseg.data.readers import read_volume
-
-        return read_volume(label_path, dtype=None)[0] > 0
-
-    def image(self, sample) -> np.ndarray:
-        from medseg.data.readers import read_image_2d
-
-        meta = sample.meta
-        if self.source == "siim":
-            from medseg.data.rle import read_rle_csv, rle_decode
-
-            csv_path = meta["mask_path"]
-            if csv_path not in self._rle:
-                self._rle[csv_path] = read_rle_csv(csv_path)
-            H, W = meta["orig_shape"]
-            m = np.zeros((H, W), dtype=bool)
-            for r in self._rle[csv_path].get(meta.get("image_id") or sample.sample_id, []):
-                m |= rle_decode(r, H, W) > 0
-            return m
-        arr = read_image_2d(meta["mask_path"], as_mask=True)
-        return (arr.max(axis=-1) if arr.ndim == 3 else arr) > 0
-
-
 def _original_lesions(loaded, positive_idx: list[int]) -> dict:
     """Lesion areas at original resolution over (a bounded, even sample of) the positive images."""
     samples = loaded.samples
     chosen = _evenly(positive_idx, ORIGINAL_MASKS_MAX_IMAGES)
-    reader = _MaskReader(loaded.source)
+    spec = get_source(loaded.source)
+    reader = spec.mask_reader()
     areas: list[int] = []
     per_positive: list[int] = []
     errors = 0
-    if loaded.source == "volumes":
+    if spec.volumetric:
+        # one label file per volume: scan whole volumes, a bounded number of them
         by_volume: dict[str, list[int]] = defaultdict(list)
         for i in chosen:
             by_volume[samples[i].meta["mask_path"]].append(i)
         keep = _evenly(sorted(by_volume), ORIGINAL_MASKS_MAX_VOLUMES)
         for label_path in keep:
             try:
-                label = reader.volume(label_path)
+                slices = [reader(samples[i]) for i in by_volume[label_path]]
             except MedsegError:
                 errors += 1
                 continue
-            for i in by_volume[label_path]:
-                a = lesion_areas(label[samples[i].meta["slice"]])
+            for a in map(lesion_areas, slices):
                 areas.extend(a)
                 per_positive.append(len(a))
     else:
         for i in chosen:
             try:
-                a = lesion_areas(reader.image(samples[i]))
+                a = lesion_areas(reader(samples[i]))
             except (MedsegError, KeyError, TypeError):
                 errors += 1
                 continue
@@ -226,9 +187,10 @@ def _original_lesions(loaded, positive_idx: list[int]) -> dict:
 
 def _raw_stats_per_file(loaded, files: Iterable[str]) -> dict[str, dict]:
     out = {}
+    spec = get_source(loaded.source)
     for path in files:
         try:
-            out[path] = raw_value_stats(_read_raw(loaded.source, path))
+            out[path] = raw_value_stats(spec.read_raw(path))
         except MedsegError:
             continue  # the file changed since it was loaded: leave it out
     return out

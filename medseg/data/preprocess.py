@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
-from medseg.config import NormalizeConfig
+from medseg.data.schema import NormalizeConfig
 from medseg.errors import MedsegError
 
 _EPS = 1e-6

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medseg.config import SplitConfig
+from medseg.data.schema import SplitConfig
 from medseg.errors import MedsegError
 
 

@@ -9,6 +9,9 @@ from scipy import stats
 
 from medseg.doctor.evidence import THUMB_SIDE, RunEvidence, finite
 from medseg.doctor.finding import Finding
+from medseg.errors import MedsegError
+from medseg.losses import loss_traits
+from medseg.models import get_model_spec
 
 # Lesions smaller than this many pixels at network input are hard to resolve: a 4x4 patch is
 # the footprint of one pixel after two 2x downsamplings.
@@ -17,8 +20,6 @@ MIN_LESION_PX = 16.0
 DUPLICATE_CORRELATION = 0.99
 # Robust shift (in train spreads) of a per-image intensity statistic between splits worth reporting.
 SHIFT_WARN = 3.0
-# Loss terms that are >= 0 for targets in [0, 1]: a negative epoch loss means the targets were not.
-NONNEGATIVE_LOSSES = {"bce", "dice", "tversky", "focal_tversky", "focal", "lovasz"}
 
 
 def check(ev: RunEvidence) -> list[Finding]:
@@ -31,13 +32,16 @@ def check(ev: RunEvidence) -> list[Finding]:
 
 
 def network_stride(model: dict) -> int:
-    """Total downsampling factor of the configured network."""
-    name = str(model.get("name", "unet"))
-    if name == "unet":
-        return 2 ** max(0, len(model.get("channels") or [16, 32, 64, 128, 256]) - 1)
-    if name == "basicunet":
-        return 16
-    return 32
+    """Total downsampling factor of the configured network (its registry spec; 32 for a model no longer registered)."""
+    try:
+        return get_model_spec(str(model.get("name", "unet"))).output_stride(model.get("channels"))
+    except MedsegError:
+        return 32
+
+
+def round_to_stride(side: float, stride: int) -> int:
+    """The smallest multiple of the stride at or above `side`: a size the config accepts."""
+    return int(stride * math.ceil(side / stride))
 
 
 def mask_values(ev: RunEvidence) -> Finding | None:
@@ -56,7 +60,8 @@ def mask_values(ev: RunEvidence) -> Finding | None:
     # a 0/1 mask's mean is a share of pixels, never above 1
     if finite(batch_px_max) and batch_px_max > 1.0 + 1e-6:
         signals.append(f"mean mask value in training batches {batch_px_max:.3g} (a 0/1 mask's mean is a pixel share ≤ 1)")
-    if finite(loss_min) and loss_min < -1e-6 and terms and terms <= NONNEGATIVE_LOSSES:
+    # every term is >= 0 for 0/1 targets (its registered traits say so): a negative loss means the targets were not
+    if finite(loss_min) and loss_min < -1e-6 and terms and all(loss_traits(t).nonnegative for t in terms):
         signals.append(f"lowest epoch train loss {loss_min:.3g} (negative: impossible for {', '.join(sorted(terms))} with 0/1 targets)")
     if ev.eval is not None and max(ev.eval.mask_values, default=0) > 1:
         signals.append(f"the loader produced mask values {ev.eval.mask_values[:6]}")
@@ -183,8 +188,8 @@ def tiny_lesions(ev: RunEvidence) -> Finding | None:
     )
     if scale < 0.999:
         evidence += f"; images are shrunk {1 / scale:.1f}x to fit the input (median lesion {at_orig:.0f} px at original size)"
-        # twice the input side, capped at the original size; multiples of 16 as the config requires
-        new = [int(min(16 * math.ceil(2 * s / 16), 16 * math.ceil(s / scale / 16))) for s in input_size]
+        # twice the input side, capped at the original size; multiples of the stride as the config requires
+        new = [min(round_to_stride(2 * s, stride), round_to_stride(s / scale, stride)) for s in input_size]
         fix_key, fix_value = "data.input_size", new
     else:
         fix_key = "loss"

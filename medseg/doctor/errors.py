@@ -8,7 +8,9 @@ import math
 import numpy as np
 
 from medseg.doctor.evidence import RunEvidence, finite
+from medseg.doctor.data import network_stride, round_to_stride
 from medseg.doctor.finding import Finding
+from medseg.losses import DEEP_SUPERVISION_KEY, loss_traits
 
 # A loss component worth reporting costs at least this much mean Dice and this share of the deficit.
 MIN_LOST_DICE, MIN_DEFICIT_SHARE = 0.03, 0.25
@@ -16,7 +18,6 @@ MIN_LOST_DICE, MIN_DEFICIT_SHARE = 0.03, 0.25
 MISS_DOMINANT = 0.7
 # Above this Dice the breakdown is informational only.
 GOOD_DICE = 0.85
-REGION_TERMS = ("tversky", "focal_tversky")
 
 
 # below this share of lesions found the misses are a collapse, not a size problem
@@ -116,7 +117,18 @@ def _input_scale(ev: RunEvidence) -> float:
 
 def _larger_input(ev: RunEvidence) -> list[int]:
     size = ev.fingerprint.get("input_size") or list(ev.get("data.input_size") or [256, 256])
-    return [int(16 * math.ceil(2 * s / 16)) for s in size]
+    stride = network_stride(ev.get("model") or {})
+    return [round_to_stride(2 * s, stride) for s in size]
+
+
+def _pixel_terms(loss: dict) -> list[str]:
+    """Terms that classify pixels one by one (BCE, focal), by their registered traits."""
+    return [k for k in loss if k != DEEP_SUPERVISION_KEY and loss_traits(k).pixelwise]
+
+
+def _region_terms(loss: dict) -> list[str]:
+    """Overlap terms (Dice, Tversky, Lovász), by their registered traits."""
+    return [k for k in loss if k != DEEP_SUPERVISION_KEY and not loss_traits(k).pixelwise]
 
 
 def dice_loss_findings(ev: RunEvidence, rows: list[dict], summary: dict) -> list[Finding]:
@@ -147,7 +159,7 @@ def dice_loss_findings(ev: RunEvidence, rows: list[dict], summary: dict) -> list
             fix_key, fix_value = "model.name", "flexunet-resnet34"
         elif finite(best) and best > used:
             fix_key, fix_value = "eval.contract.threshold", round(float(best), 2)
-        elif "bce" not in loss and "focal" not in loss:
+        elif not _pixel_terms(loss):
             fix_key, fix_value = "loss.bce", 1.0
         elif finite(ev.get("sampler.positive_share")) and ev.get("sampler.positive_share") > 0.5:
             fix_key, fix_value = "sampler.positive_share", 0.33
@@ -177,7 +189,7 @@ def dice_loss_findings(ev: RunEvidence, rows: list[dict], summary: dict) -> list
                    "rather than at resolution")
             sw = ev.eval.sweep if ev.eval is not None else ev.saved_sweep
             best = sw.get("best_threshold") if sw else None
-            if any(k in loss for k in ("focal", "bce")):
+            if _pixel_terms(loss):
                 fix_key, fix_value = "loss", {"bce": 1.0, "dice": 1.0}
             elif finite(best) and best < used:
                 fix_key, fix_value = "eval.contract.threshold", round(float(best), 2)
@@ -200,7 +212,7 @@ def dice_loss_findings(ev: RunEvidence, rows: list[dict], summary: dict) -> list
         lesion_text = f"; Dice of each found lesion: median {np.median(lesion):.3f} over {len(lesion)} lesions" if lesion else ""
         if _input_scale(ev) < 0.999:
             fix_key, fix_value = "data.input_size", _larger_input(ev)
-        elif "dice" not in loss and "lovasz" not in loss:
+        elif not _region_terms(loss):
             fix_key, fix_value = "loss.dice", 1.0
         else:
             fix_key, fix_value = "train.epochs", int(ev.get("train.epochs", 30)) * 2
@@ -218,32 +230,25 @@ def dice_loss_findings(ev: RunEvidence, rows: list[dict], summary: dict) -> list
 
 
 def precision_favouring_terms(loss: dict) -> list[tuple[str, dict, str]]:
-    """Loss terms configured to penalise false positives more than false negatives: (name, params, text)."""
+    """Loss terms configured to penalise false positives more than false negatives: (name, params, text).
+
+    Each loss's registered traits say which of its parameters do that (Tversky: fp_weight >
+    fn_weight; BCE: pos_weight < 1; focal: alpha < 0.5).
+    """
     out = []
     for name, spec in loss.items():
         if not isinstance(spec, dict):
             continue
-        if name in REGION_TERMS:
-            fp = spec.get("fp_weight", spec.get("alpha", 0.3))
-            fn = spec.get("fn_weight", spec.get("beta", 0.7))
-            if finite(fp) and finite(fn) and fp > fn:
-                out.append((name, spec, f"loss.{name} fp_weight {fp:g} > fn_weight {fn:g}"))
-        elif name == "bce" and finite(spec.get("pos_weight")) and spec["pos_weight"] < 1:
-            out.append((name, spec, f"loss.bce pos_weight {spec['pos_weight']:g} < 1"))
-        elif name == "focal" and finite(spec.get("alpha")) and spec["alpha"] < 0.5:
-            out.append((name, spec, f"loss.focal alpha {spec['alpha']:g} < 0.5"))
+        bias = loss_traits(name).precision_bias
+        text = bias(name, spec) if bias is not None else None
+        if text:
+            out.append((name, spec, text))
     return out
 
 
 def _recall_fix(name: str, spec: dict) -> dict:
-    fixed = {k: v for k, v in spec.items() if k not in ("alpha", "beta")}
-    if name in REGION_TERMS:
-        fixed.update(fp_weight=0.3, fn_weight=0.7)  # Salehi et al.'s recall-favouring default
-    elif name == "bce":
-        fixed["pos_weight"] = "auto"
-    else:
-        fixed["alpha"] = 0.75
-    return fixed
+    fix = loss_traits(name).recall_fix
+    return fix(spec) if fix is not None else dict(spec)
 
 
 def recall_precision(ev: RunEvidence, summary: dict) -> Finding | None:
@@ -286,9 +291,10 @@ def recall_precision(ev: RunEvidence, summary: dict) -> Finding | None:
         )
     if miss_share <= 1 - MISS_DOMINANT and lost_fp >= 2 * MIN_LOST_DICE:
         for name, spec in loss.items():
-            if not (isinstance(spec, dict) and name in REGION_TERMS):
+            weights = loss_traits(name).fp_fn(spec) if isinstance(spec, dict) else None
+            if weights is None:
                 continue
-            f_p, f_n = spec.get("fp_weight", spec.get("alpha", 0.3)), spec.get("fn_weight", spec.get("beta", 0.7))
+            f_p, f_n = weights
             if finite(f_p) and finite(f_n) and f_n >= 3 * max(f_p, 1e-9):
                 return Finding(
                     id="errors.precision_loss_weights", family="errors", severity="warning", confidence=0.6, impact=min(0.5, 2 * lost_fp),

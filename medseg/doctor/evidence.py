@@ -14,8 +14,15 @@ from typing import Any, Optional
 
 import numpy as np
 
-from medseg import run as runfs
+from medseg import runfolder as runfs
+from medseg.data import load_data
+from medseg.data.arrays import stack_part
 from medseg.errors import MedsegError
+from medseg.inference import run_probs
+from medseg.metrics import MetricContract
+from medseg.metrics.lesions import label_components
+from medseg.metrics.sweep import sweep_cases, threshold_sweep
+from medseg.metrics.validation import ValidationScores, score_validation
 
 # Side of the thumbnails compared for duplicates: small enough that noise averages out and
 # re-encoding or slight resizing does not matter, large enough to tell two anatomies apart.
@@ -43,6 +50,8 @@ class EvalEvidence:
         mask_values: distinct mask values the loader produced (expected: 0 and 1).
         train_positive_share: share of training images with foreground.
         best_epoch: epoch of the checkpoint.
+        scores: the validation scorer's output for these predictions under the hard contract
+            (`scores.summary` is the contract's summary: per volume for a per-volume contract).
     """
 
     probs: np.ndarray
@@ -62,6 +71,7 @@ class EvalEvidence:
     mask_values: list
     train_positive_share: float
     best_epoch: int
+    scores: Optional[ValidationScores] = None
 
 
 @dataclass
@@ -128,73 +138,23 @@ def _as_float(v: Any) -> float:
     return float("nan")
 
 
-# Config mappings that a saved value replaces whole (their keys are user data, not schema fields).
-_ATOMIC_KEYS = {"loss", "overrides"}
-
-
-def _deep_merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for k, v in over.items():
-        nested = isinstance(v, dict) and isinstance(out.get(k), dict) and k not in _ATOMIC_KEYS
-        out[k] = _deep_merge(out[k], v) if nested else v
-    return out
-
-
-def _read_optional_json(path: Path) -> dict:
-    if not path.is_file():
-        return {}
-    try:
-        data = runfs.read_json(path)
-    except MedsegError:
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _validated_config(raw: dict, run_dir: Path):
-    """(Config, None) or, when cross-field rules reject the saved config, section-wise (Config, error)."""
-    from medseg import config as C
-
-    try:
-        return C.config_from_dict(raw, run_dir), None
-    except MedsegError as e:
-        error = str(e)
-    # A saved config that breaks a cross-field rule (e.g. warm-up >= epochs written by hand) is
-    # still diagnosable: validate each section alone and skip the cross-field rules.
-    try:
-        sections = {}
-        for name, f in C.Config.model_fields.items():
-            if name in raw:
-                ann = f.annotation
-                sections[name] = ann.model_validate(raw[name]) if isinstance(ann, type) and issubclass(ann, C.BaseModel) else raw[name]
-        cfg = C.Config.model_construct(**{**C.Config().__dict__, **sections})
-        return C._resolve_paths(cfg, run_dir), error
-    except Exception:  # noqa: BLE001 - any failure here leaves the doctor with the raw dict only
-        return None, error
-
-
 def load_evidence(run_dir: Path) -> RunEvidence:
     """Read everything the checks need from a run folder (missing optional files are empty)."""
-    from medseg.config import Config, read_yaml
-
     run_dir = runfs.open_run(Path(run_dir))
-    saved = read_yaml(run_dir / runfs.CONFIG)
-    raw = _deep_merge(Config().model_dump(mode="json"), saved)
-    cfg, config_error = _validated_config(saved, run_dir)
-    sweep_path = run_dir / "metrics" / "threshold_sweep.json"
-    report = run_dir / "report.md"
+    lenient = runfs.load_config_leniently(run_dir)
     return RunEvidence(
         run_dir=run_dir,
-        raw_config=raw,
-        cfg=cfg,
-        config_error=config_error,
-        fingerprint=_read_optional_json(run_dir / runfs.FINGERPRINT),
-        split=_read_optional_json(run_dir / runfs.SPLIT),
-        state=_read_optional_json(run_dir / runfs.STATE),
-        summary=_read_optional_json(run_dir / runfs.SUMMARY),
+        raw_config=lenient.raw,
+        cfg=lenient.cfg,
+        config_error=lenient.error,
+        fingerprint=runfs.optional_dict(run_dir / runfs.FINGERPRINT),
+        split=runfs.optional_dict(run_dir / runfs.SPLIT),
+        state=runfs.optional_dict(run_dir / runfs.STATE),
+        summary=runfs.optional_dict(run_dir / runfs.SUMMARY),
         epochs=runfs.read_csv(run_dir / runfs.EPOCHS_CSV),
         cases=runfs.read_csv(run_dir / runfs.CASES_CSV),
-        saved_sweep=_read_optional_json(sweep_path) or None,
-        report_text=report.read_text(errors="replace") if report.is_file() else "",
+        saved_sweep=runfs.optional_dict(run_dir / runfs.SWEEP) or None,
+        report_text=runfs.optional_text(run_dir / runfs.REPORT_MD),
     )
 
 
@@ -231,8 +191,6 @@ def intensity_stats(images: np.ndarray) -> np.ndarray:
 
 def found_lesion_dice(pred: np.ndarray, truth: np.ndarray) -> list[float]:
     """Dice of every found truth lesion against the union of predicted components touching it."""
-    from medseg.metrics.lesions import label_components
-
     t_lab, n_t = label_components(truth)
     if n_t == 0 or not pred.any():
         return []
@@ -258,12 +216,6 @@ def gather_eval(ev: RunEvidence, loaded=None) -> EvalEvidence:
 
     Raises MedsegError when the data, the split or the checkpoint cannot be used.
     """
-    from medseg.data import load_data
-    from medseg.evaluate import load_network
-    from medseg.fit import stack_part
-    from medseg.infer import predict_probs
-    from medseg.metrics import MetricContract, case_metrics, summarize, sweep_cases, threshold_sweep
-
     if ev.cfg is None:
         raise MedsegError(f"{ev.run_dir / runfs.CONFIG}: {ev.config_error}")
     cfg = ev.cfg
@@ -276,21 +228,14 @@ def gather_eval(ev: RunEvidence, loaded=None) -> EvalEvidence:
     if len(val.images) == 0:
         raise MedsegError(f"{ev.run_dir / runfs.SPLIT}: none of the validation cases is in the data any more")
     in_channels = int(ev.state.get("in_channels", loaded.in_channels))
-    net, info = load_network(ev.run_dir, cfg, in_channels)
-    precision = str(ev.state.get("precision", "32-true"))
-    if precision.startswith("16"):
-        # float16 autocast is a GPU feature; on the CPU the doctor predicts in float32
-        precision = "32-true"
-    probs = predict_probs(net, val.images, cfg.eval.batch_size, precision, "cpu", cfg.train.channels_last)
+    net, info = runfs.load_network(ev.run_dir, cfg, in_channels)
+    # the same inference (device, precision, batching) as evaluate and training's validation
+    probs = run_probs(net, val.images, cfg, ev.state)
     finite = bool(np.isfinite(probs).all())
     probs = np.nan_to_num(probs, nan=0.0, posinf=1.0, neginf=0.0)
     masks = val.masks > 0
-    contract = MetricContract(**ev.contract)
-    hard = contract.model_copy(update={"kind": "hard"})
-    per_image = hard.model_copy(update={"reduction": "per_image"}) if hard.reduction == "per_volume" else hard
-    rows = [case_metrics(p, m, hard, surface=False) for p, m in zip(probs, masks)]
-    soft = contract.model_copy(update={"kind": "soft", "reduction": per_image.reduction})
-    soft_dice = summarize([case_metrics(p, m, soft, surface=False) for p, m in zip(probs, masks)], soft)["dice"]
+    hard = MetricContract(**ev.contract).model_copy(update={"kind": "hard"})
+    scores = score_validation(probs, masks, val.meta, hard, surface=False)
     lesion_dice: list[float] = []
     for p, m in zip(probs, masks):
         lesion_dice.extend(found_lesion_dice(p >= hard.threshold, m))
@@ -300,9 +245,9 @@ def gather_eval(ev: RunEvidence, loaded=None) -> EvalEvidence:
         val_ids=[m["sample_id"] for m in val.meta],
         train_ids=[m["sample_id"] for m in train.meta],
         probs_finite=finite,
-        hard_rows=rows,
-        hard_summary=summarize(rows, per_image),
-        soft_dice=float(soft_dice),
+        hard_rows=scores.image_rows,
+        hard_summary=scores.image_summary,
+        soft_dice=scores.soft_dice,
         sweep=threshold_sweep(*sweep_cases(probs, masks, val.meta, hard), hard),
         found_lesion_dice=lesion_dice,
         thumbs_train=thumbnails(train.images),
@@ -312,6 +257,7 @@ def gather_eval(ev: RunEvidence, loaded=None) -> EvalEvidence:
         mask_values=sorted({float(v) for m in (train.masks, val.masks) if m.size for v in np.unique(m)}),
         train_positive_share=float((train.masks.reshape(len(train.masks), -1).max(1) > 0).mean()) if len(train.masks) else float("nan"),
         best_epoch=int(info["epoch"]),
+        scores=scores,
     )
 
 

@@ -9,10 +9,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from medseg.losses.inputs import as_float32, check_number
-from medseg.losses.registry import register_loss
+from medseg.losses.registry import LossTraits, is_number, register_loss, without_aliases
 
 
-@register_loss("bce")
+def _precision_bias(name: str, params: dict):
+    pw = params.get("pos_weight")
+    return f"loss.{name} pos_weight {pw:g} < 1" if is_number(pw) and pw < 1 else None
+
+
+TRAITS = LossTraits(nonnegative=True, pixelwise=True, precision_bias=_precision_bias,
+                    recall_fix=lambda params: {**without_aliases(params), "pos_weight": "auto"})
+
+
+@register_loss("bce", TRAITS)
 class BCELoss(nn.Module):
     """Mean BCE over all pixels, from logits in float32.
 

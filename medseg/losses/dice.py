@@ -8,10 +8,10 @@ import torch
 from torch import nn
 
 from medseg.losses.inputs import as_float32, check_number, check_reduction, sum_dims
-from medseg.losses.registry import register_loss
+from medseg.losses.registry import LossTraits, register_loss
 
 
-@register_loss("dice")
+@register_loss("dice", LossTraits(nonnegative=True))
 class DiceLoss(nn.Module):
     """1 - soft Dice, computed per image (default) or over the whole batch.
 

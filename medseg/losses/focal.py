@@ -9,10 +9,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from medseg.losses.inputs import as_float32, check_number
-from medseg.losses.registry import register_loss
+from medseg.losses.registry import LossTraits, is_number, register_loss, without_aliases
 
 
-@register_loss("focal")
+def _precision_bias(name: str, params: dict):
+    a = params.get("alpha")
+    return f"loss.{name} alpha {a:g} < 0.5" if is_number(a) and a < 0.5 else None
+
+
+# alpha 0.75 weighs foreground pixels 3x (Lin et al. use 0.25 for the rare class of detection; here foreground is rare)
+TRAITS = LossTraits(nonnegative=True, pixelwise=True, precision_bias=_precision_bias,
+                    recall_fix=lambda params: {**without_aliases(params), "alpha": 0.75})
+
+
+@register_loss("focal", TRAITS)
 class FocalLoss(nn.Module):
     """Mean over pixels of -a_t * (1 - p_t)^gamma * log(p_t).
 

@@ -9,14 +9,14 @@ from torch import nn
 
 from medseg.losses.inputs import check_number, check_reduction
 from medseg.losses.registry import register_loss
-from medseg.losses.tversky import resolve_weights, tversky_index
+from medseg.losses.tversky import TRAITS, resolve_weights, tversky_index
 
 # (1 - TI) is floored here before the fractional power: at an exactly perfect prediction
 # d/dx x^(1/gamma) is infinite for gamma > 1, and inf * 0 (saturated sigmoid) would be NaN.
 _FLOOR = 1e-7
 
 
-@register_loss("focal_tversky")
+@register_loss("focal_tversky", TRAITS)
 class FocalTverskyLoss(nn.Module):
     """mean over images of (1 - TI)^(1/gamma), TI the soft Tversky index (see `tversky_index`).
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medseg.losses.inputs import as_float32, check_reduction
-from medseg.losses.registry import register_loss
+from medseg.losses.registry import LossTraits, register_loss
 
 
 def lovasz_grad(gt_sorted: torch.Tensor) -> torch.Tensor:
@@ -32,7 +32,7 @@ def lovasz_grad(gt_sorted: torch.Tensor) -> torch.Tensor:
     return torch.cat([jaccard[:, :1], jaccard[:, 1:] - jaccard[:, :-1]], dim=1)
 
 
-@register_loss("lovasz")
+@register_loss("lovasz", LossTraits(nonnegative=True))
 class LovaszHingeLoss(nn.Module):
     """Lovász hinge on logits, per image (default) as in Berman et al.'s `lovasz_hinge`.
 

@@ -1,16 +1,11 @@
-"""Loss registry and the weighted combination built from config (`loss: {bce: 3, dice: 1}`)."""
+"""The loss registry: a name in config -> a loss factory and the traits the doctor reads."""
 
 from __future__ import annotations
 
-import contextlib
-import difflib
-from typing import Any, Callable, Optional, Sequence
+from dataclasses import dataclass
+from typing import Callable, Optional
 
-import torch
-import torch.nn.functional as F
 from torch import nn
-
-from medseg.errors import MedsegError
 
 LOSSES: dict[str, Callable[..., nn.Module]] = {}
 
@@ -18,192 +13,65 @@ LOSSES: dict[str, Callable[..., nn.Module]] = {}
 DEEP_SUPERVISION_KEY = "deep_supervision"
 
 
-def register_loss(name: str):
-    """Class decorator: make a loss available in config under `name`."""
+@dataclass(frozen=True)
+class LossTraits:
+    """What a loss term does, for the checks that reason about a run's loss (medseg doctor).
+
+    Attributes:
+        nonnegative: the term is known to be >= 0 for targets in [0, 1] (a negative epoch loss
+            then means the targets were not); False when not declared.
+        pixelwise: a per-pixel classification term (BCE, focal) rather than a region/overlap
+            term (Dice, Tversky, Lovász).
+        fp_fn_weights: for region terms that weigh false positives and negatives separately:
+            (fp parameter, fn parameter, fp default, fn default, aliases {alias: parameter}).
+        precision_bias: (name, params) -> a text when the parameters make the term favour
+            precision over recall, else None.
+        recall_fix: params -> parameters that favour recall instead.
+    """
+
+    nonnegative: bool = False
+    pixelwise: bool = False
+    fp_fn_weights: Optional[tuple[str, str, float, float, dict]] = None
+    precision_bias: Optional[Callable[[str, dict], Optional[str]]] = None
+    recall_fix: Optional[Callable[[dict], dict]] = None
+
+    def fp_fn(self, params: dict) -> Optional[tuple[float, float]]:
+        """(fp weight, fn weight) the params give, or None for terms without them."""
+        if self.fp_fn_weights is None:
+            return None
+        fp_key, fn_key, fp_default, fn_default, aliases = self.fp_fn_weights
+        alias = {v: k for k, v in aliases.items()}
+        fp = params.get(fp_key, params.get(alias.get(fp_key, ""), fp_default))
+        fn = params.get(fn_key, params.get(alias.get(fn_key, ""), fn_default))
+        return fp, fn
+
+
+LOSS_TRAITS: dict[str, LossTraits] = {}
+
+
+def is_number(v) -> bool:
+    """A real, finite number (not a bool, not 'auto')."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and abs(v) != float("inf")
+
+
+def without_aliases(params: dict) -> dict:
+    """Parameters without MONAI's ambiguous alpha/beta names (a fix writes the explicit ones)."""
+    return {k: v for k, v in params.items() if k not in ("alpha", "beta")}
+
+
+def register_loss(name: str, traits: Optional[LossTraits] = None):
+    """Class decorator: make a loss available in config under `name`, with its traits."""
     if name == DEEP_SUPERVISION_KEY:
         raise ValueError(f"'{name}' is reserved for deep-supervision weights")
 
     def deco(factory):
         LOSSES[name] = factory
+        LOSS_TRAITS[name] = traits or LossTraits()
         return factory
 
     return deco
 
 
-def _split_term(name: str, value: Any) -> tuple[float, dict]:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value), {}
-    if isinstance(value, dict):
-        params = dict(value)
-        weight = params.pop("weight", 1.0)
-        if not isinstance(weight, (int, float)) or isinstance(weight, bool):
-            raise ValueError(f"loss.{name}.weight: must be a number")
-        return float(weight), params
-    raise ValueError(f"loss.{name}: must be a weight or a mapping with 'weight' and parameters")
-
-
-def _check_deep_supervision(weights: Any) -> list[float]:
-    """Return the per-scale weights as floats, or raise ValueError naming the key."""
-    key = f"loss.{DEEP_SUPERVISION_KEY}"
-    if not isinstance(weights, (list, tuple)) or not weights:
-        raise ValueError(f"{key}: must be a non-empty list of weights, full resolution first, e.g. [1.0, 0.4, 0.2, 0.1]")
-    for w in weights:
-        if isinstance(w, bool) or not isinstance(w, (int, float)) or not w >= 0:
-            raise ValueError(f"{key}: weights must be numbers >= 0 (got {w!r})")
-    if weights[0] <= 0:
-        raise ValueError(f"{key}: the first (full-resolution) weight must be > 0")
-    return [float(w) for w in weights]
-
-
-def validate_loss_spec(spec: dict) -> None:
-    """Raise ValueError naming the key for unknown losses, bad weights or bad parameters.
-
-    Args:
-        spec: the config's `loss` mapping: {name: weight | {weight, **params}} plus an optional
-            `deep_supervision: [w0, w1, ...]` entry.
-    """
-    _ensure_loaded()
-    if DEEP_SUPERVISION_KEY in spec:
-        _check_deep_supervision(spec[DEEP_SUPERVISION_KEY])
-    terms = {k: v for k, v in spec.items() if k != DEEP_SUPERVISION_KEY}
-    if not terms:
-        raise ValueError("loss: at least one term is required")
-    for name, value in terms.items():
-        if name not in LOSSES:
-            hint = difflib.get_close_matches(name, list(LOSSES), n=1)
-            raise ValueError(
-                f"loss.{name}: unknown loss" + (f" (did you mean '{hint[0]}'?)" if hint else "") + f"; choose from {', '.join(sorted(LOSSES))}"
-            )
-        weight, params = _split_term(name, value)
-        if weight < 0 or weight != weight:
-            raise ValueError(f"loss.{name}: weight must be >= 0")
-        try:
-            LOSSES[name](**_resolve_params(params, 0.01))
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"loss.{name}: {e}") from None
-
-
-def _resolve_params(params: dict, pos_fraction: Optional[float]) -> dict:
-    out = {}
-    for k, v in params.items():
-        if v == "auto" and k == "pos_weight":
-            # (1 - p) / p balances positive and negative pixels; capped so a 0.01% foreground
-            # does not turn BCE into a pure positive-pixel loss. Unknown p counts as 1%.
-            p = pos_fraction if pos_fraction and pos_fraction > 0 else 0.01
-            v = float(min((1 - p) / p, 100.0))
-        out[k] = v
-    return out
-
-
-def _resize_target(target: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """Target at a deep-supervision output's size.
-
-    Downsampling keeps a pixel foreground if any pixel it covers is (max pooling), so a
-    lesion smaller than the stride still exists at the coarse scale; nearest sampling would
-    erase most tiny targets there and teach the coarse heads to predict nothing.
-    """
-    t = target.float()
-    if tuple(t.shape[2:]) == tuple(size):
-        return t
-    if all(s <= ts for s, ts in zip(size, t.shape[2:])):
-        pool = F.adaptive_max_pool3d if t.ndim == 5 else F.adaptive_max_pool2d
-        return pool(t, tuple(size))
-    return F.interpolate(t, size=tuple(size), mode="nearest")
-
-
-def _no_autocast(x: torch.Tensor):
-    # losses run in float32 even inside an autocast region (bf16 sums over an image lose
-    # the few foreground pixels of a tiny target)
-    if x.device.type in ("cpu", "cuda"):
-        return torch.autocast(device_type=x.device.type, enabled=False)
-    return contextlib.nullcontext()
-
-
-class CombinedLoss(nn.Module):
-    """Weighted sum of registered terms; remembers each term's last value for logging.
-
-    Args:
-        terms: (name, weight, module) triples.
-        deep_supervision: weights for multi-scale outputs (first = full resolution); None:
-            1, 0.5, 0.25, ... The weighted sum is divided by the sum of the weights used.
-    """
-
-    def __init__(self, terms: list[tuple[str, float, nn.Module]], deep_supervision: Optional[list[float]] = None):
-        super().__init__()
-        self.names = [n for n, _, _ in terms]
-        self.weights = [w for _, w, _ in terms]
-        self.terms = nn.ModuleList([m for _, _, m in terms])
-        self.deep_supervision = None if deep_supervision is None else _check_deep_supervision(deep_supervision)
-        self.last_terms: dict[str, float] = {}
-
-    def _single(self, logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        logits = logits.float()
-        target = target.float()
-        total = logits.new_zeros(())
-        parts = {}
-        for name, w, term in zip(self.names, self.weights, self.terms):
-            v = term(logits, target)
-            parts[name] = v
-            total = total + w * v
-        return total, parts
-
-    def forward(self, logits, target: torch.Tensor) -> torch.Tensor:
-        """Loss of `logits` (B,1,H,W), or of a list of such (full resolution first), against `target`."""
-        first = logits[0] if isinstance(logits, (list, tuple)) else logits
-        with _no_autocast(first):
-            if isinstance(logits, (list, tuple)):
-                loss, parts_all = self._deep(list(logits), target)
-            else:
-                loss, parts_all = self._single(logits, target)
-        self.last_terms = {k: float(v.detach()) for k, v in parts_all.items()}
-        return loss
-
-    def _deep(self, outputs: list[torch.Tensor], target: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        weights = self.deep_supervision or [1.0] + [0.5**i for i in range(1, len(outputs))]
-        if len(outputs) > len(weights):
-            raise ValueError(
-                f"deep supervision: the network returned {len(outputs)} outputs but loss.{DEEP_SUPERVISION_KEY} "
-                f"has {len(weights)} weights"
-            )
-        total = outputs[0].new_zeros((), dtype=torch.float32)
-        parts_all: dict[str, torch.Tensor] = {}
-        for i, (lg, w) in enumerate(zip(outputs, weights)):
-            tot, parts = self._single(lg, _resize_target(target, lg.shape[2:]))
-            total = total + w * tot
-            if i == 0:
-                parts_all = parts
-        return total / sum(weights[: len(outputs)]), parts_all
-
-
-def build_loss(spec: dict, pos_fraction: Optional[float] = None, deep_supervision: Optional[list[float]] = None) -> CombinedLoss:
-    """Build the weighted loss from the config's `loss` mapping.
-
-    Args:
-        spec: {name: weight} or {name: {weight: w, **params}}, plus optionally
-            `deep_supervision: [w0, w1, ...]`.
-        pos_fraction: training-set foreground pixel fraction, for `pos_weight: auto`.
-        deep_supervision: per-scale weights when the network returns several outputs; when
-            given it takes precedence over the spec's `deep_supervision` entry.
-    """
-    _ensure_loaded()
-    try:
-        ds = deep_supervision if deep_supervision is not None else spec.get(DEEP_SUPERVISION_KEY)
-        ds = None if ds is None else _check_deep_supervision(ds)
-    except ValueError as e:
-        raise MedsegError(f"config error: {e}") from None
-    terms = []
-    for name, value in spec.items():
-        if name == DEEP_SUPERVISION_KEY:
-            continue
-        if name not in LOSSES:
-            raise MedsegError(f"config error: loss.{name}: unknown loss")
-        weight, params = _split_term(name, value)
-        terms.append((name, weight, LOSSES[name](**_resolve_params(params, pos_fraction))))
-    if not terms:
-        raise MedsegError("config error: loss: at least one term is required")
-    return CombinedLoss(terms, ds)
-
-
-def _ensure_loaded() -> None:
-    # importing the package registers every loss module
-    import medseg.losses  # noqa: F401
+def loss_traits(name: str) -> LossTraits:
+    """The traits of a registered loss (defaults for a name registered without them)."""
+    return LOSS_TRAITS.get(name, LossTraits())

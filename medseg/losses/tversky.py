@@ -9,7 +9,21 @@ import torch
 from torch import nn
 
 from medseg.losses.inputs import as_float32, check_number, check_reduction, sum_dims
-from medseg.losses.registry import register_loss
+from medseg.losses.registry import LossTraits, is_number, register_loss, without_aliases
+
+
+def _precision_bias(name: str, params: dict):
+    fp, fn = TRAITS.fp_fn(params)
+    return f"loss.{name} fp_weight {fp:g} > fn_weight {fn:g}" if is_number(fp) and is_number(fn) and fp > fn else None
+
+
+# Salehi et al.'s recall-favouring default
+TRAITS = LossTraits(
+    nonnegative=True,
+    fp_fn_weights=("fp_weight", "fn_weight", 0.3, 0.7, {"alpha": "fp_weight", "beta": "fn_weight"}),
+    precision_bias=_precision_bias,
+    recall_fix=lambda params: {**without_aliases(params), "fp_weight": 0.3, "fn_weight": 0.7},
+)
 
 
 def resolve_weights(
@@ -71,7 +85,7 @@ def tversky_index(logits: torch.Tensor, target: torch.Tensor, fp_weight: float, 
     return torch.where(denom > 0, ti, torch.ones_like(ti))
 
 
-@register_loss("tversky")
+@register_loss("tversky", TRAITS)
 class TverskyLoss(nn.Module):
     """1 - soft Tversky index, averaged over images (or pooled over the batch).
 

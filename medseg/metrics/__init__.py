@@ -12,6 +12,9 @@ _LAZY = {
     "threshold_sweep": "medseg.metrics.sweep",
     "sweep_cases": "medseg.metrics.sweep",
     "score_folders": "medseg.metrics.folders",
+    "score_validation": "medseg.metrics.validation",
+    "image_contract": "medseg.metrics.validation",
+    "volume_metrics": "medseg.metrics.validation",
 }
 
 __all__ = ["METRICS_VERSION", "MetricContract", *_LAZY]

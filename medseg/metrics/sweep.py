@@ -6,6 +6,7 @@ from typing import Sequence
 
 import numpy as np
 
+from medseg.data.slices import slices_by_volume
 from medseg.metrics.cases import check_case
 from medseg.metrics.contract import MetricContract
 from medseg.metrics.overlap import overlap_scores
@@ -139,8 +140,6 @@ def sweep_cases(probs: Sequence[np.ndarray], masks: Sequence[np.ndarray], meta: 
     """
     if contract.reduction != "per_volume" or not meta or meta[0].get("volume") is None:
         return list(probs), list(masks)
-    from medseg.data.slices import slices_by_volume
-
     out_p, out_m = [], []
     for idx in slices_by_volume(meta).values():
         out_p.append(np.stack([probs[i] for i in idx]))

@@ -11,16 +11,17 @@ from typing import Callable, Optional
 
 from rich.console import Console
 
+from medseg import runfolder as runfs
 from medseg.errors import MedsegError
 from medseg.report import sections as S
 from medseg.report.context import RunContext, fmt, load_context
 from medseg.report.html import render_html
-from medseg.report.markdown import ASSETS, render_markdown
+from medseg.report.markdown import render_markdown
 from medseg.report.model import Note, Report, Section
 from medseg.report.predictions import predict_validation, sweep_from_predictions
 
-REPORT_HTML = "report.html"
-REPORT_MD = "report.md"
+REPORT_HTML = runfs.REPORT_HTML
+REPORT_MD = runfs.REPORT_MD
 
 log = logging.getLogger("medseg.report")
 
@@ -38,7 +39,8 @@ TAIL_BUILDERS: tuple[tuple[str, str, Callable[[RunContext], Section]], ...] = (
 )
 
 
-def build_report(run_dir: Path, val=None, console: Optional[Console] = None, predict: bool = True, doctor: bool = True, loaded=None) -> Path:
+def build_report(run_dir: Path, val=None, console: Optional[Console] = None, predict: bool = True,
+                 findings: Optional[list[dict]] = None, doctor_error: str = "") -> Path:
     """(Re)write the run's report; returns the path of report.html.
 
     Args:
@@ -47,15 +49,14 @@ def build_report(run_dir: Path, val=None, console: Optional[Console] = None, pre
         console: where to print the report's path.
         predict: run the best checkpoint on the validation images (overlays, and the threshold
             curve when metrics/threshold_sweep.json is absent).
-        doctor: include the doctor's findings (medseg.doctor), when that package is installed.
-        loaded: the run's data already in memory (fit passes it so the doctor does not read it again).
+        findings: the doctor's findings as dicts (the caller runs the doctor), or None.
+        doctor_error: why there are no findings, shown in their place.
     """
     ctx = load_context(Path(run_dir))
     if predict:
         _add_predictions(ctx, val)
     else:
         ctx.preds_error = "the checkpoint was not run (--no-predict)"
-    findings, doctor_error = _run_doctor(ctx.run_dir, loaded) if doctor else (None, "doctor skipped (--no-doctor)")
 
     sections = [_safe(ctx, *b) for b in SECTION_BUILDERS]
     try:
@@ -89,22 +90,6 @@ def _add_predictions(ctx: RunContext, val) -> None:
             ctx.preds_error = f"threshold sweep failed ({e})"
 
 
-def _run_doctor(run_dir: Path, loaded=None) -> tuple[Optional[list[dict]], str]:
-    """The doctor's findings as dicts, or (None, why not)."""
-    try:
-        from medseg.doctor import diagnose
-    except ImportError:
-        return None, "doctor not available"
-    except Exception as e:  # noqa: BLE001 — a broken doctor install must not cost the report
-        log.warning("report: the doctor failed to load", exc_info=True)
-        return None, f"doctor not available: it failed to load ({type(e).__name__}: {e})"
-    try:
-        return [f.to_dict() for f in diagnose(run_dir, evaluate=True, loaded=loaded)], ""
-    except Exception as e:  # noqa: BLE001
-        log.warning("report: the doctor failed", exc_info=True)
-        return None, f"the doctor failed ({type(e).__name__}: {e})"
-
-
 def _safe(ctx: RunContext, section_id: str, title: str, builder: Callable[[RunContext], Section]) -> Section:
     try:
         return builder(ctx)
@@ -136,7 +121,7 @@ def write_report(run_dir: Path, report: Report) -> None:
     The assets folder is rebuilt beside the old one and swapped in, so a figure that no
     longer exists does not linger from a previous report.
     """
-    assets, fresh = run_dir / ASSETS, run_dir / (ASSETS + ".tmp")
+    assets, fresh = run_dir / runfs.REPORT_ASSETS, run_dir / (runfs.REPORT_ASSETS + ".tmp")
     shutil.rmtree(fresh, ignore_errors=True)
     fresh.mkdir()
     for fig in report.figures():

@@ -6,17 +6,15 @@ part empty (and the section says so) instead of stopping the report.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from medseg import run as runfs
+from medseg import runfolder as runfs
 from medseg.config import Config
-
-PLAN = "plan.json"
-SWEEP = "metrics/threshold_sweep.json"
+from medseg.data.sources import get_source
+from medseg.errors import MedsegError
 
 
 @dataclass
@@ -41,33 +39,32 @@ class RunContext:
         return self.summary.get("contract_text") or self.cfg.eval.contract.describe()
 
     @property
+    def volumetric(self) -> bool:
+        """The run's samples are 2.5D slices of volumes (its data source says so)."""
+        try:
+            return get_source(self.cfg.data.source).volumetric
+        except MedsegError:
+            return False
+
+    @property
     def best_epoch(self) -> Optional[int]:
         v = self.summary.get("best_epoch")
         return int(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 else None
 
 
-def _json_or_none(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
 def load_context(run_dir: Path) -> RunContext:
     """Read the run folder; only a missing or invalid config.yaml is an error."""
-    from medseg.evaluate import load_run_config
-
     run_dir = runfs.open_run(run_dir)
-    ctx = RunContext(run_dir=run_dir, cfg=load_run_config(run_dir))
-    ctx.state = _json_or_none(run_dir / runfs.STATE) or {}
-    ctx.summary = _json_or_none(run_dir / runfs.SUMMARY) or {}
-    ctx.fingerprint = _json_or_none(run_dir / runfs.FINGERPRINT) or {}
-    ctx.plan = _json_or_none(run_dir / PLAN)
+    ctx = RunContext(run_dir=run_dir, cfg=runfs.load_run_config(run_dir))
+    ctx.state = runfs.optional_dict(run_dir / runfs.STATE)
+    ctx.summary = runfs.optional_dict(run_dir / runfs.SUMMARY)
+    ctx.fingerprint = runfs.optional_dict(run_dir / runfs.FINGERPRINT)
+    ctx.plan = runfs.optional_json(run_dir / runfs.PLAN)
     ctx.epochs = runfs.read_csv(run_dir / runfs.EPOCHS_CSV)
     ctx.cases = runfs.read_csv(run_dir / runfs.CASES_CSV)
-    sweep = _json_or_none(run_dir / SWEEP)
+    sweep = runfs.optional_json(run_dir / runfs.SWEEP)
     if isinstance(sweep, dict) and sweep.get("rows"):
-        ctx.sweep, ctx.sweep_source = sweep, SWEEP
+        ctx.sweep, ctx.sweep_source = sweep, runfs.SWEEP
     return ctx
 
 

@@ -34,6 +34,8 @@ tr.sev-serious td:first-child { background: #fde2e1; color: #a01010; font-weight
 tr.sev-warning td:first-child { background: #fff4e5; color: #8a5300; font-weight: 600; }
 tr.sev-info td:first-child { background: #eef4fb; color: #1f5fa8; }
 p.warn { background: #fff4e5; border-left: 4px solid #f0a020; padding: .4rem .7rem; }
+tr.b-better td { background: #e6f4ea; }
+tr.a-better td { background: #fde8e8; }
 """
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 
 from medseg.report.model import Figure, Note, Report, Table
+from medseg.runfolder import REPORT_ASSETS as ASSETS
 
-ASSETS = "report_assets"
 
 
 def _cell(text: str) -> str:

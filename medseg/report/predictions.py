@@ -9,7 +9,10 @@ from typing import Optional
 
 import numpy as np
 
+from medseg import runfolder as runfs
 from medseg.config import Config
+from medseg.inference import run_probs
+from medseg.metrics import sweep_cases, threshold_sweep
 
 
 @dataclass
@@ -33,12 +36,9 @@ def predict_validation(run_dir: Path, cfg: Config, state: dict, val=None) -> Val
         val: the validation `SplitArrays` if already in memory (fit passes them); otherwise the
             data is reloaded and the run's split.json picks the validation cases.
     """
-    from medseg.evaluate import load_network, load_validation
-    from medseg.infer import run_probs
-
     if val is None:
-        val = load_validation(run_dir, cfg)
-    net, _ = load_network(run_dir, cfg, state["in_channels"])
+        val = runfs.load_split_part(run_dir, cfg)
+    net, _ = runfs.load_network(run_dir, cfg, state["in_channels"])
     # same device and precision as `evaluate`, so the curve agrees with metrics/summary.json
     probs = run_probs(net, val.images, cfg, state)
     return ValPredictions(val.images, val.masks, probs, [m["sample_id"] for m in val.meta], list(val.meta))
@@ -66,8 +66,6 @@ def pick_cases(case_rows: list[dict], per_side: int = 3) -> tuple[list[dict], li
 
 def sweep_from_predictions(preds: ValPredictions, cfg: Config) -> dict:
     """Threshold sweep over the validation predictions, the same call `evaluate --sweep` makes."""
-    from medseg.metrics import sweep_cases, threshold_sweep
-
     return threshold_sweep(*sweep_cases(preds.probs, preds.masks, preds.meta, cfg.eval.contract), cfg.eval.contract)
 
 

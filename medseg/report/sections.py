@@ -156,7 +156,7 @@ def cases_section(ctx: RunContext) -> Section:
             if i is not None:
                 label = f"{tag}: {r['case']}\nDice {fmt(r.get('dice'), 3)}"
                 image = ctx.preds.images[i]
-                if ctx.cfg.data.source == "volumes":
+                if ctx.volumetric:
                     # 2.5D: the channels are neighbouring slices and the mask belongs to the centre one
                     image = image[image.shape[0] // 2][None]
                 cases.append(plots.OverlayCase(label, image, ctx.preds.masks[i], ctx.preds.probs[i]))

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from medseg.cli import app
 from medseg.config import config_from_dict
 from medseg.data.augment import GEOMETRIC, INTENSITY, PRESETS, TRANSFORMS, Augmenter, build_augment, clahe
-from medseg.data.augment_preview import CELL_PX, HEADER_PX, pick_training_samples, write_augment_preview
+from medseg.commands.augment_preview import CELL_PX, HEADER_PX, pick_training_samples, write_augment_preview
 from medseg.data.sources import load_data
 from medseg.data.split import make_split
 from medseg.errors import MedsegError

@@ -56,13 +56,13 @@ def fast_training():
     """One torch thread (tiny tensors: threads only add overhead) and no report after each fit."""
     import torch
 
-    import medseg.report
+    import medseg.commands.report
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     with pytest.MonkeyPatch.context() as mp:
         # the report (plots, predictions, its own doctor run) is tested elsewhere and would triple the time
-        mp.setattr(medseg.report, "build_report", lambda *a, **k: None)
+        mp.setattr(medseg.commands.report, "build_report", lambda *a, **k: None)
         try:
             yield
         finally:
@@ -89,7 +89,8 @@ def make_evidence(epochs=None, fingerprint=None, summary=None, config=None, stat
     from pathlib import Path as _Path
 
     from medseg.config import Config
-    from medseg.doctor.evidence import RunEvidence, _deep_merge
+    from medseg.doctor.evidence import RunEvidence
+    from medseg.runfolder import deep_merge as _deep_merge
 
     raw = _deep_merge(Config().model_dump(mode="json"), config or {})
     return RunEvidence(

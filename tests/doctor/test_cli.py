@@ -56,7 +56,7 @@ def test_doctor_user_errors_are_one_line_exit_2(planted, tmp_path):
 
 def test_rerun_reproduces_the_runs_own_hard_metrics(planted):
     """The doctor's re-run of the checkpoint equals what `evaluate` wrote at the end of fit."""
-    from medseg import run as runfs
+    from medseg import runfolder as runfs
     from medseg.doctor.evidence import gather_eval, load_evidence
 
     run_dir, _ = planted["healthy"]

@@ -37,7 +37,7 @@ def test_fault_runs_have_their_planted_evidence(planted):
     """The planted evidence is in the run folders, not only in the doctor's reading of them."""
     from pathlib import Path
 
-    from medseg import run as runfs
+    from medseg import runfolder as runfs
 
     runs = {r["fault"]: Path(r["run_dir"]) for r in planted["results"]}
     overflow = runfs.read_csv(runs["fp16_focal_overflow"] / runfs.EPOCHS_CSV)

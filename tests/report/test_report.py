@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medseg import run as runfs
+from medseg import runfolder as runfs
 from medseg.config import config_from_dict
+from medseg.commands.report import report_run
 from medseg.report import build_report
 from medseg.report.context import load_context
 from medseg.report.predictions import pick_cases, predict_validation, sweep_from_predictions
@@ -31,7 +32,7 @@ METRIC_FIGURES = {"metrics", "threshold", "dice_hist", "lesion_recall", "overlay
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory) -> Path:
     """One real tiny run; its report is the one `fit` wrote. Tests that rebuild use a copy."""
-    from medseg.fit import fit
+    from medseg.commands.fit import fit
 
     root = tmp_path_factory.mktemp("report")
     make_blob_folder(root / "data", n=16, size=64)
@@ -180,7 +181,7 @@ def test_doctor_findings_and_missing_doctor(run_copy, monkeypatch):
     fake = types.ModuleType("medseg.doctor")
     fake.diagnose = lambda run_dir, evaluate=True, loaded=None: calls.append((Path(run_dir), evaluate)) or [Finding()]
     monkeypatch.setitem(sys.modules, "medseg.doctor", fake)
-    build_report(run_copy, predict=False)
+    report_run(run_copy, predict=False)
     html = (run_copy / "report.html").read_text()
     doctor = html.split('<section id="doctor">', 1)[1].split("</section>", 1)[0]
     assert calls == [(run_copy, True)]
@@ -188,14 +189,14 @@ def test_doctor_findings_and_missing_doctor(run_copy, monkeypatch):
     assert "Learning rate looks too high" in (run_copy / "report.md").read_text()
 
     monkeypatch.setitem(sys.modules, "medseg.doctor", None)  # import fails like an absent package
-    build_report(run_copy, predict=False)
+    report_run(run_copy, predict=False)
     assert "doctor not available" in (run_copy / "report.html").read_text()
 
 
 def test_report_of_an_unfinished_run_still_builds(run_copy):
     for name in (runfs.SUMMARY, runfs.EPOCHS_CSV, runfs.CASES_CSV, runfs.BEST_CKPT):
         (run_copy / name).unlink()
-    build_report(run_copy, doctor=False)
+    build_report(run_copy)
     html = (run_copy / "report.html").read_text()
     assert "metrics/summary.json is missing" in html and "metrics/epochs.csv is missing" in html
     assert "could not run the checkpoint" in html and "no checkpoint" in html
@@ -204,13 +205,13 @@ def test_report_of_an_unfinished_run_still_builds(run_copy):
 
 
 def test_report_failure_does_not_fail_fit(tmp_path, monkeypatch):
-    import medseg.report
-    from medseg.fit import fit
+    import medseg.commands.report
+    from medseg.commands.fit import fit
 
     def broken(*args, **kwargs):
         raise RuntimeError("report exploded")
 
-    monkeypatch.setattr(medseg.report, "build_report", broken)
+    monkeypatch.setattr(medseg.commands.report, "build_report", broken)
     make_blob_folder(tmp_path / "data", n=8, size=32, seed=1)
     cfg = config_from_dict(tiny_config(tmp_path / "data", tmp_path / "runs", train__epochs=2,
                                        data__input_size=[32, 32]), tmp_path)
@@ -222,7 +223,7 @@ def test_report_failure_does_not_fail_fit(tmp_path, monkeypatch):
 def test_volume_run_report_shows_centre_slice_and_per_volume_dice(tmp_path, monkeypatch):
     import nrrd
 
-    from medseg.fit import fit
+    from medseg.commands.fit import fit
     from medseg.report import plots
 
     root = tmp_path / "vols"

@@ -1,0 +1,103 @@
+"""`medseg evaluate`: recompute metrics from a run's best checkpoint (and check them against training's)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Optional
+
+from rich.console import Console
+
+from medseg import runfolder as runfs
+from medseg.commands.console import print_summary, print_sweep
+from medseg.config import config_from_dict, read_yaml
+from medseg.data import load_data
+from medseg.data.arrays import stack_part
+from medseg.errors import MedsegError
+from medseg.inference import run_probs
+from medseg.metrics import sweep_cases, threshold_sweep
+from medseg.metrics.validation import score_postprocessed, score_validation
+
+MATCH_TOLERANCE = 1e-4
+
+
+def evaluate_run(
+    run_dir: Path,
+    data_config: Optional[Path] = None,
+    sweep: bool = False,
+    console: Optional[Console] = None,
+    val=None,
+    loaded=None,
+    progress: bool = True,
+    part: str = "val",
+) -> dict:
+    """Score the best checkpoint on the run's validation cases (or on another dataset).
+
+    Args:
+        run_dir: the run folder.
+        data_config: YAML with a `data:` section (or a bare data section) to evaluate on instead;
+            results then go to runs/NAME/evaluations/<stem>/, never over the run's own metrics.
+        sweep: also sweep the threshold 0.05..0.95 and save the curve.
+        console: where to print.
+        val / loaded: arrays already in memory (fit passes them to skip reloading).
+        part: which cases of the run's split to score: 'val' (the default) or 'test'; test
+            results go to runs/NAME/evaluations/test[-N]/.
+    """
+    console = console or Console(stderr=True)
+    run_dir = runfs.open_run(run_dir)
+    cfg = runfs.load_run_config(run_dir)
+    state = runfs.load_state(run_dir)
+    contract = cfg.eval.contract
+    out_dir = run_dir / runfs.METRICS
+    if data_config is not None:
+        raw = read_yaml(Path(data_config))
+        data_raw = raw.get("data", raw)
+        merged = cfg.model_dump(mode="json")
+        merged["data"] = {**merged["data"], **data_raw}
+        other = config_from_dict(merged, Path(data_config).resolve().parent)
+        loaded = load_data(other.data, with_masks=True, progress=progress)
+        if loaded.in_channels != state["in_channels"]:
+            raise MedsegError(f"{data_config}: data has {loaded.in_channels} channels, the model expects {state['in_channels']}")
+        val = stack_part(loaded, sorted({s.case_id for s in loaded.samples}))
+        out_dir = runfs.create_evaluation(run_dir, Path(data_config).stem)
+    elif part != "val":
+        val = runfs.load_split_part(run_dir, cfg, part=part, loaded=loaded, progress=progress)
+        out_dir = runfs.create_evaluation(run_dir, part)
+    elif val is None:
+        val = runfs.load_split_part(run_dir, cfg, progress=progress)
+    net, info = runfs.load_network(run_dir, cfg, state["in_channels"])
+    probs = run_probs(net, val.images, cfg, state)
+    scores = score_validation(probs, val.masks, val.meta, contract, surface=True)
+    summary = dict(scores.summary)
+    summary["best_epoch"] = info["epoch"]
+    summary["checkpoint"] = runfs.BEST_CKPT
+    summary["evaluated_on"] = str(data_config) if data_config else ("validation split" if part == "val" else f"{part} split")
+    summary["soft_dice"] = scores.soft_dice
+    if scores.volume_summary is not None:
+        summary["per_volume"] = {**scores.volume_summary, "rows": scores.volume_rows}
+    pp = runfs.load_postprocess(run_dir)
+    if pp is not None:
+        # the deployed pipeline (tuned on validation); the raw numbers above stay the contract's
+        pp_probs = run_probs(net, val.images, cfg, state, tta=True) if pp.tta else probs
+        pp_summary, pp_rows = score_postprocessed(pp_probs, val.masks, val.meta, contract, pp.apply)
+        summary["postprocessed"] = {**pp_summary, "rule": pp.to_json(), "rule_text": pp.describe()}
+        runfs.write_csv(out_dir / runfs.CASES_PP_NAME, pp_rows)
+    if data_config is None and part == "val":
+        epochs = runfs.read_csv(run_dir / runfs.EPOCHS_CSV)
+        row = next((r for r in epochs if int(r["epoch"]) == info["epoch"]), None)
+        if row is not None and "val_dice" in row:
+            reported = float(row["val_dice"])
+            diff = abs(reported - summary["dice"]) if not (math.isnan(reported) and math.isnan(summary["dice"])) else 0.0
+            summary["training_reported"] = {"epoch": info["epoch"], "dice": reported, "abs_diff": diff, "tolerance": MATCH_TOLERANCE, "match": bool(diff <= MATCH_TOLERANCE)}
+    runfs.write_csv(out_dir / runfs.CASES_NAME, scores.image_rows)
+    if scores.volume_rows:
+        runfs.write_csv(out_dir / runfs.VOLUMES_NAME, scores.volume_rows)
+    if sweep:
+        sw = threshold_sweep(*sweep_cases(probs, val.masks, val.meta, contract), contract)
+        runfs.write_json(out_dir / runfs.SWEEP_NAME, sw)
+        runfs.write_csv(out_dir / runfs.SWEEP_CSV_NAME, sw["rows"])
+        summary["threshold_sweep"] = {k: v for k, v in sw.items() if k != "rows"}
+        print_sweep(console, sw, contract)
+    runfs.write_json(out_dir / runfs.SUMMARY_NAME, summary)
+    print_summary(console, summary, title=f"{run_dir.name}: best epoch {info['epoch']}")
+    return summary

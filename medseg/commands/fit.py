@@ -1,0 +1,144 @@
+"""`medseg fit`: data -> split -> fingerprint and plan -> run folder -> Lightning training -> tune, evaluate, report."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Optional
+
+import lightning.pytorch as pl
+import torch
+from rich.console import Console
+from rich.markup import escape
+
+import medseg
+from medseg import runfolder as runfs
+from medseg.commands.console import print_plan
+from medseg.commands.evaluate import evaluate_run
+from medseg.commands.report import report_run
+from medseg.commands.tune import tune_run
+from medseg.config import Config, config_from_dict, dump_config, read_yaml
+from medseg.data import load_data
+from medseg.data.arrays import stack_part
+from medseg.data.fingerprint import compute_fingerprint
+from medseg.data.sampling import check_sampler_pool, describe_sampler
+from medseg.data.split import make_split, save_split
+from medseg.errors import MedsegError
+from medseg.planning import plan_run
+from medseg.runtime import machine_description, resolve_precision, tcmalloc_active
+from medseg.training import SegDataModule, SegModule, build_trainer, tracking
+
+
+def _setup_logging(run_dir: Path) -> logging.Logger:
+    log = logging.getLogger(f"medseg.run.{run_dir.name}")
+    log.setLevel(logging.INFO)
+    path = str((run_dir / runfs.TRAIN_LOG).resolve())
+    for old in list(log.handlers):
+        # a run of the same name in another output_dir (same process) must not write here
+        if isinstance(old, logging.FileHandler) and old.baseFilename != path:
+            log.removeHandler(old)
+            old.close()
+    if not log.handlers:
+        h = logging.FileHandler(path)
+        h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        log.addHandler(h)
+    return log
+
+
+def fit(cfg: Optional[Config] = None, resume: Optional[Path] = None, console: Optional[Console] = None, progress: bool = True) -> Path:
+    """Train a model; returns the run folder.
+
+    Args:
+        cfg: the validated config (ignored when resuming: the run's saved config is used).
+        resume: a run folder to continue from its last checkpoint.
+        console: where to print.
+        progress: show progress bars.
+    """
+    console = console or Console(stderr=True)
+    if resume is not None:
+        run_dir = runfs.open_run(resume)
+        cfg = config_from_dict(read_yaml(run_dir / runfs.CONFIG), run_dir)
+        if not (run_dir / runfs.LAST_CKPT).is_file():
+            console.print(f"[yellow]{run_dir}: no last checkpoint yet; starting its training from the beginning")
+    assert cfg is not None
+    tracking.require_backend(cfg)  # a missing optional extra fails before any run folder exists
+    precision = resolve_precision(cfg.train.precision, cfg.train.accelerator)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+
+    # Everything that can fail on the user's data fails here, before a run folder exists.
+    loaded = load_data(cfg.data, with_masks=True, progress=progress)
+    split = make_split([s.case_id for s in loaded.samples], cfg.split, cfg.seed)
+    planned = None
+    if resume is None and cfg.plan.enabled:
+        # the plan fills the keys the config leaves unset (a resumed run keeps its saved, planned config)
+        planned = plan_run(cfg, loaded, split, progress=progress)
+        cfg, loaded = planned.config, planned.loaded
+        print_plan(console, planned.plan)
+    train = stack_part(loaded, split["train"])
+    val = stack_part(loaded, split["val"])
+    if len(train.images) == 0 or len(val.images) == 0:
+        raise MedsegError("split: the training or validation set has no images")
+    check_sampler_pool(cfg.sampler, cfg.train.epochs, train.masks)
+    fingerprint = planned.fingerprint if planned else compute_fingerprint(loaded, split)
+
+    if resume is None:
+        run_dir = runfs.create_run(cfg.output_dir, cfg.name)
+        (run_dir / runfs.CONFIG).write_text(dump_config(cfg))
+        runfs.write_json(run_dir / runfs.FINGERPRINT, fingerprint)
+        if planned:
+            runfs.write_json(run_dir / runfs.PLAN, planned.plan.to_json())
+        save_split(split, run_dir / runfs.SPLIT, cfg.split, cfg.seed)
+        runfs.write_json(run_dir / runfs.BAD_FILES, loaded.bad)
+    log = _setup_logging(run_dir)
+    pos_fraction = float(train.masks.mean())
+    state = {
+        "run_version": runfs.RUN_VERSION,
+        "medseg_version": medseg.__version__,
+        "torch_version": torch.__version__,
+        "precision": precision,
+        "in_channels": loaded.in_channels,
+        "source": loaded.source,
+        "pos_fraction_train": pos_fraction,
+        "n_train_images": len(train.images),
+        "n_val_images": len(val.images),
+        "machine": machine_description(),
+        "tcmalloc": tcmalloc_active(),
+        "channels_last": cfg.train.channels_last,
+    }
+    runfs.write_json(run_dir / runfs.STATE, state)
+    if loaded.bad:
+        log.warning("skipped %d bad files (bad_files.json)", len(loaded.bad))
+        console.print(f"[yellow]skipped {len(loaded.bad)} bad files, listed in {run_dir / runfs.BAD_FILES}")
+    if not fingerprint.get("mask_values_binary01", True):
+        console.print(f"[yellow]mask values seen: {fingerprint['raw_mask_values']} — anything > 0 is treated as foreground")
+    log.info("run %s: %d train / %d val images, precision %s, tcmalloc %s, channels_last %s", run_dir, len(train.images),
+             len(val.images), precision, "on" if state["tcmalloc"] else "off (install libtcmalloc-minimal4 for ~30% faster CPU steps)",
+             cfg.train.channels_last)
+    log.info(describe_sampler(cfg.sampler, train.masks))
+
+    def warn(message: str) -> None:
+        # a training warning goes into the run's train.log and onto the console
+        log.warning(message)
+        console.print(f"[yellow]WARNING {escape(message)}")
+
+    data = SegDataModule(cfg, train)
+    module = SegModule(cfg, loaded.in_channels, pos_fraction, data.steps_per_epoch, precision)
+    trainer = build_trainer(cfg, run_dir, precision, val, data.micro_batches, console, progress, warn)
+    last = run_dir / runfs.LAST_CKPT
+    t0 = time.time()
+    trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume is not None and last.is_file() else None)
+    log.info("training finished in %.1f s", time.time() - t0)
+    if not trainer.is_global_zero:
+        return run_dir
+
+    if cfg.postprocess.tune and not (run_dir / runfs.POSTPROCESS).exists():
+        tune_run(run_dir, console=console, val=val)
+    evaluate_run(run_dir, console=console, val=val, loaded=loaded)
+    try:
+        report_run(run_dir, val=val, console=console, loaded=loaded)
+    except Exception as e:  # noqa: BLE001 — the report is derived (`medseg report` rewrites it); never fail a finished fit
+        log.warning("report not written: %s: %s", type(e).__name__, e, exc_info=True)
+        console.print(f"[yellow]report not written ({type(e).__name__}: {e}); retry with: medseg report {run_dir}")
+    tracking.finish(cfg, run_dir, console)  # after the report, which it uploads
+    return run_dir

@@ -1,0 +1,84 @@
+"""`medseg predict`: probability maps and binary masks at the input's own size and geometry.
+
+Images -> probs/STEM.png (uint16, p = v/65535) + masks/STEM.png (0/255).
+Volumes -> STEM_prob.<ext> (float32) + STEM_mask.<ext> (uint8) with the input's header/affine.
+SIIM DICOMs -> probs/ + masks/ PNGs and submission.csv (ImageId, EncodedPixels, competition RLE).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+from rich.console import Console
+
+from medseg import runfolder as runfs
+from medseg.data import infer_input, load_data
+from medseg.data.preprocess import to_original
+from medseg.data.sources import get_source, prediction_units
+from medseg.errors import MedsegError
+from medseg.inference import run_probs
+from medseg.postprocess import PostProcess
+
+
+def predict_run(
+    run_dir: Path,
+    input_path: Path,
+    output: Path,
+    threshold: Optional[float] = None,
+    tta: bool = False,
+    console: Optional[Console] = None,
+    raw: bool = False,
+) -> Path:
+    """Predict INPUT with the run's best checkpoint into the new folder OUTPUT.
+
+    Args:
+        run_dir: the run folder.
+        input_path: image folder, volume file/folder, or DICOM folder.
+        output: output folder; must not exist or be empty (nothing is overwritten).
+        threshold: binarisation threshold (default: the run's metric contract).
+        tta: horizontal-flip test-time augmentation.
+        raw: ignore the run's tuned post-processing (postprocess.json); --threshold implies it.
+    """
+    console = console or Console(stderr=True)
+    run_dir = runfs.open_run(run_dir)
+    input_path = Path(input_path)
+    if not input_path.exists():
+        raise MedsegError(f"{input_path}: no such file or folder")
+    output = Path(output)
+    if output.exists() and (not output.is_dir() or any(output.iterdir())):
+        raise MedsegError(f"{output}: exists and is not empty (predict never overwrites)")
+    cfg = runfs.load_run_config(run_dir)
+    state = runfs.load_state(run_dir)
+    data_cfg = infer_input(input_path, cfg.data)
+    loaded = load_data(data_cfg, with_masks=False, progress=True)
+    if loaded.in_channels != state["in_channels"]:
+        raise MedsegError(f"{input_path}: images have {loaded.in_channels} channels, the model expects {state['in_channels']}")
+    net, _ = runfs.load_network(run_dir, cfg, state["in_channels"])
+    images = np.stack([s.image for s in loaded.samples]).astype(np.float32, copy=False)
+    if threshold is not None and not 0.0 < threshold < 1.0:
+        raise MedsegError(f"--threshold: must be in (0, 1), got {threshold}")
+    # the tuned rule (medseg tune) unless the caller asks for a bare threshold
+    pp = runfs.load_postprocess(run_dir) if threshold is None and not raw else None
+    if pp is None:
+        pp = PostProcess(cfg.eval.contract.threshold if threshold is None else threshold, 0, False)
+    tta = tta or pp.tta  # a rule tuned on TTA probabilities needs TTA probabilities
+    probs = run_probs(net, images, cfg, state, tta=tta)
+    thr = pp.threshold
+    output.mkdir(parents=True, exist_ok=True)
+    source = get_source(loaded.source)
+    writer = source.writer(output, data_cfg)
+    for unit, idx in prediction_units(loaded).items():
+        # back at the input's own size (a volume: its slices stacked in order), then the rule
+        full = np.stack([to_original(probs[i], loaded.samples[i].meta["resize"]) for i in idx])
+        if not source.volumetric:
+            full = full[0]
+        scale = full.shape[-1] * full.shape[-2] / probs[idx[0]].size  # pixels per input pixel
+        writer.write(loaded, unit, idx, full, pp.apply(full, area_scale=scale).astype(np.uint8))
+    writer.close()
+    runfs.write_json(
+        output / "prediction.json",
+        {"run": str(run_dir), "input": str(input_path), "threshold": thr, "postprocess": pp.to_json(), "tta": tta, "n_images": len(probs), "source": loaded.source},
+    )
+    return output

@@ -1,0 +1,85 @@
+"""Data sources: turn a `DataConfig` into normalised, resized `Sample`s.
+
+One module per source, each registering a `SourceSpec` (see `base`):
+
+* ``images``: ``root/images_dir`` + ``root/masks_dir`` matched by file stem;
+* ``volumes``: NIfTI/NRRD image + label pairs, each axial slice a 2.5D sample;
+* ``siim``: a folder of DICOMs + the SIIM-ACR RLE CSV.
+
+A new source is one module here plus its import below (docs/ARCHITECTURE.md).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from medseg.data.readers import IMAGE_EXTS, VOLUME_EXTS
+from medseg.data.schema import DataConfig
+from medseg.data.sources import images, siim, volumes  # noqa: F401 — each module registers its source
+from medseg.data.sources.base import (
+    SOURCES,
+    LoadedData,
+    PredictionWriter,
+    Sample,
+    SourceSpec,
+    available_sources,
+    get_source,
+    prediction_units,
+    register_source,
+)
+from medseg.errors import MedsegError
+
+__all__ = [
+    "LoadedData", "PredictionWriter", "SOURCES", "Sample", "SourceSpec", "available_sources", "get_source",
+    "infer_input", "load_data", "prediction_units", "register_source",
+]
+
+
+def load_data(cfg: DataConfig, with_masks: bool = True, progress: bool = False) -> LoadedData:
+    """Read, normalise and resize a dataset described by a `DataConfig`.
+
+    Args:
+        cfg: the data section of the run config (paths already resolved).
+        with_masks: read masks/labels/RLE (training, evaluation); False for prediction,
+            where no mask is needed and sample.mask is None.
+        progress: show a rich progress bar while reading.
+
+    Returns:
+        LoadedData with the samples and facts about them.
+
+    Raises:
+        MedsegError: one line naming the file (or config key) at fault; with
+            data.skip_bad, per-file problems are listed in LoadedData.bad instead, but an
+            empty result is still an error.
+    """
+    return get_source(cfg.source).load(cfg, with_masks, progress)
+
+
+def infer_input(path: Path, like: DataConfig) -> DataConfig:
+    """A copy of a training `DataConfig` that reads `path` for prediction (load with with_masks=False).
+
+    Keeps normalisation, input_size, resize_mode, context_slices, color, modality and
+    image_suffix; drops masks, RLE and cases CSVs. The registered sources are asked in
+    registration order (images, volumes, siim): a file by its type; a folder by what it holds
+    (a ``like.images_dir`` or ``images/`` sub-folder of images, images, volumes, then DICOMs
+    searched recursively).
+
+    Args:
+        path: what the user passed to `medseg predict`.
+        like: the training run's data config.
+
+    Raises:
+        MedsegError: path missing, or nothing recognisable in it.
+    """
+    path = Path(path).expanduser().resolve()
+    if not path.exists():
+        raise MedsegError(f"{path}: no such file or folder")
+    common = {"root": path, "rle_csv": None, "cases_csv": None}
+    for spec in SOURCES.values():
+        found = spec.match_file(path) if path.is_file() else spec.match_folder(path, like)
+        if found is not None:
+            return like.model_copy(update={**common, "source": spec.name, **found})
+    what = f"images ({', '.join(IMAGE_EXTS)}), volumes ({', '.join(VOLUME_EXTS)}) or .dcm files"
+    if path.is_file():
+        raise MedsegError(f"{path}: not an image ({', '.join(IMAGE_EXTS)}), volume ({', '.join(VOLUME_EXTS)}) or .dcm file")
+    raise MedsegError(f"{path}: no {what} found")

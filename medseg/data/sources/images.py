@@ -1,0 +1,213 @@
+"""The ``images`` source: ``root/images_dir`` + ``root/masks_dir`` matched by file stem.
+
+PNG, JPG, TIFF, BMP; grey or RGB (``data.color``); 8 or 16 bit. Predictions are written as
+``probs/STEM.png`` (uint16, p = v/65535) and ``masks/STEM.png`` (0/255).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from medseg.data.preprocess import fg_fraction, normalize, resize_image, resize_mask
+from medseg.data.readers import IMAGE_EXTS, read_image_2d
+from medseg.data.schema import DataConfig
+from medseg.data.sources.base import (
+    BadFiles,
+    Cases,
+    LoadedData,
+    Sample,
+    SourceSpec,
+    finish,
+    progress_items,
+    distinct_values,
+    register_source,
+    require_root,
+)
+from medseg.data.writers import write_png_mask, write_png_prob
+from medseg.errors import MedsegError
+
+# A colour image whose channels differ by no more than this share of its value range is
+# grey stored as RGB (JPEG chroma rounding makes "grey" RGB channels differ by 1-2 levels).
+_GREY_TOLERANCE = 0.01
+# ITU-R BT.601 luma, used when data.color is 'grey' and an image is really colour
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+def _list_by_stem(folder: Path, exts: tuple[str, ...], bad: BadFiles) -> tuple[dict[str, Path], set[str]]:
+    """stem -> file for the files in `folder` with one of `exts`, and the stems that were duplicated."""
+    files = sorted(
+        p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in exts
+    )
+    by_stem: dict[str, list[Path]] = {}
+    for p in files:
+        by_stem.setdefault(p.stem, []).append(p)
+    out, dups = {}, set()
+    for stem, paths in by_stem.items():
+        if len(paths) > 1:
+            names = ", ".join(p.name for p in paths)
+            for p in paths:
+                bad.report(p, f"duplicate stem '{stem}' with different extensions ({names})")
+            dups.add(stem)
+            continue
+        out[stem] = paths[0]
+    return out, dups
+
+
+def _image_channels(arr: np.ndarray, color: str) -> tuple[np.ndarray, bool]:
+    """(H, W[, 3]) raw -> ((C, H, W) with C 1 or 3, is_colour)."""
+    if arr.ndim == 2:
+        return arr[None], False
+    chw = np.moveaxis(arr, -1, 0)
+    rng = float(chw.max() - chw.min())
+    diff = max(float(np.abs(chw[0] - chw[1]).max()), float(np.abs(chw[1] - chw[2]).max()))
+    colour = diff > _GREY_TOLERANCE * rng
+    if color == "rgb" or (color == "auto" and colour):
+        return np.ascontiguousarray(chw), colour
+    if colour:  # color: grey on a real colour image
+        return np.tensordot(_LUMA, chw, axes=1)[None].astype(np.float32), colour
+    return np.ascontiguousarray(chw[:1]), colour
+
+
+def _mask_2d(arr: np.ndarray) -> np.ndarray:
+    # colour masks: a pixel is foreground if any channel is > 0, so collapse by the channel max
+    return arr.max(axis=-1) if arr.ndim == 3 else arr
+
+
+def _load_images(cfg: DataConfig, with_masks: bool, progress: bool) -> LoadedData:
+    root = require_root(cfg)
+    bad = BadFiles(cfg.skip_bad)
+    image_dups: set[str] = set()
+    if root.is_file():  # a single image (prediction on one file)
+        if root.suffix.lower() not in IMAGE_EXTS:
+            raise MedsegError(f"{root}: not an image file ({', '.join(IMAGE_EXTS)})")
+        img_dir, images = root.parent, {root.stem: root}
+    else:
+        img_dir = root / cfg.images_dir
+        if not img_dir.is_dir():
+            raise MedsegError(f"{img_dir}: images folder not found (data.root / data.images_dir)")
+        images, image_dups = _list_by_stem(img_dir, IMAGE_EXTS, bad)
+        if not images and not image_dups:
+            raise MedsegError(f"no images found in {img_dir} (looked for {', '.join(IMAGE_EXTS)})")
+    masks: dict[str, Path] = {}
+    mask_dir = img_dir.parent / cfg.masks_dir if root.is_file() else root / cfg.masks_dir
+    if with_masks:
+        if not mask_dir.is_dir():
+            raise MedsegError(f"{mask_dir}: masks folder not found (data.root / data.masks_dir)")
+        masks, mask_dups = _list_by_stem(mask_dir, IMAGE_EXTS, bad)
+        for stem in sorted(set(masks) - set(images) - image_dups):
+            bad.report(masks[stem], f"mask has no image with the same stem in {img_dir}")
+        images = {k: v for k, v in images.items() if k not in mask_dups}  # already reported
+    cases = Cases(cfg)
+    modality = cfg.modality if cfg.modality != "auto" else "other"
+
+    prepared = []  # (stem, image (C,H,W) resized, any_colour, mask, meta)
+    for stem in progress_items(sorted(images), "Loading images", progress):
+        path = images[stem]
+        mask_path = masks.get(stem)
+        if with_masks and mask_path is None:
+            bad.report(path, f"no mask with the same stem in {mask_dir}")
+            continue
+        try:
+            case_id = cases.lookup([stem, path.name], stem)
+        except MedsegError as e:
+            bad.report(path, str(e))
+            continue
+        try:
+            raw = read_image_2d(path)
+        except MedsegError as e:
+            bad.error(path, e)
+            continue
+        H, W = raw.shape[:2]
+        mask = None
+        meta_mask: dict = {"mask_path": None, "raw_mask_values": None, "fg_fraction": None}
+        if with_masks:
+            try:
+                m = _mask_2d(read_image_2d(mask_path, as_mask=True))
+            except MedsegError as e:
+                bad.error(mask_path, e)
+                continue
+            if m.shape != (H, W):
+                bad.report(mask_path, f"mask size {m.shape[0]}x{m.shape[1]} differs from image {path.name} size {H}x{W}")
+                continue
+            if np.isnan(m).any():
+                bad.report(mask_path, "mask holds NaN values")
+                continue
+            meta_mask = {"mask_path": str(mask_path), "raw_mask_values": distinct_values(m), "fg_fraction": fg_fraction(m)}
+            mask = resize_mask(m, cfg.input_size, cfg.resize_mode)
+        chw, colour = _image_channels(raw, cfg.color)
+        try:
+            norm = normalize(chw, cfg.normalize, modality, where=str(path))
+        except MedsegError as e:
+            bad.error(path, e)
+            continue
+        img, info = resize_image(norm, cfg.input_size, cfg.resize_mode)
+        meta = {"path": str(path), **meta_mask, "orig_shape": [H, W], "resize": info, "spacing": None}
+        prepared.append((stem, case_id, img, colour, mask, meta))
+
+    # colour decision needs every image: 3 channels if asked, or (auto) if any image is colour
+    rgb = cfg.color == "rgb" or (cfg.color == "auto" and any(p[3] for p in prepared))
+    in_channels = 3 if rgb else 1
+    samples = []
+    mask_values: set = set()
+    for stem, case_id, img, _, mask, meta in prepared:
+        if img.shape[0] != in_channels:
+            img = np.repeat(img, in_channels, axis=0)  # grey image in an RGB dataset
+        if meta["raw_mask_values"] is not None:
+            mask_values.update(meta["raw_mask_values"])
+        samples.append(Sample(sample_id=stem, case_id=case_id, image=img, mask=mask, meta=meta))
+    return finish(
+        samples, bad, img_dir, "images", volumes={}, in_channels=in_channels,
+        mask_values=sorted(mask_values), modality=modality,
+    )
+
+
+def _read_mask_original(sample: Sample) -> np.ndarray:
+    return _mask_2d(read_image_2d(sample.meta["mask_path"], as_mask=True)) > 0
+
+
+class PngWriter:
+    """probs/STEM.png (uint16 probabilities) and masks/STEM.png (0/255) per image."""
+
+    def __init__(self, output: Path, data_cfg: Optional[DataConfig] = None):
+        self.output = Path(output)
+        (self.output / "probs").mkdir(parents=True)
+        (self.output / "masks").mkdir()
+
+    def write(self, loaded: LoadedData, unit: str, indices: list[int], prob: np.ndarray, mask: np.ndarray) -> None:
+        write_png_prob(self.output / "probs" / f"{unit}.png", prob)
+        write_png_mask(self.output / "masks" / f"{unit}.png", mask)
+
+    def close(self) -> None:
+        pass
+
+
+def _has_images(folder: Path) -> bool:
+    return any(p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTS for p in folder.iterdir())
+
+
+def _match_file(path: Path) -> Optional[dict]:
+    return {"images_dir": "."} if path.suffix.lower() in IMAGE_EXTS else None
+
+
+def _match_folder(path: Path, like: DataConfig) -> Optional[dict]:
+    # a folder holding the training images_dir (or images/), else a folder of images
+    for sub in dict.fromkeys([like.images_dir, "images"]):
+        folder = path / sub
+        if sub not in ("", ".") and folder.is_dir() and _has_images(folder):
+            return {"images_dir": sub}
+    return {"images_dir": "."} if _has_images(path) else None
+
+
+SOURCE = register_source(SourceSpec(
+    name="images",
+    description="images/ + masks/ folders matched by file stem (PNG, JPG, TIFF, BMP; grey or RGB)",
+    load=_load_images,
+    read_raw=read_image_2d,
+    mask_reader=lambda: _read_mask_original,
+    writer=PngWriter,
+    match_file=_match_file,
+    match_folder=_match_folder,
+))

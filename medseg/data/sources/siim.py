@@ -1,0 +1,177 @@
+"""The ``siim`` source: a folder of DICOMs (searched recursively) + the SIIM-ACR RLE CSV.
+
+The CSV is column-major relative RLE, ``-1`` for empty, several rows per image OR-ed, decoded
+and encoded exactly as the competition defined it. Predictions are PNGs as for ``images`` plus
+``submission.csv`` (ImageId, EncodedPixels).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from medseg.data.preprocess import fg_fraction, normalize, resize_image, resize_mask
+from medseg.data.readers import read_dicom
+from medseg.data.rle import read_rle_csv, rle_decode, write_rle_csv
+from medseg.data.schema import DataConfig
+from medseg.data.sources.base import (
+    BadFiles,
+    Cases,
+    LoadedData,
+    Sample,
+    SourceSpec,
+    finish,
+    modality_name,
+    progress_items,
+    distinct_values,
+    register_source,
+    require_root,
+)
+from medseg.data.sources.images import PngWriter
+from medseg.errors import MedsegError
+
+
+_DICOM_MODALITY = {"CR": "xray", "DX": "xray", "DR": "xray", "RG": "xray", "CT": "ct", "MR": "mr", "US": "us"}
+
+
+def _load_siim(cfg: DataConfig, with_masks: bool, progress: bool) -> LoadedData:
+    root = require_root(cfg)
+    bad = BadFiles(cfg.skip_bad)
+    if root.is_file():
+        files = [root]
+    else:
+        files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() == ".dcm")
+        if not files:
+            raise MedsegError(f"no .dcm files found in {root} (searched sub-folders too)")
+    rles: dict[str, list[str]] = {}
+    if with_masks:
+        if cfg.rle_csv is None:
+            raise MedsegError("config error: data.rle_csv: required for data.source 'siim' (the train-rle.csv)")
+        rles = read_rle_csv(cfg.rle_csv)
+    cases = Cases(cfg)
+    used: set[str] = set()
+    seen_ids: dict[str, Path] = {}
+    seen_modalities: set[str] = set()
+    samples: list[Sample] = []
+    mask_values: set = set()
+    for path in progress_items(files, "Loading DICOMs", progress):
+        try:
+            raw, dinfo = read_dicom(path)
+        except MedsegError as e:
+            bad.error(path, e)
+            continue
+        # the competition names each file <SOPInstanceUID>.dcm; fall back to the tag
+        image_id = path.stem
+        uid = dinfo.get("SOPInstanceUID")
+        if with_masks and image_id not in rles and uid and uid in rles:
+            image_id = uid
+        if image_id in seen_ids:
+            bad.report(path, f"ImageId {image_id} also read from {seen_ids[image_id]}")
+            continue
+        seen_ids[image_id] = path
+        try:
+            case_id = cases.lookup([image_id, path.stem], dinfo.get("PatientID") or image_id)
+        except MedsegError as e:
+            bad.report(path, str(e))
+            continue
+        H, W = raw.shape
+        mask = None
+        meta_mask: dict = {"mask_path": None, "raw_mask_values": None, "fg_fraction": None}
+        if with_masks:
+            if image_id not in rles:
+                bad.report(path, f"ImageId {image_id} has no row in {cfg.rle_csv}")
+                continue
+            used.add(image_id)
+            try:
+                m = np.zeros((H, W), dtype=np.uint8)
+                for r in rles[image_id]:
+                    m |= rle_decode(r, H, W)  # one row per lesion: OR them
+            except ValueError as e:
+                bad.report(cfg.rle_csv, f"ImageId {image_id} ({path.name}, {H}x{W}): {e}")
+                continue
+            meta_mask = {"mask_path": str(cfg.rle_csv), "raw_mask_values": distinct_values(m), "fg_fraction": fg_fraction(m)}
+            mask_values.update(meta_mask["raw_mask_values"])
+            mask = resize_mask(m, cfg.input_size, cfg.resize_mode)
+        if cfg.modality != "auto":
+            modality = cfg.modality
+        else:
+            modality = _DICOM_MODALITY.get((dinfo.get("Modality") or "").upper(), "other")
+        try:
+            norm = normalize(raw[None], cfg.normalize, modality, where=str(path))
+        except MedsegError as e:
+            bad.error(path, e)
+            continue
+        seen_modalities.add(modality)
+        img, info = resize_image(norm, cfg.input_size, cfg.resize_mode)
+        meta = {
+            "path": str(path), **meta_mask, "orig_shape": [H, W], "resize": info,
+            "spacing": dinfo.get("PixelSpacing"), "image_id": image_id,
+            "patient_id": dinfo.get("PatientID"), "sop_instance_uid": uid,
+        }
+        samples.append(Sample(sample_id=image_id, case_id=case_id, image=img, mask=mask, meta=meta))
+    if with_masks:
+        # rows of images skipped as bad are not "missing": their DICOM exists
+        present = set(seen_ids) | {p.stem for p in files}
+        missing = sorted(set(rles) - used - present)
+        if missing:
+            if not cfg.skip_bad:
+                more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+                raise MedsegError(f"{cfg.rle_csv}: ImageId {missing[0]}{more} has RLE rows but no DICOM file under {root}")
+            for image_id in missing:
+                bad.report(cfg.rle_csv, f"ImageId {image_id} has RLE rows but no DICOM file under {root}")
+    return finish(
+        samples, bad, root, "siim", volumes={}, in_channels=1,
+        mask_values=sorted(mask_values), modality=modality_name(cfg, seen_modalities),
+    )
+
+
+class _RleMaskReader:
+    """Original-resolution masks decoded from the RLE CSV named in each sample's meta (each CSV read once)."""
+
+    def __init__(self):
+        self._rle: dict[str, dict[str, list[str]]] = {}
+
+    def __call__(self, sample: Sample) -> np.ndarray:
+        meta = sample.meta
+        csv_path = meta["mask_path"]
+        if csv_path not in self._rle:
+            self._rle[csv_path] = read_rle_csv(csv_path)
+        H, W = meta["orig_shape"]
+        m = np.zeros((H, W), dtype=bool)
+        for r in self._rle[csv_path].get(meta.get("image_id") or sample.sample_id, []):
+            m |= rle_decode(r, H, W) > 0
+        return m
+
+
+class SubmissionWriter(PngWriter):
+    """PNG probabilities and masks, and submission.csv in the competition's RLE."""
+
+    def __init__(self, output: Path, data_cfg: Optional[DataConfig] = None):
+        super().__init__(output, data_cfg)
+        self.rows: dict[str, np.ndarray] = {}
+
+    def write(self, loaded: LoadedData, unit: str, indices: list[int], prob: np.ndarray, mask: np.ndarray) -> None:
+        super().write(loaded, unit, indices, prob, mask)
+        s = loaded.samples[indices[0]]
+        self.rows[s.meta.get("image_id", s.sample_id)] = mask
+
+    def close(self) -> None:
+        write_rle_csv(self.output / "submission.csv", self.rows)
+
+
+def _match_folder(path: Path, like: DataConfig) -> Optional[dict]:
+    return {} if any(p.is_file() and p.suffix.lower() == ".dcm" for p in path.rglob("*")) else None
+
+
+SOURCE = register_source(SourceSpec(
+    name="siim",
+    description="a folder of DICOMs (searched recursively) + the SIIM-ACR train-rle.csv",
+    load=_load_siim,
+    read_raw=lambda path: read_dicom(path)[0],
+    mask_reader=_RleMaskReader,
+    writer=SubmissionWriter,
+    match_file=lambda path: {} if path.suffix.lower() == ".dcm" else None,
+    match_folder=_match_folder,
+))

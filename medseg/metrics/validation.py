@@ -1,0 +1,149 @@
+"""The one validation scorer: predictions + truths + contract -> per-case rows and the summary.
+
+Training (the checkpoint's monitor), `evaluate`, `tune` (its raw baseline), the report and the
+doctor all score validation predictions here, so the number that picked the best checkpoint
+is, by construction, the number `evaluate` recomputes from it.
+
+Per-volume contracts: images (2.5D slices) are always scored one by one, reduced per image
+(`image_contract`: the per-image fallback, defined only here), and for volume data the slices
+are also stacked back into volumes and scored per volume; the contract's summary is then the
+per-volume one.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+from medseg.data.slices import slices_by_volume
+from medseg.metrics.cases import case_metrics
+from medseg.metrics.contract import MetricContract
+from medseg.metrics.overlap import overlap_scores
+from medseg.metrics.summary import summarize
+from medseg.metrics.sweep import sweep_cases
+
+
+def image_contract(contract: MetricContract) -> MetricContract:
+    """The contract for per-image rows: a per-volume contract reduces its images per image."""
+    return contract.model_copy(update={"reduction": "per_image"}) if contract.reduction == "per_volume" else contract
+
+
+def has_volumes(meta: Optional[Sequence[dict]]) -> bool:
+    """The samples are slices of volumes (their meta names a volume)."""
+    return bool(meta) and meta[0].get("volume") is not None
+
+
+@dataclass
+class ValidationScores:
+    """Everything the scorer computed for one set of predictions.
+
+    Attributes:
+        image_rows: one `case_metrics` row per image, with `case` (sample id) and `case_id`.
+        image_summary: the image rows reduced under `image_contract(contract)`.
+        volume_rows / volume_summary: per stacked volume (volume data only; else [] / None).
+        summary: the contract's summary: per volume for a per-volume contract on volumes, else per image.
+        soft_dice: soft Dice of the same predictions, images reduced as `image_summary`.
+    """
+
+    image_rows: list[dict]
+    image_summary: dict
+    volume_rows: list[dict] = field(default_factory=list)
+    volume_summary: Optional[dict] = None
+    summary: dict = field(default_factory=dict)
+    soft_dice: float = math.nan
+
+    @property
+    def dice(self) -> float:
+        return float(self.summary["dice"])
+
+
+def volume_metrics(probs: np.ndarray, masks: np.ndarray, meta: Sequence[dict], contract: MetricContract, surface: bool = True) -> dict:
+    """Stack 2D slice predictions back into volumes and score each volume: {rows, summary}."""
+    rows = []
+    for vol, idx in slices_by_volume(meta).items():
+        spacing = meta[idx[0]].get("volume_spacing")
+        r = case_metrics(probs[idx], masks[idx], contract, spacing=tuple(spacing) if spacing else None, surface=surface)
+        rows.append({"volume": vol, "n_slices": len(idx), **r})
+    return {"rows": rows, "summary": summarize(rows, contract)}
+
+
+def score_validation(
+    probs: np.ndarray,
+    masks: np.ndarray,
+    meta: Sequence[dict],
+    contract: MetricContract,
+    surface: bool = False,
+    soft: bool = True,
+) -> ValidationScores:
+    """Score predictions of validation (or test) images under the metric contract.
+
+    Args:
+        probs: (N, H, W) probabilities in [0, 1].
+        masks: (N, H, W) binary truths.
+        meta: per-image dicts with `sample_id` (and `case_id`, `spacing_input`, `volume`,
+            `slice`, `volume_spacing` where known), as `data.arrays.stack_part` makes them.
+        contract: the metric contract.
+        surface: also compute HD95/ASD (the slow part; Dice and the rest do not depend on it).
+        soft: also compute the soft Dice.
+    """
+    rows = []
+    for p, m, info in zip(probs, masks, meta):
+        spacing = tuple(info["spacing_input"]) if info.get("spacing_input") else None
+        r = case_metrics(p, m, contract, spacing=spacing, surface=surface)
+        rows.append({"case": info["sample_id"], "case_id": info.get("case_id"), **r})
+    per_image = image_contract(contract)
+    out = ValidationScores(image_rows=rows, image_summary=summarize(rows, per_image))
+    out.summary = out.image_summary
+    if has_volumes(meta):
+        vol = volume_metrics(probs, masks, meta, contract, surface=surface)
+        out.volume_rows, out.volume_summary = vol["rows"], vol["summary"]
+        if contract.reduction == "per_volume":
+            out.summary = vol["summary"]
+    if soft:
+        soft_c = per_image.model_copy(update={"kind": "soft"})
+        out.soft_dice = float(summarize([case_metrics(p, m, soft_c, surface=False) for p, m in zip(probs, masks)], soft_c)["dice"])
+    return out
+
+
+def dice_from_counts(counts: Sequence[tuple], contract: MetricContract) -> float:
+    """The contract's Dice over cases given as (tp, fp, fn, tn, empty_empty) tuples.
+
+    The same reduction as `summarize` (global pools the counts; otherwise the NaN-ignoring mean
+    of per-case Dice), without building full rows: the post-processing search scores hundreds
+    of candidate rules with it.
+    """
+    c = np.array([x[:4] for x in counts], dtype=np.float64)
+    ee = np.array([x[4] for x in counts], dtype=bool)
+    if contract.reduction == "global":
+        return float(overlap_scores(*c.sum(axis=0), empty_empty=bool(ee.all()), empty_score=contract.empty_score())["dice"])
+    dice = np.asarray(overlap_scores(c[:, 0], c[:, 1], c[:, 2], c[:, 3], ee, contract.empty_score())["dice"], dtype=np.float64)
+    return float(np.nanmean(dice)) if np.isfinite(dice).any() else math.nan
+
+
+def score_postprocessed(
+    probs: np.ndarray,
+    masks: np.ndarray,
+    meta: Sequence[dict],
+    contract: MetricContract,
+    apply: Callable[[np.ndarray], np.ndarray],
+) -> tuple[dict, list[dict]]:
+    """Summary and per-case rows of post-processed masks under the contract.
+
+    Post-processing works per case: per image, or per stacked volume for a per-volume
+    contract (`sweep_cases`), so the rows are those cases.
+
+    Args:
+        probs / masks / meta: as `score_validation`.
+        contract: the run's contract (its reduction and empty policy; the masks are already binary).
+        apply: probability map of one case -> its final boolean mask (`PostProcess.apply`).
+    """
+    hard_contract = contract.model_copy(update={"kind": "hard", "threshold": 0.5})
+    cases_p, cases_m = sweep_cases(probs, masks, meta, contract)
+    rows = [{"case_index": i, **case_metrics(apply(p).astype(np.float32), m, hard_contract, surface=True)}
+            for i, (p, m) in enumerate(zip(cases_p, cases_m))]
+    summary = summarize(rows, image_contract(hard_contract))
+    summary["cases"] = "volumes" if len(cases_p) != len(probs) else "images"
+    return summary, rows

@@ -1,0 +1,83 @@
+"""The model registry: each entry a `ModelSpec` carrying its factory and the facts other layers need."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence, Union
+
+from torch import nn
+
+from medseg.errors import MedsegError
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A registered network and its metadata.
+
+    Attributes:
+        name: the value of ``model.name``.
+        factory: (in_channels, channels, dropout, res_units) -> network returning logits (B, 1, H, W).
+        stride: total downsampling factor (input sides must be multiples of it), or a function
+            of the channels list for networks whose depth follows it.
+        default_channels: the channels used when ``model.channels`` is null; None when the
+            network has no channels knob.
+        encoder_prefixes: state_dict key prefixes of the encoder (pretrained encoders, layer-wise LR).
+        description: one line for `medseg models`.
+    """
+
+    name: str
+    factory: Callable[..., nn.Module]
+    stride: Union[int, Callable[[Sequence[int]], int]]
+    default_channels: Optional[tuple[int, ...]] = None
+    encoder_prefixes: tuple[str, ...] = ()
+    description: str = ""
+
+    def channels(self, channels: Optional[Sequence[int]] = None) -> Optional[list[int]]:
+        """The channels in force: the configured ones, else the spec's default."""
+        if channels is not None:
+            return list(channels)
+        return list(self.default_channels) if self.default_channels is not None else None
+
+    def output_stride(self, channels: Optional[Sequence[int]] = None) -> int:
+        """Total downsampling of the network built with these channels (None: the default)."""
+        if callable(self.stride):
+            return int(self.stride(self.channels(channels) or []))
+        return int(self.stride)
+
+
+MODELS: dict[str, ModelSpec] = {}
+
+
+def register_model(spec: ModelSpec) -> ModelSpec:
+    """Make a network available as ``model.name: <spec.name>``."""
+    if spec.name in MODELS:
+        raise ValueError(f"model '{spec.name}' is registered twice")
+    MODELS[spec.name] = spec
+    return spec
+
+
+def available_models() -> list[str]:
+    return list(MODELS)
+
+
+def get_model_spec(name: str) -> ModelSpec:
+    """The registered spec, or a one-line error naming `model.name`."""
+    if name not in MODELS:
+        hint = difflib.get_close_matches(name, list(MODELS), n=1)
+        raise MedsegError(f"config error: model.name: unknown model '{name}'" + (f" (did you mean '{hint[0]}'?)" if hint else ""))
+    return MODELS[name]
+
+
+def create_model(name: str, in_channels: int, channels: Optional[Sequence[int]] = None, dropout: float = 0.0, res_units: int = 2) -> nn.Module:
+    """Build a registered network with one output channel (logits).
+
+    Args:
+        name: registry name (see `available_models()`).
+        in_channels: image channels (1 grey, 3 RGB, 2k+1 for 2.5D).
+        channels: feature channels per level (None: the model's default; ignored by models without the knob).
+        dropout: dropout probability.
+        res_units: unet residual units per level.
+    """
+    spec = get_model_spec(name)
+    return spec.factory(in_channels=in_channels, channels=spec.channels(channels), dropout=dropout, res_units=res_units)

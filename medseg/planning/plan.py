@@ -1,0 +1,481 @@
+"""The plan: from the dataset fingerprint to the keys a config leaves unset, each with its reason.
+
+`medseg plan CONFIG` and the first step of `medseg fit` (when ``plan.enabled``) fill these keys
+with the rules below, and write every value with the reason for it to plan.json:
+
+* ``data.input_size``: start from the median original image scaled so its long side is at most
+  256 px (`BASE_SIDE`; smaller images keep their size), then enlarge, up to the original size,
+  until the smallest 5% of lesions (the 5% quantile of lesion areas at original resolution)
+  cover at least ``plan.min_lesion_px`` pixels at the input; each side rounded up to a multiple
+  of the model's output stride (its registry spec: 32 for the FlexibleUNets) and capped at ``plan.max_side`` (256 on CPU, 1024
+  on a GPU), never below ``sampler.crop_size``.
+* ``sampler.positive_share``: 0.5 when fewer than half of the training images hold foreground
+  (so a batch is never mostly empty); null (natural order) when most images are positive or
+  none is. Not planned when ``sampler.schedule`` is set.
+* ``loss``: BCE + Dice. p is the foreground pixel share the batches will hold (share of
+  positive images in a batch x mean foreground share of a positive image). From 1% up
+  (`PLAIN_BCE_FROM_FG`) BCE is unweighted: the Dice term already weighs foreground by region,
+  and on BUSI (p = 7.7%) the former rule's pos_weight 3.46 lost to plain BCE on both
+  cross-validation folds with more false alarms on normal images (BENCHMARKS.md §5c); nnU-Net
+  and the SIIM-ACR winners weigh no class either. Below 1% BCE gets ``pos_weight`` =
+  sqrt((1 - p) / p), capped at 10: the square root weights rare foreground without turning
+  BCE into a positives-only loss (the full ratio reaches hundreds on tiny targets). Focal is added when the median positive image has less
+  than 1% foreground pixels: its (1 - p)^gamma factor keeps the many easy background pixels
+  from drowning the few lesion pixels.
+* ``augment.preset``: by the number of training images: heavy below 200, medium below 2000,
+  light otherwise (few images need more variation; many images carry their own).
+* ``train.batch_size``: the largest power of two (at least 2) that fits in memory (the measured
+  or estimated memory per image against 70% of the GPU's memory, or 25% of RAM on CPU),
+  keeps at least 8 optimiser steps per epoch, and stays within 32 (GPU) or 16 (CPU); with a
+  time budget it is halved (down to 4) while the budget would hold fewer than 500 steps.
+* ``train.epochs``: with ``train.budget_minutes``, the budget divided by the seconds per epoch
+  (training steps + validation forward passes + 0.5 s), at most 1000; without a budget the
+  configured epochs stay.
+* ``schedule.warmup_epochs``: only when the planned epochs would not exceed it: 10% of the
+  epochs (at most the configured warm-up); a warm-up set by the user instead raises the
+  planned epochs just past it.
+
+Seconds and memory per image come from `medseg.stepcost`: timed training steps of the chosen
+model at the chosen size on this machine (``plan.measure``), or a formula from the network's
+multiply-accumulates (``--no-measure`` / ``plan.measure: false``). Measured plans are not
+bit-for-bit repeatable; formula plans are.
+
+A key the user set in the YAML or with ``--set`` always wins; the plan records it as "set by
+user" with the value the plan would have chosen. "Set" means present in the config file, found
+with pydantic's ``model_fields_set`` recursively (a value equal to the default still counts as
+set). A planned config is re-validated as a whole, so the plan cannot produce a config the
+schema rejects. The run folder's config.yaml holds the planned values, so a resumed run (or a
+fit of that config) trains the same thing without planning again.
+
+The loader resizes while it reads, so when the plan picks an input size other than the
+config's ``data.input_size`` the files are read a second time; setting ``data.input_size``
+avoids that on large datasets.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import numpy as np
+from pydantic import BaseModel
+
+from medseg import runfolder as runfs
+from medseg.config import Config, config_from_dict
+from medseg.data import load_data
+from medseg.data.fingerprint import compute_fingerprint, original_statistics
+from medseg.models import get_model_spec
+from medseg.planning.stepcost import StepCost, epoch_seconds, measure_cost
+from medseg.runtime import training_device
+
+PLAN_JSON = runfs.PLAN
+PLAN_VERSION = 1
+
+# input size
+BASE_SIDE = 256
+SIDE_MULTIPLE = 32  # the default model's output stride; make_plan uses the configured model's
+MAX_SIDE = {"cpu": 256, "gpu": 1024}
+# sampler
+POSITIVE_SHARE_TARGET = 0.5
+# loss
+POS_WEIGHT_CAP = 10.0
+POS_WEIGHT_MIN = 1.5
+PLAIN_BCE_FROM_FG = 0.01
+FOCAL_BELOW_FG = 0.01
+# augmentation
+HEAVY_BELOW_IMAGES = 200
+MEDIUM_BELOW_IMAGES = 2000
+# batch size and epochs
+MAX_BATCH = {"cpu": 16, "gpu": 32}
+MIN_BATCH = 2
+MIN_STEPS_PER_EPOCH = 8
+MIN_BUDGET_STEPS = 500
+BUDGET_MIN_BATCH = 4
+MAX_EPOCHS = 1000
+
+
+# ---------------------------------------------------------------------------------------
+# Which keys the user set
+
+
+def user_set_keys(model: BaseModel, prefix: str = "") -> set[str]:
+    """Dotted keys the config file (or --set) gave explicitly, leaves only (sections are recursed).
+
+    Args:
+        model: a validated `Config` (or a section of one).
+        prefix: dotted path of `model` inside the config.
+    """
+    out: set[str] = set()
+    for name in model.model_fields_set:
+        value = getattr(model, name)
+        key = f"{prefix}{name}"
+        if isinstance(value, BaseModel):
+            out |= user_set_keys(value, key + ".")
+        else:
+            out.add(key)
+    return out
+
+
+def _get(raw: dict, key: str) -> Any:
+    node: Any = raw
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def _set(raw: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = raw
+    for p in parts[:-1]:
+        node = node[p]
+    node[parts[-1]] = value
+
+
+# ---------------------------------------------------------------------------------------
+# The rules: each returns (value, reason)
+
+
+def _round_up(x: float, multiple: int = SIDE_MULTIPLE) -> int:
+    return int(multiple * math.ceil(x / multiple - 1e-9))
+
+
+def smallest_lesion_area(fp: dict) -> tuple[Optional[float], str]:
+    """The 5% quantile of lesion areas at original resolution, and where it came from."""
+    q = (fp.get("lesion_area_px_original") or {}).get("q05")
+    if q is not None:
+        return float(q), "original resolution"
+    q = (fp.get("lesion_area_px_at_input") or {}).get("q05")
+    scale = fp.get("input_scale_median")
+    if q is not None and scale:
+        return float(q) / (scale[0] * scale[1]), "input-size masks scaled back (original masks not readable)"
+    return None, "no lesions"
+
+
+def plan_input_size(fp: dict, device: str, min_lesion_px: float, max_side: Optional[int], crop: Optional[tuple[int, int]],
+                    multiple: int = SIDE_MULTIPLE) -> tuple[list[int], str]:
+    """Input (h, w) from the median image size and the smallest lesions (see the module docstring).
+
+    Sides are multiples of `multiple`, the network's output stride.
+    """
+    H = float((fp.get("orig_height") or {}).get("q50") or BASE_SIDE)
+    W = float((fp.get("orig_width") or {}).get("q50") or BASE_SIDE)
+    long = max(H, W)
+    cap = int(max_side or MAX_SIDE[device])
+    cap_side = max(multiple, cap - cap % multiple)
+    scale = min(1.0, BASE_SIDE / long)
+    why = [f"median image {H:g}x{W:g} " + ("kept at its size" if scale >= 1.0 else f"scaled to a {BASE_SIDE} px long side (x{scale:.2f})")]
+    a05, where = smallest_lesion_area(fp)
+    if a05 is not None:
+        need = min(1.0, math.sqrt(min_lesion_px / a05))
+        if need > scale:
+            scale = need
+            why.append(f"enlarged to x{scale:.2f} so the smallest 5% of lesions keep >= {min_lesion_px:g} px")
+    h, w = _round_up(H * scale, multiple), _round_up(W * scale, multiple)
+    why.append(f"sides rounded up to multiples of {multiple} (the network's output stride)")
+    if max(h, w) > cap_side:
+        why.append(f"capped at {cap_side} px per side ({'plan.max_side' if max_side else device.upper() + ' default'})")
+        h, w = min(h, cap_side), min(w, cap_side)
+    if crop is not None and (h < crop[0] or w < crop[1]):
+        h, w = max(h, _round_up(crop[0], multiple)), max(w, _round_up(crop[1], multiple))
+        why.append(f"raised to hold sampler.crop_size {list(crop)}")
+    if a05 is None:
+        why.append("no lesions to keep visible")
+    else:
+        at_input = a05 * (h / H) * (w / W)
+        short = " (below the target: a larger plan.max_side would keep them)" if at_input < min_lesion_px - 1e-6 else ""
+        why.append(f"smallest 5% of lesions: {a05:.1f} px at {where}, ~{at_input:.1f} px at input (target >= {min_lesion_px:g}){short}")
+    return [h, w], "; ".join(why)
+
+
+def _train_stats(fp: dict) -> dict:
+    return (fp.get("by_split") or {}).get("train") or fp
+
+
+def plan_positive_share(fp: dict) -> tuple[Optional[float], str]:
+    """Sampler target share of positive images from the training images' empty fraction."""
+    t = _train_stats(fp)
+    empty = t.get("empty_image_fraction")
+    which = "training images" if "by_split" in fp else "images"
+    if empty is None:
+        return None, "no masks: natural order"
+    positive = 1.0 - empty
+    if positive <= 0:
+        return None, f"no {which} hold foreground: nothing to rebalance"
+    if positive < POSITIVE_SHARE_TARGET:
+        return POSITIVE_SHARE_TARGET, (
+            f"{empty:.0%} of {t.get('n_images', '?')} {which} are empty (only {positive:.0%} positive): "
+            f"every batch gets {POSITIVE_SHARE_TARGET:.0%} positive images so lesions are not a rare event"
+        )
+    return None, f"{positive:.0%} of {which} hold foreground (empty fraction {empty:.0%}): natural order already gives mostly positive batches"
+
+
+def plan_loss(fp: dict, batch_positive_share: Optional[float]) -> tuple[dict, str, Optional[float]]:
+    """The loss mix and BCE pos_weight from the foreground fractions (see the module docstring)."""
+    t = _train_stats(fp)
+    empty = t.get("empty_image_fraction")
+    fg_pos = t.get("foreground_fraction_positive") or {}
+    if empty is None or empty >= 1.0 or not fg_pos:
+        return {"bce": 1.0, "dice": 1.0}, "no foreground to weigh: BCE + Dice", None
+    share = batch_positive_share if batch_positive_share is not None else 1.0 - empty
+    p = share * fg_pos["mean"]
+    raw_weight = math.sqrt((1.0 - p) / p) if p > 0 else POS_WEIGHT_CAP
+    weight = min(raw_weight, POS_WEIGHT_CAP)
+    why = [f"batches hold {share:.0%} positive images x {fg_pos['mean']:.3%} foreground per positive image = {p:.3%} foreground pixels"]
+    bce: Any
+    if p >= PLAIN_BCE_FROM_FG:
+        bce = 1.0
+        pos_weight = None
+        why.append(f"{p:.1%} >= {PLAIN_BCE_FROM_FG:.0%}: plain BCE, the Dice term weighs the foreground (a pos_weight lost in cross-validation on BUSI)")
+    elif weight < POS_WEIGHT_MIN:
+        bce = 1.0
+        pos_weight = None
+        why.append(f"sqrt((1-p)/p) = {raw_weight:.2f} < {POS_WEIGHT_MIN:g}: plain BCE")
+    else:
+        pos_weight = round(weight, 2)
+        bce = {"weight": 1.0, "pos_weight": pos_weight}
+        why.append(f"BCE pos_weight sqrt((1-p)/p) = {raw_weight:.2f}" + (f", capped at {POS_WEIGHT_CAP:g}" if raw_weight > POS_WEIGHT_CAP else ""))
+    loss: dict = {"bce": bce, "dice": 1.0}
+    median = fg_pos.get("q50", fg_pos["mean"])
+    if median < FOCAL_BELOW_FG:
+        loss["focal"] = 1.0
+        why.append(f"focal added: the median positive image has {median:.3%} < {FOCAL_BELOW_FG:.0%} foreground pixels")
+    else:
+        why.append(f"no focal: the median positive image has {median:.2%} >= {FOCAL_BELOW_FG:.0%} foreground pixels")
+    return loss, "; ".join(why), pos_weight
+
+
+def plan_augment(fp: dict) -> tuple[str, str]:
+    """Augmentation preset by the number of training images."""
+    n = int(_train_stats(fp).get("n_images") or fp.get("n_images") or 0)
+    if n < HEAVY_BELOW_IMAGES:
+        return "heavy", f"{n} training images (< {HEAVY_BELOW_IMAGES}): heavy augmentation to make up for few examples"
+    if n < MEDIUM_BELOW_IMAGES:
+        return "medium", f"{n} training images (< {MEDIUM_BELOW_IMAGES}): medium augmentation"
+    return "light", f"{n} training images (>= {MEDIUM_BELOW_IMAGES}): the data carry their own variation, light augmentation"
+
+
+def _pow2_floor(n: int) -> int:
+    return 1 << (max(1, n).bit_length() - 1)
+
+
+def plan_batch_size(cost: StepCost, n_train: int, n_val: int, steps_per_epoch: Optional[int], budget_minutes: Optional[float]) -> tuple[int, str]:
+    """The largest power-of-two batch within memory, steps-per-epoch and device caps (see the module docstring)."""
+    limits = {
+        f"memory (~{cost.mem_per_image_bytes / 2**20:.0f} MiB per image of {cost.mem_available_bytes / 2**30:.1f} GiB usable)": cost.memory_batch_limit(),
+        f">= {MIN_STEPS_PER_EPOCH} steps per epoch over {n_train} training images": max(1, n_train // MIN_STEPS_PER_EPOCH),
+        f"{cost.device.upper()} cap": MAX_BATCH[cost.device],
+    }
+    binding = min(limits, key=limits.get)
+    batch = max(min(MIN_BATCH, n_train), _pow2_floor(limits[binding]))
+    why = f"largest power of 2 within {binding} = {limits[binding]}"
+    if budget_minutes:
+        first = batch
+        while batch > BUDGET_MIN_BATCH:
+            epochs = budget_epochs(cost, batch, n_train, n_val, steps_per_epoch, budget_minutes)
+            if epochs * (steps_per_epoch or max(1, n_train // batch)) >= MIN_BUDGET_STEPS:
+                break
+            batch //= 2
+        if batch != first:
+            why += f"; halved to {batch} so the {budget_minutes:g} min budget holds more optimiser steps (target {MIN_BUDGET_STEPS})"
+    return int(batch), why
+
+
+def budget_epochs(cost: StepCost, batch: int, n_train: int, n_val: int, steps_per_epoch: Optional[int], budget_minutes: float) -> int:
+    """Whole epochs that fit in the budget (at least 1, at most MAX_EPOCHS)."""
+    per_epoch = epoch_seconds(cost, batch, n_train, n_val, steps_per_epoch)
+    return int(min(MAX_EPOCHS, max(1, math.floor(budget_minutes * 60.0 / per_epoch))))
+
+
+# ---------------------------------------------------------------------------------------
+# The plan
+
+
+@dataclass
+class PlanEntry:
+    """One planned key: the value the run uses, who chose it and why.
+
+    Attributes:
+        key: dotted config key.
+        value: the value in the resolved config.
+        set_by: 'plan', 'user' (explicit in the config) or 'default' (the schema default, not planned).
+        reason: why this value.
+        planned: what the plan would choose (differs from value only when set by the user).
+    """
+
+    key: str
+    value: Any
+    set_by: str
+    reason: str
+    planned: Any = None
+
+
+@dataclass
+class Plan:
+    """The resolved plan: entries in order, the step cost it used, and whether fit applies it."""
+
+    entries: list[PlanEntry]
+    cost: StepCost
+    enabled: bool
+    estimates: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def entry(self, key: str) -> PlanEntry:
+        return next(e for e in self.entries if e.key == key)
+
+    def to_json(self) -> dict:
+        return {
+            "plan_version": PLAN_VERSION,
+            "applied_by_fit": self.enabled,
+            "entries": {e.key: {"value": e.value, "set_by": e.set_by, "reason": e.reason, "planned": e.planned} for e in self.entries},
+            "estimates": self.estimates,
+            "notes": self.notes,
+            "cost": self.cost.to_json(),
+        }
+
+
+class _Planner:
+    """Fills keys in a copy of the config's raw dict, recording an entry for each."""
+
+    def __init__(self, cfg: Config):
+        self.raw = cfg.model_dump(mode="json")
+        self.user = user_set_keys(cfg)
+        self.entries: list[PlanEntry] = []
+
+    def is_user(self, key: str) -> bool:
+        return key in self.user or any(key.startswith(k + ".") for k in self.user)
+
+    def decide(self, key: str, planned: Any, reason: str) -> Any:
+        """Use `planned` unless the user set `key`; returns the value in force."""
+        if self.is_user(key):
+            value = _get(self.raw, key)
+            note = "set by user" + ("" if _same(value, planned) else f"; the plan would choose {show_value(planned)}: {reason}")
+            self.entries.append(PlanEntry(key, value, "user", note, planned))
+            return value
+        _set(self.raw, key, copy.deepcopy(planned))
+        self.entries.append(PlanEntry(key, planned, "plan", reason, planned))
+        return planned
+
+    def note(self, key: str, set_by: str, reason: str) -> None:
+        self.entries.append(PlanEntry(key, _get(self.raw, key), set_by, reason, None))
+
+
+def _same(a: Any, b: Any) -> bool:
+    norm = lambda v: list(v) if isinstance(v, tuple) else v  # noqa: E731
+    return norm(a) == norm(b)
+
+
+def show_value(v: Any) -> str:
+    """A planned value as the plan's table shows it."""
+    return v if isinstance(v, str) else json.dumps(list(v) if isinstance(v, tuple) else v)
+
+
+def make_plan(cfg: Config, fp: dict, measure: Optional[bool] = None) -> tuple[Plan, Config]:
+    """Plan the unset keys of `cfg` from the fingerprint `fp`; returns the plan and the planned config.
+
+    Args:
+        cfg: the validated config (model_fields_set tells which keys the user set).
+        fp: `compute_fingerprint(loaded, split)` (with 'by_split' the training part is used).
+        measure: time steps on this machine; None: cfg.plan.measure.
+    """
+    p = _Planner(cfg)
+    notes: list[str] = []
+    device = training_device(cfg)
+    measure = cfg.plan.measure if measure is None else measure
+    if measure and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # timings differ between processes; a different batch size or epoch count per rank would hang DDP
+        measure = False
+        notes.append("several processes (WORLD_SIZE > 1): step cost by formula, so every rank plans the same")
+    crop = tuple(cfg.sampler.crop_size) if cfg.sampler.crop_size else None
+
+    stride = get_model_spec(cfg.model.name).output_stride(cfg.model.channels)
+    size, why = plan_input_size(fp, device, cfg.plan.min_lesion_px, cfg.plan.max_side, crop, multiple=stride)
+    size = p.decide("data.input_size", size, why)
+
+    if cfg.sampler.schedule is not None:
+        p.note("sampler.positive_share", "user", "not planned: sampler.schedule is set")
+        share = float(np.mean(cfg.sampler.schedule))
+    else:
+        share = p.decide("sampler.positive_share", *plan_positive_share(fp))
+    loss, why, _ = plan_loss(fp, share)
+    p.decide("loss", loss, why)
+    p.decide("augment.preset", *plan_augment(fp))
+
+    train = _train_stats(fp)
+    n_train = int(train.get("n_images") or fp.get("n_images") or 1)
+    n_val = int(((fp.get("by_split") or {}).get("val") or {}).get("n_images") or 0)
+    planned_cfg = config_from_dict(p.raw)  # validates the input size and loss before the model runs on them
+    train_size = tuple(crop) if crop else tuple(planned_cfg.data.input_size)
+    cost = measure_cost(planned_cfg, int(fp.get("in_channels") or 1), train_size, tuple(planned_cfg.data.input_size), measure)
+    steps = cfg.train.steps_per_epoch
+    budget = cfg.train.budget_minutes
+    batch = p.decide("train.batch_size", *plan_batch_size(cost, n_train, n_val, steps, budget))
+
+    per_epoch = epoch_seconds(cost, batch, n_train, n_val, steps)
+    cost_text = f"{cost.method} {per_epoch:.1f} s per epoch ({n_train} training, {n_val} validation images, batch {batch})"
+    if budget:
+        epochs = budget_epochs(cost, batch, n_train, n_val, steps, budget)
+        epochs = p.decide("train.epochs", epochs, f"{budget:g} min budget / {cost_text}" + (f", capped at {MAX_EPOCHS}" if epochs == MAX_EPOCHS else ""))
+    elif p.is_user("train.epochs"):
+        epochs = cfg.train.epochs
+        p.note("train.epochs", "user", f"set by user; ~{epochs * per_epoch / 60:.1f} min at {cost_text}")
+    else:
+        epochs = cfg.train.epochs
+        p.note("train.epochs", "default", f"no train.budget_minutes: the configured {epochs} epochs, ~{epochs * per_epoch / 60:.1f} min at {cost_text}")
+
+    warmup = cfg.schedule.warmup_epochs
+    if warmup >= epochs:
+        if p.is_user("schedule.warmup_epochs"):
+            # the user's warm-up wins over the budget: training must outlast it
+            longer = int(math.floor(warmup)) + 1
+            p.entries = [e for e in p.entries if e.key != "train.epochs"]
+            p.decide("train.epochs", longer, f"raised from {epochs} to outlast schedule.warmup_epochs {warmup:g} (set by user); over the budget")
+            epochs = longer
+        else:
+            p.decide("schedule.warmup_epochs", round(min(warmup, 0.1 * epochs), 2), f"10% of the {epochs} planned epochs (the warm-up must be shorter than training)")
+
+    planned_cfg = config_from_dict(p.raw)
+    estimates = {
+        "epoch_seconds": per_epoch,
+        "train_minutes": planned_cfg.train.epochs * per_epoch / 60.0,
+        "n_train_images": n_train,
+        "n_val_images": n_val,
+    }
+    return Plan(p.entries, cost, cfg.plan.enabled, estimates, notes), planned_cfg
+
+
+# ---------------------------------------------------------------------------------------
+# Running it: fit's first step and the `medseg plan` verb
+
+
+@dataclass
+class PlannedRun:
+    """What planning hands back to fit: the planned config, the data at its input size, the fingerprint and the plan."""
+
+    config: Config
+    loaded: Any
+    fingerprint: dict
+    plan: Plan
+
+
+def plan_run(cfg: Config, loaded, split: dict, measure: Optional[bool] = None, progress: bool = False) -> PlannedRun:
+    """Fingerprint the loaded data, plan, and re-read the data when the plan changed the input size.
+
+    Args:
+        cfg: the user's config.
+        loaded: `load_data(cfg.data)`.
+        split: case ids per part.
+        measure: as `make_plan`.
+        progress: progress bar while re-reading.
+    """
+    original = original_statistics(loaded, split)
+    fp = compute_fingerprint(loaded, split, original=original)
+    plan, planned = make_plan(cfg, fp, measure)
+    if tuple(planned.data.input_size) != tuple(cfg.data.input_size):
+        # the loader resizes while reading, so a new input size means reading the files again
+        loaded = load_data(planned.data, with_masks=True, progress=progress)
+        fp = compute_fingerprint(loaded, split, original=original)
+    return PlannedRun(planned, loaded, fp, plan)

@@ -1,0 +1,328 @@
+"""The run folder: the contract every verb reads, and the one module that knows its file names.
+
+runs/NAME/
+  config.yaml  state.json  fingerprint.json  plan.json  split.json  bad_files.json
+  metrics/epochs.csv  metrics/cases.csv  metrics/volumes.csv  metrics/summary.json
+  metrics/cases_postprocessed.csv  metrics/threshold_sweep.{json,csv}
+  checkpoints/best.ckpt  checkpoints/last.ckpt
+  postprocess.json  postprocess.csv  tracking.json
+  logs/ (TensorBoard events, train.log)
+  evaluations/NAME/ (later evaluations, never over the run's own metrics)
+  report.html  report.md  report_assets/
+
+Readers come in two kinds: strict ones for the verbs (a missing or broken file is a one-line
+`MedsegError` naming it) and lenient ones for the report, the doctor and compare, which are
+most wanted when a run went wrong (a missing or unreadable file reads as empty).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from pydantic import BaseModel
+
+from medseg.config import Config, config_from_dict, read_yaml, resolve_paths
+from medseg.data import load_data
+from medseg.data.arrays import SplitArrays, stack_part
+from medseg.errors import MedsegError
+from medseg.models import create_model
+from medseg.postprocess import PostProcess
+
+RUN_VERSION = 1
+
+CONFIG = "config.yaml"
+STATE = "state.json"
+FINGERPRINT = "fingerprint.json"
+PLAN = "plan.json"
+SPLIT = "split.json"
+BAD_FILES = "bad_files.json"
+POSTPROCESS = "postprocess.json"
+POSTPROCESS_CSV = "postprocess.csv"
+TRACKING = "tracking.json"
+LOGS = "logs"
+TRAIN_LOG = f"{LOGS}/train.log"
+CHECKPOINTS = "checkpoints"
+BEST_CKPT = f"{CHECKPOINTS}/best.ckpt"
+LAST_CKPT = f"{CHECKPOINTS}/last.ckpt"
+EVALUATIONS = "evaluations"
+REPORT_HTML = "report.html"
+REPORT_MD = "report.md"
+REPORT_ASSETS = "report_assets"
+
+# files of a metrics folder: metrics/ of the run, or evaluations/NAME/ beside it
+METRICS = "metrics"
+CASES_NAME = "cases.csv"
+VOLUMES_NAME = "volumes.csv"
+SUMMARY_NAME = "summary.json"
+CASES_PP_NAME = "cases_postprocessed.csv"
+SWEEP_NAME = "threshold_sweep.json"
+SWEEP_CSV_NAME = "threshold_sweep.csv"
+EPOCHS_CSV = f"{METRICS}/epochs.csv"
+CASES_CSV = f"{METRICS}/{CASES_NAME}"
+VOLUMES_CSV = f"{METRICS}/{VOLUMES_NAME}"
+SUMMARY = f"{METRICS}/{SUMMARY_NAME}"
+SWEEP = f"{METRICS}/{SWEEP_NAME}"
+
+
+def create_run(output_dir: Path, name: str) -> Path:
+    """Make a new run folder; an existing one is never reused (name-2, name-3, ...)."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    for i in range(1, 10_000):
+        path = output_dir / (name if i == 1 else f"{name}-{i}")
+        try:
+            path.mkdir()  # atomic: two concurrent fits never get the same folder
+        except FileExistsError:
+            continue
+        for sub in (METRICS, CHECKPOINTS, LOGS):
+            (path / sub).mkdir()
+        return path
+    raise MedsegError(f"output_dir: {output_dir}: too many runs named '{name}'")
+
+
+def open_run(path: Path) -> Path:
+    path = Path(path)
+    if not (path / CONFIG).is_file():
+        raise MedsegError(f"{path}: not a medseg run folder (no {CONFIG})")
+    return path
+
+
+def _clean(obj: Any) -> Any:
+    # JSON has no NaN: write null so every reader (and browsers) can parse it
+    if isinstance(obj, float):
+        return None if math.isnan(obj) or math.isinf(obj) else obj
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if hasattr(obj, "item") and callable(obj.item):
+        return _clean(obj.item())
+    return obj
+
+
+def write_json(path: Path, obj: Any) -> None:
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(_clean(obj), indent=1))
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise MedsegError(f"{path}: missing from the run folder") from None
+    except json.JSONDecodeError:
+        raise MedsegError(f"{path}: not valid JSON") from None
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    path = Path(path)
+    keys: list[str] = []
+    for r in rows:
+        keys.extend(k for k in r if k not in keys)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: _fmt(r.get(k)) for k in keys})
+    os.replace(tmp, path)
+
+
+def _fmt(v):
+    if isinstance(v, float):
+        return "" if math.isnan(v) else repr(v)
+    if isinstance(v, (list, dict)):
+        return json.dumps(_clean(v))
+    return v
+
+
+def read_csv(path: Path) -> list[dict]:
+    path = Path(path)
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    out = []
+    for r in rows:
+        conv = {}
+        for k, v in r.items():
+            try:
+                conv[k] = float(v) if v not in ("", None) else float("nan")
+                if conv[k].is_integer() and k in ("epoch", "step"):
+                    conv[k] = int(conv[k])
+            except ValueError:
+                conv[k] = v
+        out.append(conv)
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# Strict readers for the verbs
+
+
+def load_run_config(run_dir: Path) -> Config:
+    """The run's saved, resolved config (relative paths resolve against the run folder)."""
+    return config_from_dict(read_yaml(Path(run_dir) / CONFIG), Path(run_dir))
+
+
+def load_state(run_dir: Path) -> dict:
+    """state.json: precision, in_channels, versions, machine."""
+    return read_json(Path(run_dir) / STATE)
+
+
+def load_network(run_dir: Path, cfg: Config, in_channels: int, which: str = BEST_CKPT) -> tuple[torch.nn.Module, dict]:
+    """Rebuild the network and load a checkpoint's weights; returns (net in eval mode, checkpoint info)."""
+    path = Path(run_dir) / which
+    if not path.is_file():
+        raise MedsegError(f"{path}: no checkpoint (did training finish an epoch?)")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001
+        raise MedsegError(f"{path}: unreadable checkpoint ({type(e).__name__})") from None
+    net = create_model(cfg.model.name, in_channels, cfg.model.channels, cfg.model.dropout, cfg.model.res_units)
+    state = {k[len("net."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
+    net.load_state_dict(state)
+    if cfg.train.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    net.eval()
+    return net, {"epoch": int(ckpt.get("epoch", -1)), "global_step": int(ckpt.get("global_step", -1))}
+
+
+def load_split_part(run_dir: Path, cfg: Config, part: str = "val", loaded=None, progress: bool = False) -> SplitArrays:
+    """The run's validation (or test) cases, by its split.json, from its data (reloaded unless `loaded` is given)."""
+    split = read_json(Path(run_dir) / SPLIT)
+    if not split.get(part):
+        raise MedsegError(f"{Path(run_dir) / SPLIT}: the run has no '{part}' cases")
+    if loaded is None:
+        loaded = load_data(cfg.data, with_masks=True, progress=progress)
+    arrays = stack_part(loaded, split[part])
+    if len(arrays.images) == 0:
+        raise MedsegError(f"{Path(run_dir) / SPLIT}: none of the '{part}' cases is in the data any more")
+    return arrays
+
+
+def load_postprocess(run_dir: Path) -> Optional[PostProcess]:
+    """The run's tuned post-processing (postprocess.json), or None if not tuned."""
+    path = Path(run_dir) / POSTPROCESS
+    if not path.is_file():
+        return None
+    return PostProcess.from_json(read_json(path)["chosen"])
+
+
+def create_evaluation(run_dir: Path, name: str) -> Path:
+    """A new folder evaluations/NAME[-N] for an evaluation beside the run's own metrics."""
+    return create_run(Path(run_dir) / EVALUATIONS, name)
+
+
+def read_case_scores(path: Path, key: str, metric: str = "dice") -> tuple[dict, dict]:
+    """{key value: metric} and {key value: case_id} from a per-case CSV (cases.csv, volumes.csv), keys kept as strings.
+
+    `read_csv` would turn a case named "001" into 1.0, so the key column is read raw.
+    """
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        fields = reader.fieldnames or []
+        if key not in fields or metric not in fields:
+            raise MedsegError(f"{path}: needs columns '{key}' and '{metric}' (has: {', '.join(fields) or 'none'})")
+        scores: dict = {}
+        case_ids: dict = {}
+        for row in reader:
+            name = row[key]
+            if name in scores:
+                raise MedsegError(f"{path}: {key} '{name}' appears twice")
+            text = (row[metric] or "").strip()
+            try:
+                scores[name] = float(text) if text else float("nan")  # write_csv writes NaN as ""
+            except ValueError:
+                raise MedsegError(f"{path}: {key} '{name}': {metric} '{text}' is not a number") from None
+            case_ids[name] = row.get("case_id") or name
+    if not scores:
+        raise MedsegError(f"{path}: no rows")
+    return scores, case_ids
+
+
+# ---------------------------------------------------------------------------------------
+# Lenient readers for the report, the doctor and compare
+
+
+def optional_json(path: Path) -> Any:
+    """A JSON file's content, or None when it is missing or not valid JSON."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+
+
+def optional_dict(path: Path) -> dict:
+    """A JSON object from a file, or {} when it is missing, invalid, or not an object."""
+    data = optional_json(path)
+    return data if isinstance(data, dict) else {}
+
+
+def optional_text(path: Path) -> str:
+    """A text file's content, or '' when it is missing."""
+    path = Path(path)
+    return path.read_text(errors="replace") if path.is_file() else ""
+
+
+# Config mappings that a saved value replaces whole (their keys are user data, not schema fields).
+_ATOMIC_KEYS = {"loss", "overrides"}
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    """`over` laid on `base`, nested sections merged key by key (loss and overrides replaced whole)."""
+    out = dict(base)
+    for k, v in over.items():
+        nested = isinstance(v, dict) and isinstance(out.get(k), dict) and k not in _ATOMIC_KEYS
+        out[k] = deep_merge(out[k], v) if nested else v
+    return out
+
+
+@dataclass
+class LenientConfig:
+    """A saved config read as far as it goes.
+
+    Attributes:
+        raw: config.yaml as saved, laid over the schema defaults (readable whatever it holds).
+        saved: config.yaml as saved.
+        cfg: the validated Config; when cross-field rules reject the saved file, one built
+            section by section without them; None when even that fails.
+        error: why the saved config does not validate, or None.
+    """
+
+    raw: dict
+    saved: dict
+    cfg: Optional[Config]
+    error: Optional[str]
+
+
+def load_config_leniently(run_dir: Path) -> LenientConfig:
+    """The run's config for readers that must work on damaged runs (the doctor): see `LenientConfig`."""
+    run_dir = Path(run_dir)
+    saved = read_yaml(run_dir / CONFIG)
+    raw = deep_merge(Config().model_dump(mode="json"), saved)
+    try:
+        return LenientConfig(raw, saved, config_from_dict(saved, run_dir), None)
+    except MedsegError as e:
+        error = str(e)
+    # A saved config that breaks a cross-field rule (e.g. warm-up >= epochs written by hand) is
+    # still diagnosable: validate each section alone and skip the cross-field rules.
+    try:
+        sections = {}
+        for name, f in Config.model_fields.items():
+            if name in saved:
+                ann = f.annotation
+                sections[name] = ann.model_validate(saved[name]) if isinstance(ann, type) and issubclass(ann, BaseModel) else saved[name]
+        cfg = Config.model_construct(**{**Config().__dict__, **sections})
+        return LenientConfig(raw, saved, resolve_paths(cfg, run_dir), error)
+    except Exception:  # noqa: BLE001 - any failure here leaves the reader with the raw dict only
+        return LenientConfig(raw, saved, None, error)

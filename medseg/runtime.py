@@ -1,0 +1,154 @@
+"""Where and how the network runs: device, precision, the CPU allocator, the machine in words.
+
+Every decision of this kind is made here, once, for every verb: training (`training`),
+inference (`inference`), the step-cost measurement (`planning`) and the CLI's start-up
+(tcmalloc needs a re-exec before anything else is imported).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from contextlib import nullcontext
+from typing import Iterable
+
+from medseg.errors import MedsegError
+
+# Debian's libtcmalloc-minimal4 and other distributions' names for it
+_TCMALLOC_PATHS = (
+    "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4",
+    "/usr/lib/aarch64-linux-gnu/libtcmalloc_minimal.so.4",
+    "/usr/lib64/libtcmalloc_minimal.so.4",
+    "/usr/lib/libtcmalloc_minimal.so.4",
+)
+
+
+# ---------------------------------------------------------------------------------------
+# The CPU allocator
+
+
+def preload_tcmalloc(argv: list[str], verbs: Iterable[str]) -> None:
+    """Re-execute once with tcmalloc preloaded (Debian: libtcmalloc-minimal4), if it is installed.
+
+    PyTorch on CPU allocates and frees large tensors every step; glibc malloc returns them to
+    the OS and faults them back in, tcmalloc keeps them. Measured here: ~30% shorter steps
+    (BENCHMARKS.md, fast path). LD_PRELOAD only works at process start, hence the re-exec.
+    MEDSEG_TCMALLOC=off disables it.
+
+    Args:
+        argv: the command line (argv[1] is the verb).
+        verbs: the verbs worth it (those that run a network).
+    """
+    if sys.platform != "linux" or len(argv) < 2 or argv[1] not in set(verbs):
+        return
+    if os.environ.get("MEDSEG_TCMALLOC", "").lower() in ("off", "0", "no") or tcmalloc_active():
+        return
+    lib = next((p for p in _TCMALLOC_PATHS if os.path.exists(p)), None)
+    if lib is None:
+        return
+    env = dict(os.environ, LD_PRELOAD=" ".join(x for x in (lib, os.environ.get("LD_PRELOAD", "")) if x), MEDSEG_TCMALLOC="on")
+    try:
+        os.execve(sys.executable, [sys.executable, "-m", "medseg.cli", *argv[1:]], env)
+    except OSError:
+        return  # could not re-exec: run as is, only slower
+
+
+def tcmalloc_active() -> bool:
+    """This process runs with tcmalloc preloaded."""
+    return "tcmalloc" in os.environ.get("LD_PRELOAD", "")
+
+
+# ---------------------------------------------------------------------------------------
+# Device and precision
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX: bf16 matmuls run in hardware (elsewhere bf16 autocast can be slower than fp32)."""
+    import torch
+
+    try:
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except AttributeError:  # private helpers; absent from other torch builds
+        return False
+
+
+def resolve_precision(requested: str, accelerator: str) -> str:
+    """The Lightning precision string for `train.precision` on the device `train.accelerator` gives."""
+    import torch
+
+    cuda = cuda_available() and accelerator != "cpu"
+    if requested == "auto":
+        if cuda:
+            return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+        # measured on a 2-core AVX512-BF16 CPU: 1.77x the fp32 step for ResNet-34 and higher
+        # Dice at equal budget on both cross-validation folds of BUSI (BENCHMARKS.md §5c)
+        return "bf16-mixed" if cpu_has_native_bf16() else "32-true"
+    if requested == "bf16":
+        return "bf16-mixed"
+    if requested == "16":
+        if not cuda:
+            raise MedsegError("config error: train.precision: '16' (float16 mixed) needs a GPU; use 'bf16' or '32' on CPU")
+        return "16-mixed"
+    return "32-true"
+
+
+def training_device(cfg) -> str:
+    """'gpu' when fit will train on CUDA, else 'cpu'."""
+    return "gpu" if cfg.train.accelerator != "cpu" and cuda_available() else "cpu"
+
+
+def device_name(kind: str) -> str:
+    """The device in words, e.g. 'CPU, 2 torch threads'."""
+    import torch
+
+    if kind == "gpu":
+        return f"{torch.cuda.get_device_name(0)} (CUDA)"
+    return f"CPU, {torch.get_num_threads()} torch threads"
+
+
+def inference_device(cfg=None):
+    """Where `evaluate`, `tune`, `predict`, the report and the doctor run the network: the CPU, today."""
+    import torch
+
+    return torch.device("cpu")
+
+
+def inference_precision(precision: str, device) -> str:
+    """The precision to predict in: the trained one, except float16, which is a GPU feature (float32 on CPU)."""
+    if precision.startswith("16") and getattr(device, "type", str(device)) != "cuda":
+        return "32-true"
+    return precision
+
+
+def autocast_for(precision: str, device):
+    """The autocast context that matches a Lightning precision string."""
+    import torch
+
+    device = torch.device(device)
+    if precision.startswith("bf16"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    if precision.startswith("16"):
+        return torch.autocast(device.type, dtype=torch.float16)
+    return nullcontext()
+
+
+def synchronize(device) -> None:
+    """Wait for queued GPU work (timings); nothing on the CPU."""
+    import torch
+
+    if getattr(device, "type", str(device)) == "cuda":
+        torch.cuda.synchronize()
+
+
+def machine_description() -> str:
+    """The machine in a line for state.json."""
+    import torch
+
+    return f"{platform.machine()} {os.cpu_count()} cpus, torch threads {torch.get_num_threads()}"

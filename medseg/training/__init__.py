@@ -1,0 +1,16 @@
+"""Training, in Lightning's split of concerns.
+
+* `module.SegModule`: the network, the loss, the training step and the optimiser/schedule;
+* `datamodule.SegDataModule`: the training dataset, the positive-aware sampler (sharded per
+  rank by Lightning's rank and world size) and the loader;
+* `callbacks`: validation under the metric contract, the batch-composition audit and the
+  `epochs.csv` writer, each a Lightning callback;
+* `trainer.build_trainer`: the one place a `pl.Trainer` is made;
+* `tracking`: TensorBoard / MLflow.
+"""
+
+from medseg.training.datamodule import SegDataModule
+from medseg.training.module import SegModule, lr_lambda
+from medseg.training.trainer import build_trainer
+
+__all__ = ["SegDataModule", "SegModule", "build_trainer", "lr_lambda"]

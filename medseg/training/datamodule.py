@@ -1,0 +1,58 @@
+"""The LightningDataModule: the training dataset, the sampler (sharded per rank) and the loader.
+
+Validation does not go through a loader: the contract-validation callback scores the whole
+validation set at the end of each training epoch (see `callbacks.ContractValidation`).
+"""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+from torch.utils.data import DataLoader
+
+from medseg.config import Config
+from medseg.data.arrays import SplitArrays
+from medseg.data.augment import build_augment
+from medseg.data.sampling import build_train_dataset, build_train_sampler
+
+
+def epoch_batches(cfg: Config, n_train: int) -> tuple[int, int]:
+    """(micro-batches, optimiser steps) per epoch on one rank, from train.steps_per_epoch or one pass over the images."""
+    bs = cfg.train.batch_size
+    samples_per_epoch = (cfg.train.steps_per_epoch * bs) if cfg.train.steps_per_epoch else n_train
+    micro_batches = max(1, samples_per_epoch // bs)
+    return micro_batches, max(1, micro_batches // cfg.train.accumulate)
+
+
+class SegDataModule(pl.LightningDataModule):
+    """Training batches of one run.
+
+    Every draw (order, positive share, crops, augmentation) is a function of (seed, epoch,
+    position), so a resumed run replays what an uninterrupted run would have drawn. With
+    several processes each rank takes its share of one sequence of draws (Lightning's
+    `global_rank` and `world_size`), so the realised composition is the same whatever the
+    number of ranks.
+
+    Args:
+        cfg: the resolved config.
+        train: the training arrays.
+    """
+
+    def __init__(self, cfg: Config, train: SplitArrays):
+        super().__init__()
+        self.cfg = cfg
+        self.train = train
+        self.micro_batches, self.steps_per_epoch = epoch_batches(cfg, len(train.images))
+
+    def train_dataloader(self) -> DataLoader:
+        cfg = self.cfg
+        bs = cfg.train.batch_size
+        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
+        dataset = build_train_dataset(self.train.images, self.train.masks, build_augment(cfg.augment.preset, cfg.augment.overrides), cfg.sampler)
+        sampler = build_train_sampler(
+            cfg.sampler, self.train.masks, bs, cfg.seed, cfg.train.epochs, num_samples=self.micro_batches * bs * world,
+            rank=rank, world_size=world,
+        )
+        return DataLoader(
+            dataset, batch_size=bs, sampler=sampler, num_workers=cfg.train.num_workers, drop_last=True,
+            persistent_workers=cfg.train.num_workers > 0,
+        )

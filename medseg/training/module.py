@@ -1,0 +1,143 @@
+"""The LightningModule: the network, the loss, the training step and the optimiser with its schedule.
+
+Everything else a fit does per epoch (validation under the metric contract, the batch
+composition audit, the epoch log) is a callback (`medseg.training.callbacks`), so this module
+is also what `planning.stepcost` times: the real training step, not a copy of it.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Optional
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+
+from medseg.config import Config
+from medseg.losses import build_loss
+from medseg.models import create_model, load_weights
+
+
+def lr_lambda(cfg: Config, total_steps: int, steps_per_epoch: int):
+    """Multiplier on the peak LR per optimiser step: linear warm-up, then cosine/poly decay."""
+    warm = int(round(cfg.schedule.warmup_epochs * steps_per_epoch))
+    floor = cfg.schedule.min_lr_ratio
+    name = cfg.schedule.name
+
+    def f(step: int) -> float:
+        if warm > 0 and step < warm:
+            # start at 1/warm, not 0, so the first step already learns something
+            return (step + 1) / warm
+        if name in ("constant", "plateau"):
+            return 1.0
+        progress = min(1.0, (step - warm) / max(1, total_steps - warm))
+        if name == "cosine":
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+        return floor + (1 - floor) * (1 - progress) ** cfg.schedule.poly_power
+
+    return f
+
+
+class EpochStats:
+    """What the training steps of one epoch recorded: losses per term, non-finite steps, images, time."""
+
+    def __init__(self) -> None:
+        self.loss: list[float] = []
+        self.terms: dict[str, list[float]] = {}
+        self.nonfinite_steps: list[int] = []
+        self.nonfinite_terms: set[str] = set()
+        self.n_images = 0
+        self.t0 = time.time()
+        self.t_last = self.t0
+
+    def columns(self) -> dict[str, Any]:
+        """The epoch's training columns of epochs.csv, in their order."""
+        row: dict[str, Any] = {"train_loss": float(np.mean(self.loss)) if self.loss else float("nan")}
+        for k, v in self.terms.items():
+            row[f"train_loss_{k}"] = float(np.mean(v))
+        return row
+
+    def nonfinite_columns(self) -> dict[str, Any]:
+        return {
+            "nonfinite_steps": len(self.nonfinite_steps),
+            "first_nonfinite_step": self.nonfinite_steps[0] if self.nonfinite_steps else float("nan"),
+            "nonfinite_terms": ";".join(sorted(self.nonfinite_terms)),
+        }
+
+    def timing_columns(self) -> dict[str, float]:
+        seconds = self.t_last - self.t0
+        return {"train_seconds": seconds, "train_images_per_s": self.n_images / max(seconds, 1e-9)}
+
+
+class SegModule(pl.LightningModule):
+    """Network + loss + optimiser for one run.
+
+    Args:
+        cfg: the resolved config.
+        in_channels: from the data.
+        pos_fraction: training foreground pixel fraction (for `pos_weight: auto`).
+        steps_per_epoch: optimiser steps per epoch (for the schedule).
+        precision: the Lightning precision string in use.
+    """
+
+    def __init__(self, cfg: Config, in_channels: int, pos_fraction: Optional[float] = None, steps_per_epoch: int = 1,
+                 precision: str = "32-true"):
+        super().__init__()
+        self.cfg = cfg
+        self.net = create_model(cfg.model.name, in_channels, cfg.model.channels, cfg.model.dropout, cfg.model.res_units)
+        if cfg.model.pretrained is not None:
+            self.pretrained_info = load_weights(self.net, cfg.model.pretrained)
+        if cfg.train.channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
+        self.loss_fn = build_loss(cfg.loss, pos_fraction)
+        self.steps_per_epoch = steps_per_epoch
+        self.precision_name = precision
+        self.epoch_stats = EpochStats()
+
+    def forward(self, x):
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y, _ = batch
+        if self.cfg.train.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        logits = self.net(x)
+        loss = self.loss_fn(logits, y)
+        s = self.epoch_stats
+        if not torch.isfinite(loss):
+            # recorded (and later diagnosed) rather than silently skipped
+            s.nonfinite_steps.append(int(self.global_step))
+            # which terms overflowed, so `medseg doctor` can name the one to fix
+            s.nonfinite_terms.update([k for k, v in self.loss_fn.last_terms.items() if not math.isfinite(v)] or ["total"])
+        s.loss.append(float(loss.detach()))
+        for k, v in self.loss_fn.last_terms.items():
+            s.terms.setdefault(k, []).append(v)
+        s.n_images += len(x)
+        if self._trainer is not None:  # planning times this step outside a Trainer
+            self.log("train/loss_step", loss.detach(), prog_bar=True, on_step=True, on_epoch=False)
+        return loss
+
+    def on_train_epoch_start(self) -> None:
+        self.epoch_stats = EpochStats()
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        self.epoch_stats.t_last = time.time()
+
+    def configure_optimizers(self):
+        o = self.cfg.optim
+        if o.name == "adamw":
+            opt = torch.optim.AdamW(self.net.parameters(), lr=o.lr, weight_decay=o.weight_decay)
+        else:
+            opt = torch.optim.SGD(self.net.parameters(), lr=o.lr, momentum=o.momentum, nesterov=True, weight_decay=o.weight_decay)
+        total = self.steps_per_epoch * self.cfg.train.epochs
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(self.cfg, total, self.steps_per_epoch))
+        scheds = [{"scheduler": sched, "interval": "step"}]
+        if self.cfg.schedule.name == "plateau":
+            mode = "min" if self.cfg.train.monitor == "loss" else "max"
+            plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                opt, mode=mode, factor=self.cfg.schedule.plateau_factor, patience=self.cfg.schedule.plateau_patience
+            )
+            scheds.append({"scheduler": plateau, "interval": "epoch", "monitor": "val/monitor"})
+        return [opt], scheds
