@@ -22,8 +22,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 MIXES = {"bce1_dice1": {"bce": 1.0, "dice": 1.0}, "bce3_dice1_focal4": {"bce": 3.0, "dice": 1.0, "focal": 4.0}}
 
 
@@ -31,10 +29,10 @@ def score_run(run_dir: Path) -> dict:
     """Best-checkpoint probabilities on the run's validation cases, scored under both contracts."""
     from medseg import runfolder as runfs
     from medseg.data import load_data
-    from medseg.runfolder import load_network, load_run_config
     from medseg.data.arrays import stack_part
     from medseg.inference import predict_probs
     from medseg.metrics import MetricContract, case_metrics, summarize, threshold_sweep
+    from medseg.runfolder import load_network, load_run_config
 
     cfg = load_run_config(run_dir)
     state = runfs.read_json(run_dir / runfs.STATE)
@@ -66,8 +64,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.out.exists():
         sys.exit(f"{args.out}: exists (never overwritten)")
-    from medseg.config import config_from_dict
     from medseg.commands.fit import fit
+    from medseg.config import config_from_dict
 
     data = args.data.resolve()
     results = {"command": " ".join(sys.argv), "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {__import__('os').cpu_count()} cpus", "runs": {}}

@@ -292,8 +292,8 @@ def base_config(data_root: Path, out_dir: Path, input_size: int = 256, epochs: i
 
 
 def train_run(cfg: dict, patch: Optional[Callable[[], contextlib.AbstractContextManager]] = None) -> Path:
-    from medseg.config import config_from_dict
     from medseg.commands.fit import fit
+    from medseg.config import config_from_dict
 
     data_root = Path(cfg["data"]["root"])
     config = config_from_dict(copy.deepcopy(cfg), data_root)

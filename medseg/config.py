@@ -13,12 +13,17 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from medseg.data.schema import DataConfig, NormalizeConfig, Section, SplitConfig
 from medseg.data.sources import available_sources
 from medseg.errors import MedsegError
-from medseg.losses import validate_loss_spec
 from medseg.metrics.contract import MetricContract
 from medseg.models import available_models, get_model_spec
 from medseg.models.unet import UNET_CHANNELS
@@ -277,6 +282,9 @@ class Config(Section):
     @field_validator("loss")
     @classmethod
     def _loss(cls, v):
+        # imported here: the losses import torch, and reading a config (compare, the doctor) should not
+        from medseg.losses import validate_loss_spec
+
         validate_loss_spec(v)
         return v
 

@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-import torch
 from pydantic import BaseModel
 
 from medseg.config import Config, config_from_dict, read_yaml, resolve_paths
@@ -179,8 +178,10 @@ def load_state(run_dir: Path) -> dict:
     return read_json(Path(run_dir) / STATE)
 
 
-def load_network(run_dir: Path, cfg: Config, in_channels: int, which: str = BEST_CKPT) -> tuple[torch.nn.Module, dict]:
+def load_network(run_dir: Path, cfg: Config, in_channels: int, which: str = BEST_CKPT) -> tuple:
     """Rebuild the network and load a checkpoint's weights; returns (net in eval mode, checkpoint info)."""
+    import torch  # here: the light verbs (compare, report --no-predict) read run folders without it
+
     path = Path(run_dir) / which
     if not path.is_file():
         raise MedsegError(f"{path}: no checkpoint (did training finish an epoch?)")

@@ -1,6 +1,6 @@
 import pytest
 
-from medseg.config import Config, load_config, reference_markdown, reference_rows
+from medseg.config import load_config, reference_markdown, reference_rows
 from medseg.errors import MedsegError
 
 

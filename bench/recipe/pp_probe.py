@@ -23,9 +23,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from medseg import runfolder as runfs  # noqa: E402
-from medseg.runfolder import load_network, load_run_config, load_split_part as load_validation  # noqa: E402
 from medseg.inference import predict_probs  # noqa: E402
 from medseg.postprocess import PostProcess, tune_postprocess  # noqa: E402
+from medseg.runfolder import load_network, load_run_config  # noqa: E402
+from medseg.runfolder import load_split_part as load_validation
 
 
 def dice_empty_one(pred: np.ndarray, truth: np.ndarray) -> float:

@@ -19,9 +19,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from medseg.runfolder import load_run_config  # noqa: E402
 from medseg.losses import build_loss  # noqa: E402
 from medseg.models import create_model  # noqa: E402
+from medseg.runfolder import load_run_config  # noqa: E402
 
 
 def main() -> None:

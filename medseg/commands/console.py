@@ -6,16 +6,19 @@ Reports on disk (HTML, Markdown) are `medseg.report`'s; this module is the termi
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from medseg.doctor.finding import Finding
-from medseg.planning.plan import Plan, show_value
 from medseg.report.comparison import comparison_sections
 from medseg.report.model import Note
 from medseg.report.model import Table as ReportTable
+
+if TYPE_CHECKING:  # the types only: importing them would pull in the training stack for every table
+    from medseg.doctor.finding import Finding
+    from medseg.planning.plan import Plan
 
 
 def print_summary(console: Console, s: dict, title: str = "") -> None:
@@ -71,8 +74,10 @@ def print_tuning(console: Console, result: dict) -> None:
     console.print(f"chosen: {result['reason']}")
 
 
-def print_plan(console: Console, plan: Plan, title: str = "plan") -> None:
+def print_plan(console: Console, plan: "Plan", title: str = "plan") -> None:
     """The plan as a rich table: key, value, set by, reason."""
+    from medseg.planning.plan import show_value  # here: planning imports the training stack, the other tables do not need it
+
     t = Table(title=title, show_lines=False)
     for c in ("key", "value", "set by", "reason"):
         t.add_column(c, overflow="fold")
@@ -91,12 +96,12 @@ def print_plan(console: Console, plan: Plan, title: str = "plan") -> None:
 STYLE = {"serious": "bold red", "warning": "yellow", "info": "cyan"}
 
 
-def fix_text(f: Finding) -> str:
+def fix_text(f: "Finding") -> str:
     value = json.dumps(f.fix_value) if isinstance(f.fix_value, (dict, list)) else str(f.fix_value)
     return f"{f.fix_key} = {value}" if f.fix_key else value
 
 
-def findings_table(findings: list[Finding], title: str = "", caption: str = "") -> Table:
+def findings_table(findings: "list[Finding]", title: str = "", caption: str = "") -> Table:
     """One row per finding: severity and family, then title, evidence, why and the change to make."""
     t = Table(title=title, caption=caption, show_lines=True, expand=True)
     t.add_column("#", justify="right", no_wrap=True)
@@ -112,7 +117,7 @@ def findings_table(findings: list[Finding], title: str = "", caption: str = "") 
     return t
 
 
-def print_findings(console: Console, findings: list[Finding], run_name: str, verdict: str, notes: list[str], contract_text: str = "") -> None:
+def print_findings(console: Console, findings: "list[Finding]", run_name: str, verdict: str, notes: list[str], contract_text: str = "") -> None:
     caption = f"metric contract: {contract_text}" if contract_text else ""
     if findings:
         console.print(findings_table(findings, title=f"medseg doctor: {run_name}", caption=caption))

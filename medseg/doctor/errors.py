@@ -7,8 +7,8 @@ import math
 
 import numpy as np
 
-from medseg.doctor.evidence import RunEvidence, finite
 from medseg.doctor.data import network_stride, round_to_stride
+from medseg.doctor.evidence import RunEvidence, finite
 from medseg.doctor.finding import Finding
 from medseg.losses import DEEP_SUPERVISION_KEY, loss_traits
 

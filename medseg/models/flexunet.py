@@ -4,15 +4,13 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-from torch import nn
-
 from medseg.models.registry import ModelSpec, register_model
 
 BACKBONES = ["resnet18", "resnet34", "resnet50"] + [f"efficientnet-b{i}" for i in range(5)]
 
 
 def _flex(backbone: str):
-    def build(in_channels: int, channels: Optional[Sequence[int]], dropout: float, res_units: int = 2) -> nn.Module:
+    def build(in_channels: int, channels: Optional[Sequence[int]], dropout: float, res_units: int = 2) -> "nn.Module":
         from monai.networks.nets import FlexibleUNet
 
         return FlexibleUNet(

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence, Union
-
-from torch import nn
+from typing import TYPE_CHECKING, Callable, Optional, Sequence, Union
 
 from medseg.errors import MedsegError
+
+if TYPE_CHECKING:  # torch is imported by the factories, so reading the registry (config validation) stays light
+    from torch import nn
 
 
 @dataclass(frozen=True)
@@ -27,7 +28,7 @@ class ModelSpec:
     """
 
     name: str
-    factory: Callable[..., nn.Module]
+    factory: Callable[..., "nn.Module"]
     stride: Union[int, Callable[[Sequence[int]], int]]
     default_channels: Optional[tuple[int, ...]] = None
     encoder_prefixes: tuple[str, ...] = ()
@@ -69,7 +70,7 @@ def get_model_spec(name: str) -> ModelSpec:
     return MODELS[name]
 
 
-def create_model(name: str, in_channels: int, channels: Optional[Sequence[int]] = None, dropout: float = 0.0, res_units: int = 2) -> nn.Module:
+def create_model(name: str, in_channels: int, channels: Optional[Sequence[int]] = None, dropout: float = 0.0, res_units: int = 2) -> "nn.Module":
     """Build a registered network with one output channel (logits).
 
     Args:

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-from torch import nn
-
 from medseg.models.registry import ModelSpec, register_model
 
 BLOCKS_DOWN = (1, 2, 2, 4)  # MONAI's default: three 2x downsamplings
 
 
-def _segresnet(in_channels: int, channels: Optional[Sequence[int]], dropout: float, res_units: int = 2) -> nn.Module:
+def _segresnet(in_channels: int, channels: Optional[Sequence[int]], dropout: float, res_units: int = 2) -> "nn.Module":
     from monai.networks.nets import SegResNet
 
     return SegResNet(spatial_dims=2, in_channels=in_channels, out_channels=1, init_filters=16, blocks_down=BLOCKS_DOWN,

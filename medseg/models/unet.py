@@ -4,15 +4,13 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-from torch import nn
-
 from medseg.models.registry import ModelSpec, register_model
 
 UNET_CHANNELS = (16, 32, 64, 128, 256)
 BASICUNET_FEATURES = (32, 32, 64, 128, 256, 32)
 
 
-def _unet(in_channels: int, channels: Sequence[int], dropout: float, res_units: int = 2) -> nn.Module:
+def _unet(in_channels: int, channels: Sequence[int], dropout: float, res_units: int = 2) -> "nn.Module":
     from monai.networks.nets import UNet
 
     chans = tuple(channels)
@@ -27,7 +25,7 @@ def _unet(in_channels: int, channels: Sequence[int], dropout: float, res_units: 
     )
 
 
-def _basicunet(in_channels: int, channels: Optional[Sequence[int]], dropout: float, res_units: int = 2) -> nn.Module:
+def _basicunet(in_channels: int, channels: Optional[Sequence[int]], dropout: float, res_units: int = 2) -> "nn.Module":
     from monai.networks.nets import BasicUNet
 
     feats = tuple(channels) if channels is not None and len(channels) == 6 else BASICUNET_FEATURES

@@ -4,18 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-from torch import nn
-
 from medseg.errors import MedsegError
 
 
-def load_weights(model: nn.Module, path: Path) -> dict:
+def load_weights(model, path: Path) -> dict:
     """Load a local weights file (plain state_dict or a Lightning checkpoint) into model.
 
     Keys may carry a 'model.' or 'net.' prefix; shapes that do not match (e.g. a first conv
     for another channel count) are skipped and reported. Returns counts for the log.
     """
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise MedsegError(f"config error: model.pretrained: {path}: no such file")

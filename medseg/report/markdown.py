@@ -8,7 +8,6 @@ from medseg.report.model import Figure, Note, Report, Table
 from medseg.runfolder import REPORT_ASSETS as ASSETS
 
 
-
 def _cell(text: str) -> str:
     # a pipe or a newline would end the cell or the row
     return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")

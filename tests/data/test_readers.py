@@ -13,7 +13,6 @@ from PIL import Image
 from medseg.data.readers import read_dicom, read_image_2d, read_volume
 from medseg.errors import MedsegError
 
-
 # ---------------------------------------------------------------- 2D
 
 def test_png_8bit_grey(tmp_path, rng):

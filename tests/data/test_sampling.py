@@ -10,6 +10,7 @@ import pytest
 from numpy.lib.stride_tricks import sliding_window_view
 
 from medseg import runfolder as runfs
+from medseg.commands.fit import fit
 from medseg.config import SamplerConfig, config_from_dict
 from medseg.data.augment import build_augment
 from medseg.data.dataset import SeededSampler, SegDataset
@@ -28,8 +29,6 @@ from medseg.data.sampling import (
     scheduled_target,
 )
 from medseg.errors import MedsegError
-from medseg.commands.fit import fit
-
 from tests.conftest import make_blob_folder, tiny_config
 
 

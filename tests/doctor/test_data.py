@@ -9,7 +9,6 @@ from scipy import stats
 from medseg.data.fingerprint import _q
 from medseg.doctor import data as D
 from medseg.doctor.evidence import intensity_stats, thumbnails
-
 from tests.doctor.conftest import make_evidence
 
 

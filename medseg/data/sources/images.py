@@ -20,9 +20,9 @@ from medseg.data.sources.base import (
     LoadedData,
     Sample,
     SourceSpec,
+    distinct_values,
     finish,
     progress_items,
-    distinct_values,
     register_source,
     require_root,
 )

@@ -22,16 +22,15 @@ from medseg.data.sources.base import (
     LoadedData,
     Sample,
     SourceSpec,
+    distinct_values,
     finish,
     modality_name,
     progress_items,
-    distinct_values,
     register_source,
     require_root,
 )
 from medseg.data.sources.images import PngWriter
 from medseg.errors import MedsegError
-
 
 _DICOM_MODALITY = {"CR": "xray", "DX": "xray", "DR": "xray", "RG": "xray", "CT": "ct", "MR": "mr", "US": "us"}
 

@@ -21,10 +21,10 @@ from medseg.data.sources.base import (
     LoadedData,
     Sample,
     SourceSpec,
+    distinct_values,
     finish,
     modality_name,
     progress_items,
-    distinct_values,
     register_source,
     require_root,
 )

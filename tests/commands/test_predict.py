@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from medseg.commands.fit import fit
+from medseg.commands.predict import predict_run
 from medseg.config import config_from_dict
 from medseg.data.rle import rle_decode
 from medseg.errors import MedsegError
-from medseg.commands.fit import fit
-from medseg.commands.predict import predict_run
 from tests.conftest import make_blob_folder, tiny_config
 from tests.data.conftest import write_dicom
 

@@ -9,13 +9,12 @@ import pytest
 from PIL import Image
 
 from medseg import runfolder as runfs
-from medseg.config import config_from_dict
 from medseg.commands.evaluate import evaluate_run
-from medseg.runfolder import load_run_config
 from medseg.commands.fit import fit
-from medseg.postprocess import PostProcess
-from medseg.runfolder import load_postprocess
 from medseg.commands.predict import predict_run
+from medseg.config import config_from_dict
+from medseg.postprocess import PostProcess
+from medseg.runfolder import load_postprocess, load_run_config
 from tests.conftest import make_blob_folder, tiny_config
 from tests.test_cli import _cli, _one_error_line
 
@@ -43,8 +42,9 @@ def test_fit_tunes_and_evaluate_scores_the_rule_independently(tuned_run):
     # the raw figure stays the contract's and matches the tuning's raw row
     assert summary["dice"] == pytest.approx(saved["raw"]["dice"], abs=1e-9)
     # the post-processed figure, recomputed here from the saved probabilities' rule with numpy
-    from medseg.runfolder import load_network, load_split_part as load_validation
     from medseg.inference import predict_probs
+    from medseg.runfolder import load_network
+    from medseg.runfolder import load_split_part as load_validation
 
     val = load_validation(run, cfg)
     net, _ = load_network(run, cfg, 1)

@@ -12,10 +12,9 @@ import pytest
 import torch
 
 from medseg import runfolder as runfs
-from medseg.config import config_from_dict
 from medseg.commands.evaluate import evaluate_run
 from medseg.commands.fit import fit
-
+from medseg.config import config_from_dict
 from tests.conftest import tiny_config, write_config
 
 

@@ -12,13 +12,12 @@ import torch
 import yaml
 from PIL import Image
 
-from medseg.planning import plan as P
-from medseg.planning.stepcost import StepCost, measure_cost
 from medseg.config import config_from_dict
 from medseg.data import load_data
 from medseg.data.fingerprint import compute_fingerprint
 from medseg.data.split import make_split
-
+from medseg.planning import plan as P
+from medseg.planning.stepcost import StepCost, measure_cost
 from tests.conftest import make_blob_folder, tiny_config, write_config
 
 
@@ -264,8 +263,8 @@ def test_plan_verb_bad_config_is_one_line_exit_2(tmp_path, monkeypatch, capsys):
 
 def test_fit_plans_first_and_writes_plan_json(tmp_path):
     from medseg import runfolder as runfs
-    from medseg.runfolder import load_run_config
     from medseg.commands.fit import fit
+    from medseg.runfolder import load_run_config
 
     data = write_mostly_empty(tmp_path / "d")
     raw = tiny_config(data, tmp_path / "runs", plan={"enabled": True, "measure": False}, train__epochs=1, schedule__warmup_epochs=0.5)
