@@ -22,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 MIXES = {"bce1_dice1": {"bce": 1.0, "dice": 1.0}, "bce3_dice1_focal4": {"bce": 3.0, "dice": 1.0, "focal": 4.0}}
 
 

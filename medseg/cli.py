@@ -101,12 +101,7 @@ def config_cmd(
     set_: list[str] = typer.Option([], "--set", "-s", help=SET_HELP),
 ):
     """Show the config reference, or validate and resolve a config file."""
-    from medseg.config import (
-        dump_config,
-        load_config,
-        reference_markdown,
-        reference_rows,
-    )
+    from medseg.config import dump_config, load_config, reference_markdown, reference_rows
 
     if reference:
         if markdown:

@@ -13,13 +13,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import yaml
-from pydantic import (
-    BaseModel,
-    Field,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from medseg.data.schema import DataConfig, NormalizeConfig, Section, SplitConfig
 from medseg.data.sources import available_sources

@@ -38,25 +38,9 @@ import numpy as np
 from PIL import Image
 
 try:
-    from bench.recipe.common import (
-        TCMALLOC,
-        load_split,
-        log,
-        open_out,
-        read_mask,
-        write_pred,
-        write_stats,
-    )
+    from bench.recipe.common import TCMALLOC, load_split, log, open_out, read_mask, write_pred, write_stats
 except ImportError:  # run as a script: bench/recipe is sys.path[0]
-    from common import (
-        TCMALLOC,
-        load_split,
-        log,
-        open_out,
-        read_mask,
-        write_pred,
-        write_stats,
-    )
+    from common import TCMALLOC, load_split, log, open_out, read_mask, write_pred, write_stats
 
 DATASET_ID = 501
 DATASET = "Dataset501_BUSI256"

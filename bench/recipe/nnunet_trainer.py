@@ -40,9 +40,7 @@ from os.path import join
 
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-from nnunetv2.training.nnUNetTrainer.variants.training_length.nnUNetTrainer_Xepochs import (
-    nnUNetTrainer_1epoch,
-)
+from nnunetv2.training.nnUNetTrainer.variants.training_length.nnUNetTrainer_Xepochs import nnUNetTrainer_1epoch
 
 
 def _env_int(name: str, default: int) -> int:

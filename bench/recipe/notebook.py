@@ -27,25 +27,9 @@ from monai.networks.nets import FlexibleUNet
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
 try:
-    from bench.recipe.common import (
-        load_split,
-        log,
-        open_out,
-        read_grey,
-        read_mask,
-        write_pred,
-        write_stats,
-    )
+    from bench.recipe.common import load_split, log, open_out, read_grey, read_mask, write_pred, write_stats
 except ImportError:  # run as a script: bench/recipe is sys.path[0]
-    from common import (
-        load_split,
-        log,
-        open_out,
-        read_grey,
-        read_mask,
-        write_pred,
-        write_stats,
-    )
+    from common import load_split, log, open_out, read_grey, read_mask, write_pred, write_stats
 
 POS_WEIGHT = 10.0
 BATCH = 4

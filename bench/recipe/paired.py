@@ -21,13 +21,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from bench.recipe.score import score_predictions  # noqa: E402
-from medseg.metrics.paired import (  # noqa: E402
-    A_BETTER,
-    B_BETTER,
-    bootstrap_mean_ci,
-    verdict,
-    wilcoxon_p,
-)
+from medseg.metrics.paired import A_BETTER, B_BETTER, bootstrap_mean_ci, verdict, wilcoxon_p  # noqa: E402
 
 
 def main() -> None:

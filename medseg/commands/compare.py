@@ -22,18 +22,8 @@ from typing import Any, Optional, Sequence
 from medseg import runfolder as runfs
 from medseg.config import read_yaml
 from medseg.errors import MedsegError
-from medseg.metrics.paired import (
-    CI_LEVEL,
-    DEFAULT_ALPHA,
-    DEFAULT_RESAMPLES,
-    paired_comparison,
-)
-from medseg.report.comparison import (
-    IGNORED_CONFIG_KEYS,
-    METRIC_KEYS,
-    to_html,
-    to_markdown,
-)
+from medseg.metrics.paired import CI_LEVEL, DEFAULT_ALPHA, DEFAULT_RESAMPLES, paired_comparison
+from medseg.report.comparison import IGNORED_CONFIG_KEYS, METRIC_KEYS, to_html, to_markdown
 
 PAIRED_METRIC = "dice"
 # Up to this many runs every pair is compared; beyond, each run is compared with the first

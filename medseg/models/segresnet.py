@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 from medseg.models.registry import ModelSpec, register_model
+
+if TYPE_CHECKING:  # the factories import torch (through MONAI) when they build
+    from torch import nn
 
 BLOCKS_DOWN = (1, 2, 2, 4)  # MONAI's default: three 2x downsamplings
 

@@ -28,13 +28,7 @@ import torch
 
 from medseg.config import Config
 from medseg.models import create_model
-from medseg.runtime import (
-    autocast_for,
-    device_name,
-    resolve_precision,
-    synchronize,
-    training_device,
-)
+from medseg.runtime import autocast_for, device_name, resolve_precision, synchronize, training_device
 from medseg.training import SegModule
 
 # The share of memory a batch may use: of the GPU's memory, or of physical RAM on CPU.

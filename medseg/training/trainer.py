@@ -11,26 +11,14 @@ from typing import Callable, Optional
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import (
-    Callback,
-    EarlyStopping,
-    ModelCheckpoint,
-    RichProgressBar,
-    TQDMProgressBar,
-)
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, RichProgressBar, TQDMProgressBar
 from rich.console import Console
 
 from medseg import runfolder as runfs
 from medseg.config import Config
 from medseg.data.arrays import SplitArrays
 from medseg.training import tracking
-from medseg.training.callbacks import (
-    AtomicCheckpointIO,
-    BatchCompositionAudit,
-    ContractValidation,
-    EpochLog,
-    KillSwitch,
-)
+from medseg.training.callbacks import AtomicCheckpointIO, BatchCompositionAudit, ContractValidation, EpochLog, KillSwitch
 
 
 def build_trainer(

@@ -11,12 +11,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from medseg.cli import app
-from medseg.commands.augment_preview import (
-    CELL_PX,
-    HEADER_PX,
-    pick_training_samples,
-    write_augment_preview,
-)
+from medseg.commands.augment_preview import CELL_PX, HEADER_PX, pick_training_samples, write_augment_preview
 from medseg.config import config_from_dict
 from medseg.data.sources import load_data
 from medseg.data.split import make_split

@@ -7,15 +7,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from medseg.data.augment import (
-    GEOMETRIC,
-    INTENSITY,
-    PRESETS,
-    TRANSFORMS,
-    Augmenter,
-    build_augment,
-    clahe,
-)
+from medseg.data.augment import GEOMETRIC, INTENSITY, PRESETS, TRANSFORMS, Augmenter, build_augment, clahe
 from medseg.errors import MedsegError
 
 H = W = 64

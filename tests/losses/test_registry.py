@@ -5,13 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from medseg.errors import MedsegError
-from medseg.losses import (
-    LOSSES,
-    CombinedLoss,
-    build_loss,
-    register_loss,
-    validate_loss_spec,
-)
+from medseg.losses import LOSSES, CombinedLoss, build_loss, register_loss, validate_loss_spec
 from medseg.losses.bce import BCELoss
 from medseg.losses.dice import DiceLoss
 from medseg.losses.focal import FocalLoss

@@ -2,12 +2,7 @@ import numpy as np
 import pytest
 
 from medseg.metrics import MetricContract, case_metrics
-from medseg.metrics.lesions import (
-    label_components,
-    lesion_detection,
-    size_bin,
-    size_bin_names,
-)
+from medseg.metrics.lesions import label_components, lesion_detection, size_bin, size_bin_names
 
 EDGES = [64.0, 1024.0]
 

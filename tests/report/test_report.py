@@ -20,11 +20,7 @@ from medseg.commands.report import report_run
 from medseg.config import config_from_dict
 from medseg.report import build_report
 from medseg.report.context import load_context
-from medseg.report.predictions import (
-    pick_cases,
-    predict_validation,
-    sweep_from_predictions,
-)
+from medseg.report.predictions import pick_cases, predict_validation, sweep_from_predictions
 from tests.conftest import make_blob_folder, tiny_config
 
 CHROMIUM = Path("/usr/bin/chromium")

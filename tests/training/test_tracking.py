@@ -13,13 +13,7 @@ import pytest
 from medseg import runfolder as runfs
 from medseg.commands.fit import fit
 from medseg.config import config_from_dict
-from medseg.training.tracking import (
-    CONTRACT_TAG,
-    TRACKING_JSON,
-    artifact_root,
-    final_metrics,
-    flatten,
-)
+from medseg.training.tracking import CONTRACT_TAG, TRACKING_JSON, artifact_root, final_metrics, flatten
 from tests.conftest import make_blob_folder, tiny_config, write_config
 
 

@@ -14,18 +14,8 @@ import numpy as np
 from medseg.data.preprocess import fg_fraction, normalize, resize_image, resize_mask
 from medseg.data.readers import IMAGE_EXTS, read_image_2d
 from medseg.data.schema import DataConfig
-from medseg.data.sources.base import (
-    BadFiles,
-    Cases,
-    LoadedData,
-    Sample,
-    SourceSpec,
-    distinct_values,
-    finish,
-    progress_items,
-    register_source,
-    require_root,
-)
+from medseg.data.sources.base import BadFiles, Cases, LoadedData, Sample, SourceSpec
+from medseg.data.sources.base import distinct_values, finish, progress_items, register_source, require_root
 from medseg.data.writers import write_png_mask, write_png_prob
 from medseg.errors import MedsegError
 

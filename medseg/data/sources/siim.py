@@ -16,19 +16,8 @@ from medseg.data.preprocess import fg_fraction, normalize, resize_image, resize_
 from medseg.data.readers import read_dicom
 from medseg.data.rle import read_rle_csv, rle_decode, write_rle_csv
 from medseg.data.schema import DataConfig
-from medseg.data.sources.base import (
-    BadFiles,
-    Cases,
-    LoadedData,
-    Sample,
-    SourceSpec,
-    distinct_values,
-    finish,
-    modality_name,
-    progress_items,
-    register_source,
-    require_root,
-)
+from medseg.data.sources.base import BadFiles, Cases, LoadedData, Sample, SourceSpec
+from medseg.data.sources.base import distinct_values, finish, modality_name, progress_items, register_source, require_root
 from medseg.data.sources.images import PngWriter
 from medseg.errors import MedsegError
 

@@ -15,19 +15,8 @@ import numpy as np
 from medseg.data.preprocess import fg_fraction, normalize, resize_image, resize_mask
 from medseg.data.readers import VOLUME_EXTS, read_volume, volume_format, volume_stem
 from medseg.data.schema import DataConfig
-from medseg.data.sources.base import (
-    BadFiles,
-    Cases,
-    LoadedData,
-    Sample,
-    SourceSpec,
-    distinct_values,
-    finish,
-    modality_name,
-    progress_items,
-    register_source,
-    require_root,
-)
+from medseg.data.sources.base import BadFiles, Cases, LoadedData, Sample, SourceSpec
+from medseg.data.sources.base import distinct_values, finish, modality_name, progress_items, register_source, require_root
 from medseg.data.writers import write_volume_like
 from medseg.errors import MedsegError
 
