@@ -136,13 +136,26 @@ def metrics(
 @app.command()
 def demo(
     output_dir: Path = typer.Option(Path("runs"), "--output-dir", help="Where the demo run folder goes."),
-    epochs: int = typer.Option(30, "--epochs", help="Training epochs."),
-    cache: Optional[Path] = typer.Option(None, "--cache", help="Cache folder for the downloaded data (default ~/.cache/medseg)."),
+    minutes: float = typer.Option(3.0, "--minutes", help="Training budget in minutes (the plan sets epochs and batch size from it)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="The demo data folder (default: demo_data/busi of the repository)."),
+    volumes: bool = typer.Option(False, "--volumes", help="Instead: the 2.5D CT/MR volume demo on the pyradiomics 3.0.1 volumes (downloaded)."),
+    epochs: int = typer.Option(30, "--epochs", help="--volumes: training epochs."),
+    cache: Optional[Path] = typer.Option(None, "--cache", help="--volumes: cache folder for the downloaded data (default ~/.cache/medseg)."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="Hide progress bars."),
 ):
-    """Download the pyradiomics 3.0.1 volumes, train a 2.5D model on CPU, evaluate, predict, summarise."""
+    """Train the default recipe on the BUSI ultrasound subset in the repository, score its held-out images, report, summarise.
+
+    With --volumes: download the pyradiomics 3.0.1 CT/MR volumes and run the 2.5D pipeline end to end
+    (three training volumes: a pipeline demonstration, not a useful model).
+    """
+    if volumes:
+        from medseg.commands.demo_volumes import run_volume_demo
+
+        run_volume_demo(output_dir=output_dir, epochs=epochs, cache=cache, console=console)
+        return
     from medseg.commands.demo import run_demo
 
-    run_demo(output_dir=output_dir, epochs=epochs, cache=cache, console=console)
+    run_demo(output_dir=output_dir, minutes=minutes, data=data, console=console, progress=not no_progress)
 
 
 @app.command()
