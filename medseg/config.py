@@ -8,6 +8,7 @@ schema as the config reference (docs/CONFIG.md is generated from it).
 from __future__ import annotations
 
 import difflib
+import re
 import typing
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
@@ -40,7 +41,12 @@ class ModelConfig(Section):
     res_units: int = Field(2, ge=0, le=4, description="unet: residual units per level (0: plain convolutions).")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout probability inside the network.")
     pretrained: Optional[Path] = Field(
-        None, description="Local weights file (state_dict or Lightning checkpoint) loaded before training."
+        None, description="Local weights file (state_dict or Lightning checkpoint) loaded before training; only tensors "
+        "and plain containers are read from it (nothing is unpickled)."
+    )
+    pretrained_min_share: float = Field(
+        0.5, ge=0.0, le=1.0, description="model.pretrained must fill at least this share of the network's tensors "
+        "(by name and shape), else it is refused as made for another network.",
     )
 
     @field_validator("name")
@@ -136,7 +142,7 @@ class TrainConfig(Section):
         "has AVX512-BF16 or AMX, else 32.",
     )
     accelerator: Literal["auto", "cpu", "gpu"] = Field("auto", description="Lightning accelerator.")
-    devices: Union[int, str] = Field(1, description="Devices per node (int, or 'auto'); use torchrun for multi-node DDP.")
+    devices: Union[int, Literal["auto"]] = Field(1, description="Devices per node: a number >= 1, or 'auto'; use torchrun for multi-node DDP.")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes (0: load in the main process).")
     monitor: Literal["dice", "iou", "loss"] = Field(
         "dice", description="Validation quantity that picks the best checkpoint and drives early stopping (hard, per the contract)."
@@ -152,6 +158,20 @@ class TrainConfig(Section):
         description="Training time budget; with plan.enabled the plan sets train.epochs from the measured (or estimated) "
         "seconds per epoch, validation included. null: train.epochs as given.",
     )
+
+
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _precision_text(cls, v):
+        # YAML reads `precision: 32` as a number; it means the same as '32'
+        return str(v) if isinstance(v, int) and not isinstance(v, bool) else v
+
+    @field_validator("devices")
+    @classmethod
+    def _devices(cls, v):
+        if isinstance(v, int) and (isinstance(v, bool) or v < 1):
+            raise ValueError("must be a number of devices >= 1, or 'auto'")
+        return v
 
 
 class PlanConfig(Section):
@@ -246,7 +266,10 @@ class PostprocessConfig(Section):
 class Config(Section):
     """A medseg run: data, split, model, loss, optimiser, schedule, augmentation, training, evaluation."""
 
-    name: str = Field("run", description="Run name; the run folder is <output_dir>/<name>[-N] and never overwritten.")
+    name: str = Field(
+        "run", description="Run name: one folder name (letters, digits, '.', '_', '-'); the run folder is "
+        "<output_dir>/<name>[-N] and never overwritten.",
+    )
     output_dir: Path = Field(Path("runs"), description="Folder that holds run folders.")
     seed: int = Field(0, description="Global seed (initialisation, sampling, augmentation, split).")
     data: DataConfig = Field(default_factory=DataConfig, description="Where the data is and how it is read.")
@@ -272,6 +295,15 @@ class Config(Section):
         "`medseg[mlflow]`; params, per-epoch and final metrics, the report as artifacts; see tracking.*), or none.",
     )
     tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="Where track: mlflow logs.")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v):
+        # the run folder must stay inside output_dir: one path component, nothing a shell or a filesystem reads specially
+        if not v or v in (".", "..") or not re.fullmatch(r"[A-Za-z0-9_.][A-Za-z0-9_.\-]*", v) or len(v) > 128:
+            raise ValueError("must be one folder name of letters, digits, '.', '_' and '-' (not starting with '-', "
+                             "not '.' or '..', at most 128 characters)")
+        return v
 
     @field_validator("loss")
     @classmethod
@@ -315,9 +347,13 @@ class Config(Section):
 # Loading, overrides, one-line errors
 
 
+_UNION_TAG = re.compile(r"^(float|int|str|bool|(dict|list|tuple|literal|function-\w+)\[.*\])$")
+
+
 def _format_error(err: ValidationError, raw: dict) -> str:
     e = err.errors()[0]
-    loc = ".".join(str(p) for p in e["loc"] if not isinstance(p, int) or True)
+    # pydantic names the member of a Union it tried (`loss.bce.float`): the key is what the user wrote
+    loc = ".".join(str(p) for p in e["loc"] if not _UNION_TAG.match(str(p)))
     msg = e["msg"]
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, "):]
@@ -405,7 +441,11 @@ def read_yaml(path: Path) -> dict:
     if not path.is_file():
         raise MedsegError(f"config error: {path}: no such file")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as e:
+        raise MedsegError(f"config error: {path}: not UTF-8 text (byte {e.start})") from None
+    except OSError as e:
+        raise MedsegError(f"config error: {path}: cannot be read ({e.strerror or type(e).__name__})") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""

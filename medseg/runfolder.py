@@ -1,7 +1,7 @@
 """The run folder: the contract every verb reads, and the one module that knows its file names.
 
 runs/NAME/
-  config.yaml  state.json  fingerprint.json  plan.json  split.json  bad_files.json
+  config.yaml  state.json  fingerprint.json  plan.json  split.json  bad_files.json  data_hashes.json
   metrics/epochs.csv  metrics/cases.csv  metrics/volumes.csv  metrics/summary.json
   metrics/cases_postprocessed.csv  metrics/threshold_sweep.{json,csv}
   checkpoints/best.ckpt  checkpoints/last.ckpt
@@ -32,6 +32,7 @@ from medseg.data import load_data
 from medseg.data.arrays import SplitArrays, stack_part
 from medseg.errors import MedsegError
 from medseg.models import create_model
+from medseg.models.weights import load_torch_file
 from medseg.postprocess import PostProcess
 
 RUN_VERSION = 1
@@ -42,6 +43,7 @@ FINGERPRINT = "fingerprint.json"
 PLAN = "plan.json"
 SPLIT = "split.json"
 BAD_FILES = "bad_files.json"
+DATA_HASHES = "data_hashes.json"
 POSTPROCESS = "postprocess.json"
 POSTPROCESS_CSV = "postprocess.csv"
 TRACKING = "tracking.json"
@@ -73,6 +75,7 @@ SWEEP = f"{METRICS}/{SWEEP_NAME}"
 def create_run(output_dir: Path, name: str) -> Path:
     """Make a new run folder; an existing one is never reused (name-2, name-3, ...)."""
     output_dir = Path(output_dir)
+    check_output_dir(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     for i in range(1, 10_000):
         path = output_dir / (name if i == 1 else f"{name}-{i}")
@@ -84,6 +87,19 @@ def create_run(output_dir: Path, name: str) -> Path:
             (path / sub).mkdir()
         return path
     raise MedsegError(f"output_dir: {output_dir}: too many runs named '{name}'")
+
+
+def check_output_dir(output_dir: Path, key: str = "output_dir") -> None:
+    """Refuse, before anything is written, an output folder that is a file, lies under a file, or cannot be written."""
+    output_dir = Path(output_dir)
+    for p in (output_dir, *output_dir.parents):
+        if p.exists():
+            if not p.is_dir():
+                what = "is a file" if p == output_dir else f"lies under the file {p}"
+                raise MedsegError(f"{key}: {output_dir} {what}, not a folder")
+            if not os.access(p, os.W_OK | os.X_OK):
+                raise MedsegError(f"{key}: {output_dir}: {p} is not writable")
+            return
 
 
 def open_run(path: Path) -> Path:
@@ -173,9 +189,33 @@ def load_run_config(run_dir: Path) -> Config:
     return config_from_dict(read_yaml(Path(run_dir) / CONFIG), Path(run_dir))
 
 
+STATE_KEYS = {"in_channels": int, "precision": str}
+
+
 def load_state(run_dir: Path) -> dict:
-    """state.json: precision, in_channels, versions, machine."""
-    return read_json(Path(run_dir) / STATE)
+    """state.json: precision, in_channels, versions, machine; the keys the verbs need are checked."""
+    path = Path(run_dir) / STATE
+    state = read_json(path)
+    if not isinstance(state, dict):
+        raise MedsegError(f"{path}: not a JSON object")
+    for key, kind in STATE_KEYS.items():
+        if not isinstance(state.get(key), kind) or isinstance(state.get(key), bool):
+            raise MedsegError(f"{path}: '{key}' missing or not a {kind.__name__} (the run folder is damaged)")
+    return state
+
+
+def is_finished(run_dir: Path, state: Optional[dict] = None) -> bool:
+    """The run's fit completed (state.json finished; runs from before the flag: their summary exists)."""
+    state = optional_dict(Path(run_dir) / STATE) if state is None else state
+    return bool(state.get("finished", (Path(run_dir) / SUMMARY).is_file()))
+
+
+def check_checkpoint(path: Path) -> dict:
+    """A checkpoint read safely (tensors and plain containers only) that holds a state_dict; one line otherwise."""
+    ckpt = load_torch_file(path, "checkpoint")
+    if not isinstance(ckpt.get("state_dict"), dict) or not any(k.startswith("net.") for k in ckpt["state_dict"]):
+        raise MedsegError(f"checkpoint: {path}: no network weights (no 'state_dict' with 'net.' tensors)")
+    return ckpt
 
 
 def load_network(run_dir: Path, cfg: Config, in_channels: int, which: str = BEST_CKPT) -> tuple:
@@ -185,13 +225,14 @@ def load_network(run_dir: Path, cfg: Config, in_channels: int, which: str = BEST
     path = Path(run_dir) / which
     if not path.is_file():
         raise MedsegError(f"{path}: no checkpoint (did training finish an epoch?)")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # noqa: BLE001
-        raise MedsegError(f"{path}: unreadable checkpoint ({type(e).__name__})") from None
+    ckpt = check_checkpoint(path)
     net = create_model(cfg.model.name, in_channels, cfg.model.channels, cfg.model.dropout, cfg.model.res_units)
     state = {k[len("net."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
-    net.load_state_dict(state)
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as e:
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise MedsegError(f"checkpoint: {path}: does not fit the run's network '{cfg.model.name}' ({first[:150]})") from None
     if cfg.train.channels_last:
         net = net.to(memory_format=torch.channels_last)
     net.eval()

@@ -99,6 +99,19 @@ def resolve_precision(requested: str, accelerator: str) -> str:
     return "32-true"
 
 
+def check_accelerator(cfg) -> None:
+    """Refuse, before anything is written, an accelerator or device count this machine does not have."""
+    if cfg.train.accelerator != "gpu":
+        return
+    import torch
+
+    if not cuda_available():
+        raise MedsegError("config error: train.accelerator: 'gpu' but no CUDA GPU is visible here; use 'auto' or 'cpu'")
+    n = torch.cuda.device_count()
+    if isinstance(cfg.train.devices, int) and cfg.train.devices > n:
+        raise MedsegError(f"config error: train.devices: {cfg.train.devices} GPUs asked for, {n} visible")
+
+
 def training_device(cfg) -> str:
     """'gpu' when fit will train on CUDA, else 'cpu'."""
     return "gpu" if cfg.train.accelerator != "cpu" and cuda_available() else "cpu"

@@ -30,6 +30,7 @@ def evaluate_run(
     loaded=None,
     progress: bool = True,
     part: str = "val",
+    own: bool = False,
 ) -> dict:
     """Score the best checkpoint on the run's validation cases (or on another dataset).
 
@@ -40,18 +41,22 @@ def evaluate_run(
         sweep: also sweep the threshold 0.05..0.95 and save the curve.
         console: where to print.
         val / loaded: arrays already in memory (fit passes them to skip reloading).
-        part: which cases of the run's split to score: 'val' (the default) or 'test'; test
-            results go to runs/NAME/evaluations/test[-N]/.
+        part: which cases of the run's split to score: 'val' (the default) or 'test'.
+        own: write the run's own metrics/ (fit's final evaluation); otherwise results go to
+            a new runs/NAME/evaluations/<val|test|data stem>[-N]/ and the run's files stay as they are.
     """
     console = console or Console(stderr=True)
     run_dir = runfs.open_run(run_dir)
     cfg = runfs.load_run_config(run_dir)
     state = runfs.load_state(run_dir)
     contract = cfg.eval.contract
-    out_dir = run_dir / runfs.METRICS
+    if own and (data_config is not None or part != "val" or runfs.is_finished(run_dir, state)):
+        raise MedsegError(f"{run_dir}: only fit writes a run's own metrics, on its validation cases, before the run finishes")
     if data_config is not None:
         raw = read_yaml(Path(data_config))
         data_raw = raw.get("data", raw)
+        if not isinstance(data_raw, dict):
+            raise MedsegError(f"{data_config}: 'data' must be a mapping of data keys (source, root, ...), got {type(data_raw).__name__}")
         merged = cfg.model_dump(mode="json")
         merged["data"] = {**merged["data"], **data_raw}
         other = config_from_dict(merged, Path(data_config).resolve().parent)
@@ -59,13 +64,14 @@ def evaluate_run(
         if loaded.in_channels != state["in_channels"]:
             raise MedsegError(f"{data_config}: data has {loaded.in_channels} channels, the model expects {state['in_channels']}")
         val = stack_part(loaded, sorted({s.case_id for s in loaded.samples}))
-        out_dir = runfs.create_evaluation(run_dir, Path(data_config).stem)
-    elif part != "val":
+    elif part != "val" or val is None:
         val = runfs.load_split_part(run_dir, cfg, part=part, loaded=loaded, progress=progress)
-        out_dir = runfs.create_evaluation(run_dir, part)
-    elif val is None:
-        val = runfs.load_split_part(run_dir, cfg, progress=progress)
     net, info = runfs.load_network(run_dir, cfg, state["in_channels"])
+    # only now, with the data and the checkpoint known good, is anything written
+    if own:
+        out_dir = run_dir / runfs.METRICS
+    else:
+        out_dir = runfs.create_evaluation(run_dir, Path(data_config).stem if data_config is not None else part)
     probs = run_probs(net, val.images, cfg, state)
     scores = score_validation(probs, val.masks, val.meta, contract, surface=True)
     summary = dict(scores.summary)

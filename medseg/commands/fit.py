@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
 
@@ -20,13 +21,13 @@ from medseg.commands.report import report_run
 from medseg.commands.tune import tune_run
 from medseg.config import Config, config_from_dict, dump_config, read_yaml
 from medseg.data import load_data
-from medseg.data.arrays import stack_part
+from medseg.data.arrays import combined_hash, describe_changes, sample_hashes, stack_part
 from medseg.data.fingerprint import compute_fingerprint
 from medseg.data.sampling import check_sampler_pool, describe_sampler
 from medseg.data.split import make_split, save_split
 from medseg.errors import MedsegError
 from medseg.planning import plan_run
-from medseg.runtime import machine_description, resolve_precision, tcmalloc_active
+from medseg.runtime import check_accelerator, machine_description, resolve_precision, tcmalloc_active
 from medseg.training import SegDataModule, SegModule, build_trainer, tracking
 
 
@@ -46,8 +47,47 @@ def _setup_logging(run_dir: Path) -> logging.Logger:
     return log
 
 
+def _open_for_resume(resume: Path, console: Console) -> tuple[Path, Config, dict]:
+    """The run to continue, its config and state; refused in one line if it finished or its checkpoint is unusable."""
+    run_dir = runfs.open_run(resume)
+    cfg = config_from_dict(read_yaml(run_dir / runfs.CONFIG), run_dir)
+    state = runfs.optional_dict(run_dir / runfs.STATE)
+    if runfs.is_finished(run_dir, state):
+        raise MedsegError(
+            f"{run_dir}: the run finished ({runfs.STATE} finished: true) and a finished run is never changed; to train "
+            f"longer, start a new run from its config: medseg fit {run_dir / runfs.CONFIG} --set train.epochs=N"
+        )
+    last = run_dir / runfs.LAST_CKPT
+    if last.is_file():
+        runfs.check_checkpoint(last)  # a truncated or foreign last.ckpt: refuse now, before anything is written
+    else:
+        console.print(f"[yellow]{run_dir}: no last checkpoint yet; starting its training from the beginning")
+    return run_dir, cfg, state
+
+
+def _check_same_data(run_dir: Path, split: dict, hashes: dict[str, str]) -> None:
+    """A resumed run must see the split and the data it started with; one line naming what changed otherwise."""
+    saved = runfs.read_json(run_dir / runfs.SPLIT)
+    for part in ("train", "val", "test"):
+        if sorted(saved.get(part) or []) != sorted(split.get(part) or []):
+            moved = sorted(set(saved.get(part) or []) ^ set(split.get(part) or []))
+            raise MedsegError(
+                f"{run_dir / runfs.SPLIT}: the '{part}' cases computed from the data now differ from the run's "
+                f"({len(moved)} cases, e.g. '{moved[0]}'); the data or split changed since the run started, so it cannot resume"
+            )
+    before = runfs.optional_dict(run_dir / runfs.DATA_HASHES)
+    if before and before != hashes:
+        raise MedsegError(
+            f"{run_dir}: the training and validation data changed since the run started ({describe_changes(before, hashes)}; "
+            f"{runfs.DATA_HASHES}), so it cannot resume; start a new run"
+        )
+
+
 def fit(cfg: Optional[Config] = None, resume: Optional[Path] = None, console: Optional[Console] = None, progress: bool = True) -> Path:
     """Train a model; returns the run folder.
+
+    Everything that can fail on the user's input (config values, devices, data, split, pretrained
+    weights, a resumed run's checkpoint and data) fails before anything is written.
 
     Args:
         cfg: the validated config (ignored when resuming: the run's saved config is used).
@@ -56,13 +96,14 @@ def fit(cfg: Optional[Config] = None, resume: Optional[Path] = None, console: Op
         progress: show progress bars.
     """
     console = console or Console(stderr=True)
+    saved_state: dict = {}
     if resume is not None:
-        run_dir = runfs.open_run(resume)
-        cfg = config_from_dict(read_yaml(run_dir / runfs.CONFIG), run_dir)
-        if not (run_dir / runfs.LAST_CKPT).is_file():
-            console.print(f"[yellow]{run_dir}: no last checkpoint yet; starting its training from the beginning")
+        run_dir, cfg, saved_state = _open_for_resume(resume, console)
     assert cfg is not None
+    if resume is None:
+        runfs.check_output_dir(cfg.output_dir)
     tracking.require_backend(cfg)  # a missing optional extra fails before any run folder exists
+    check_accelerator(cfg)
     precision = resolve_precision(cfg.train.precision, cfg.train.accelerator)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
@@ -80,7 +121,13 @@ def fit(cfg: Optional[Config] = None, resume: Optional[Path] = None, console: Op
     if len(train.images) == 0 or len(val.images) == 0:
         raise MedsegError("split: the training or validation set has no images")
     check_sampler_pool(cfg.sampler, cfg.train.epochs, train.masks)
+    hashes = sample_hashes(train, val)
+    if resume is not None:
+        _check_same_data(run_dir, split, hashes)
     fingerprint = planned.fingerprint if planned else compute_fingerprint(loaded, split)
+    pos_fraction = float(train.masks.mean())
+    data = SegDataModule(cfg, train)
+    module = SegModule(cfg, loaded.in_channels, pos_fraction, data.steps_per_epoch, precision)  # loads model.pretrained
 
     if resume is None:
         run_dir = runfs.create_run(cfg.output_dir, cfg.name)
@@ -90,8 +137,8 @@ def fit(cfg: Optional[Config] = None, resume: Optional[Path] = None, console: Op
             runfs.write_json(run_dir / runfs.PLAN, planned.plan.to_json())
         save_split(split, run_dir / runfs.SPLIT, cfg.split, cfg.seed)
         runfs.write_json(run_dir / runfs.BAD_FILES, loaded.bad)
+        runfs.write_json(run_dir / runfs.DATA_HASHES, hashes)
     log = _setup_logging(run_dir)
-    pos_fraction = float(train.masks.mean())
     state = {
         "run_version": runfs.RUN_VERSION,
         "medseg_version": medseg.__version__,
@@ -105,8 +152,17 @@ def fit(cfg: Optional[Config] = None, resume: Optional[Path] = None, console: Op
         "machine": machine_description(),
         "tcmalloc": tcmalloc_active(),
         "channels_last": cfg.train.channels_last,
+        "data_hash": combined_hash(hashes),
+        "finished": False,
+        **({"started": saved_state["started"]} if "started" in saved_state else {"started": _now()}),
     }
     runfs.write_json(run_dir / runfs.STATE, state)
+    if getattr(module, "pretrained_info", None):
+        info = module.pretrained_info
+        log.info("model.pretrained: %d tensors loaded (%.0f%% of the network), %d skipped for their shape",
+                 info["loaded"], 100 * info["share"], len(info["skipped_shape"]))
+        console.print(f"model.pretrained: {info['loaded']} tensors loaded ({info['share']:.0%} of the network), "
+                      f"{len(info['skipped_shape'])} skipped for their shape")
     if loaded.bad:
         log.warning("skipped %d bad files (bad_files.json)", len(loaded.bad))
         console.print(f"[yellow]skipped {len(loaded.bad)} bad files, listed in {run_dir / runfs.BAD_FILES}")
@@ -122,23 +178,29 @@ def fit(cfg: Optional[Config] = None, resume: Optional[Path] = None, console: Op
         log.warning(message)
         console.print(f"[yellow]WARNING {escape(message)}")
 
-    data = SegDataModule(cfg, train)
-    module = SegModule(cfg, loaded.in_channels, pos_fraction, data.steps_per_epoch, precision)
     trainer = build_trainer(cfg, run_dir, precision, val, data.micro_batches, console, progress, warn)
     last = run_dir / runfs.LAST_CKPT
+    ckpt = str(last) if resume is not None and last.is_file() else None
+    if ckpt:
+        log.info("resuming from %s", runfs.LAST_CKPT)
     t0 = time.time()
-    trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume is not None and last.is_file() else None)
+    trainer.fit(module, datamodule=data, ckpt_path=ckpt, weights_only=True)
     log.info("training finished in %.1f s", time.time() - t0)
     if not trainer.is_global_zero:
         return run_dir
 
     if cfg.postprocess.tune and not (run_dir / runfs.POSTPROCESS).exists():
         tune_run(run_dir, console=console, val=val)
-    evaluate_run(run_dir, console=console, val=val, loaded=loaded)
+    evaluate_run(run_dir, console=console, val=val, loaded=loaded, own=True)
     try:
         report_run(run_dir, val=val, console=console, loaded=loaded)
     except Exception as e:  # noqa: BLE001 — the report is derived (`medseg report` rewrites it); never fail a finished fit
         log.warning("report not written: %s: %s", type(e).__name__, e, exc_info=True)
         console.print(f"[yellow]report not written ({type(e).__name__}: {e}); retry with: medseg report {run_dir}")
     tracking.finish(cfg, run_dir, console)  # after the report, which it uploads
+    runfs.write_json(run_dir / runfs.STATE, {**state, "finished": True, "finished_at": _now()})
     return run_dir
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")

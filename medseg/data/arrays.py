@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,3 +45,37 @@ def stack_part(loaded: LoadedData, case_ids: list[str]) -> SplitArrays:
             m["volume_spacing"] = [z, r / sy, c / sx]
         meta.append(m)
     return SplitArrays(images, masks, meta)
+
+
+def sample_hashes(*parts: SplitArrays) -> dict[str, str]:
+    """{sample id: a short content hash of its network input and mask}: what a run was trained and validated on.
+
+    Content, not file names or times: a dataset copied to another machine is the same data; a
+    re-exported image, a changed mask or a new preprocessing is not.
+    """
+    out = {}
+    for part in parts:
+        for img, mask, meta in zip(part.images, part.masks, part.meta):
+            h = hashlib.sha256(np.ascontiguousarray(img, dtype=np.float32).tobytes())
+            h.update(np.ascontiguousarray(mask, dtype=np.uint8).tobytes())
+            out[meta["sample_id"]] = h.hexdigest()[:16]
+    return out
+
+
+def combined_hash(hashes: dict[str, str]) -> str:
+    """One hash of all samples (ids and contents), order-independent."""
+    h = hashlib.sha256()
+    for sid in sorted(hashes):
+        h.update(f"{sid}:{hashes[sid]};".encode())
+    return h.hexdigest()[:32]
+
+
+def describe_changes(before: dict[str, str], now: dict[str, str], limit: int = 3) -> str:
+    """'2 samples changed (a, b), 1 added (c), 0 removed' for the one-line refusal of a resume."""
+    changed = sorted(k for k in before.keys() & now.keys() if before[k] != now[k])
+    added, removed = sorted(now.keys() - before.keys()), sorted(before.keys() - now.keys())
+    parts = []
+    for n, ids in (("changed", changed), ("added", added), ("removed", removed)):
+        if ids:
+            parts.append(f"{len(ids)} {n} ({', '.join(ids[:limit])}{', ...' if len(ids) > limit else ''})")
+    return "; ".join(parts) or "no sample differs"

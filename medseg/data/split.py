@@ -59,10 +59,16 @@ def _from_file(path: Path, cases: list[str]) -> dict[str, list[str]]:
         raw = json.loads(Path(path).read_text())
     except FileNotFoundError:
         raise MedsegError(f"split.file: {path}: no such file") from None
+    except IsADirectoryError:
+        raise MedsegError(f"split.file: {path}: is a folder, not a JSON file") from None
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise MedsegError(f"split.file: {path}: not valid JSON") from None
     if not isinstance(raw, dict) or "train" not in raw:
         raise MedsegError(f"split.file: {path}: needs a 'train' list and 'val' (or 'test') list")
+    for part in ("train", "val", "test"):
+        ids = raw.get(part)
+        if ids is not None and (not isinstance(ids, list) or not all(isinstance(c, str) for c in ids)):
+            raise MedsegError(f"split.file: {path}: '{part}' must be a list of case ids (strings)")
     train = list(raw["train"])
     if "val" in raw:
         val, test = list(raw["val"]), list(raw.get("test", []))

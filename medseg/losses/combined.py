@@ -59,8 +59,8 @@ def validate_loss_spec(spec: dict) -> None:
                 f"loss.{name}: unknown loss" + (f" (did you mean '{hint[0]}'?)" if hint else "") + f"; choose from {', '.join(sorted(LOSSES))}"
             )
         weight, params = _split_term(name, value)
-        if weight < 0 or weight != weight:
-            raise ValueError(f"loss.{name}: weight must be >= 0")
+        if not weight >= 0 or weight == float("inf"):
+            raise ValueError(f"loss.{name}: weight must be >= 0 and finite (got {weight!r})")
         try:
             LOSSES[name](**_resolve_params(params, 0.01))
         except (TypeError, ValueError) as e:

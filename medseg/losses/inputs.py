@@ -48,8 +48,8 @@ def check_number(name: str, value, low: float = 0.0, high: float | None = None, 
         low, high: allowed range (high=None: unbounded).
         low_inclusive: whether `low` itself is allowed.
     """
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
-        raise ValueError(f"{name} must be a number (got {value!r})")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or value in (float("inf"), float("-inf")):
+        raise ValueError(f"{name} must be a finite number (got {value!r})")
     ok_low = value >= low if low_inclusive else value > low
     if not ok_low or (high is not None and value > high):
         rng = f"{'[' if low_inclusive else '('}{low:g}, {'inf)' if high is None else f'{high:g}]'}"

@@ -21,7 +21,7 @@ METRICS_VERSION = 1
 class MetricContract(BaseModel):
     """How predictions are turned into reported metrics."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     kind: Literal["hard", "soft"] = Field(
         "hard", description="hard: threshold probabilities first; soft: use probabilities (monitoring only)."

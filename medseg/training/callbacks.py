@@ -163,7 +163,10 @@ class KillSwitch(Callback):
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Write checkpoints to a temporary file and rename, so a kill never leaves half a file."""
+    """Write checkpoints to a temporary file and rename, so a kill never leaves half a file; read them without unpickling code."""
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None):
+        return super().load_checkpoint(path, map_location=lambda storage, loc: storage, weights_only=True)
 
     def save_checkpoint(self, checkpoint, path, storage_options=None):
         path = str(path)

@@ -73,6 +73,9 @@ def test_mlflow_run_mirrors_the_run_folder_and_resume_continues_it(tmp_path, mon
     assert not (tmp_path / "mlruns").exists() and not (tmp_path / "mlartifacts").exists()
 
     # resume: the same MLflow run, no second run, params not duplicated, per-epoch history not repeated
+    # a run killed before it finished (a finished run refuses to resume): its resume continues the MLflow run
+    state = runfs.read_json(run_dir / runfs.STATE)
+    runfs.write_json(run_dir / runfs.STATE, {**state, "finished": False})
     assert fit(None, resume=run_dir, progress=False) == run_dir
     assert runfs.read_json(run_dir / TRACKING_JSON)["run_id"] == run.info.run_id
     runs = client.search_runs([run.info.experiment_id])
