@@ -281,7 +281,7 @@ def entry() -> None:
 
 def main() -> None:
     try:
-        app()
+        app(prog_name="medseg")  # also when re-executed as `python -m medseg.cli` for tcmalloc
     except MedsegError as e:
         msg = " ".join(str(e).split())  # one line, always
         # escaped: a message may hold brackets (pip install 'medseg[mlflow]') that rich would read as markup

@@ -47,6 +47,22 @@ def _setup_logging(run_dir: Path) -> logging.Logger:
     return log
 
 
+def data_notes(fingerprint: dict, train) -> list[tuple[int, str]]:
+    """(log level, one line) for each thing the data does that the user should know before trusting the run."""
+    out = []
+    b = fingerprint.get("mask_binarisation") or {}
+    values = fingerprint.get("raw_mask_values") or []
+    if b.get("n_half_max"):
+        out.append((logging.WARNING, f"{b['n_half_max']} of {b['n_masks']} masks are 8-bit with values between 0 and their "
+                    f"maximum ({b['n_pixels_between']} such pixels, e.g. JPEG noise): foreground where >= half the maximum"))
+    elif not fingerprint.get("mask_values_binary01", True):
+        shown = ", ".join(str(v) for v in values[:8]) + (", ..." if len(values) > 8 else "")
+        out.append((logging.INFO, f"mask values seen: {shown} — anything > 0 is treated as foreground"))
+    if len(train.masks) and not train.masks.any():
+        out.append((logging.WARNING, "every training mask is empty: the network can only learn to predict nothing (check data.masks_dir)"))
+    return out
+
+
 def _open_for_resume(resume: Path, console: Console) -> tuple[Path, Config, dict]:
     """The run to continue, its config and state; refused in one line if it finished or its checkpoint is unusable."""
     run_dir = runfs.open_run(resume)
@@ -166,8 +182,9 @@ def fit(cfg: Optional[Config] = None, resume: Optional[Path] = None, console: Op
     if loaded.bad:
         log.warning("skipped %d bad files (bad_files.json)", len(loaded.bad))
         console.print(f"[yellow]skipped {len(loaded.bad)} bad files, listed in {run_dir / runfs.BAD_FILES}")
-    if not fingerprint.get("mask_values_binary01", True):
-        console.print(f"[yellow]mask values seen: {fingerprint['raw_mask_values']} — anything > 0 is treated as foreground")
+    for level, line in data_notes(fingerprint, train):
+        log.log(level, line)
+        console.print(f"[yellow]{escape(line)}")
     log.info("run %s: %d train / %d val images, precision %s, tcmalloc %s, channels_last %s", run_dir, len(train.images),
              len(val.images), precision, "on" if state["tcmalloc"] else "off (install libtcmalloc-minimal4 for ~30% faster CPU steps)",
              cfg.train.channels_last)

@@ -241,6 +241,17 @@ def original_statistics(loaded, split: Optional[dict] = None) -> dict:
 # The fingerprint
 
 
+def _binarisation(samples) -> dict:
+    """How stored masks became binary: 'value > 0', or for noisy 8-bit masks '>= half the maximum', with counts."""
+    rules = [s.meta.get("mask_rule") for s in samples if s.meta.get("mask_path")]
+    noisy = [r for r in rules if r]
+    out = {"rule": "value > 0", "n_masks": len(rules), "n_half_max": len(noisy)}
+    if noisy:
+        out.update(rule="value > 0; 8-bit masks with values between 0 and their maximum (>= 128): value >= half the maximum",
+                   n_pixels_between=int(sum(r["n_pixels_between"] for r in noisy)))
+    return out
+
+
 def _spacing_q(spacings: list, axis: int) -> Optional[dict]:
     return _q([s[axis] for s in spacings]) if spacings else None
 
@@ -289,6 +300,7 @@ def compute_fingerprint(loaded, split: Optional[dict] = None, original: Optional
         "normalised_intensity_std": stats["normalised_intensity_std"],
         "raw_mask_values": [float(v) if not float(v).is_integer() else int(v) for v in loaded.mask_values],
         "mask_values_binary01": set(loaded.mask_values) <= {0, 1},
+        "mask_binarisation": _binarisation(samples),
         "empty_image_fraction": stats["empty_image_fraction"],
         "foreground_fraction_positive": stats["foreground_fraction_positive"],
         "foreground_fraction_all_pixels": stats["foreground_fraction_all_pixels"],

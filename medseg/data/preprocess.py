@@ -267,6 +267,35 @@ def to_original(prob: np.ndarray, resize_info: dict) -> np.ndarray:
     return _resize_hwc(content, (H, W)).astype(np.float32, copy=False)
 
 
+# an 8-bit mask this bright but not purely 0/255 is a 0/255 mask with noise (JPEG, antialiased edges)
+HALF_MAX_FROM = 128
+
+
+def binarize_mask(mask: np.ndarray) -> tuple[np.ndarray, Optional[dict]]:
+    """The boolean mask of a stored 2D mask, and the rule used when it was not a plain 0/1 or 0/255 mask.
+
+    Plain masks ({0, 1}, {0, 255}) and label masks (8-bit with a maximum below 128, e.g. classes
+    1, 2, 3) are foreground where > 0. An 8-bit mask reaching 128 or more with other values
+    (JPEG compression noise, antialiased edges) is foreground where >= half its maximum:
+    counting every value > 0 there turns the noise around each lesion into foreground.
+
+    Args:
+        mask: the stored mask, (H, W).
+
+    Returns:
+        (boolean mask, None) for plain and label masks; otherwise (mask, {"rule": "half_max",
+        "threshold", "n_pixels_between"}), the last the pixels neither 0 nor the maximum.
+    """
+    m = np.asarray(mask)
+    if m.dtype == np.uint8 and m.size:
+        top = int(m.max())
+        if top >= HALF_MAX_FROM and not set(np.unique(m).tolist()) <= {0, top}:
+            threshold = top / 2.0
+            between = int(np.count_nonzero((m > 0) & (m < top)))
+            return m >= threshold, {"rule": "half_max", "threshold": threshold, "n_pixels_between": between}
+    return m > 0, None
+
+
 def fg_fraction(mask: Optional[np.ndarray]) -> Optional[float]:
     """Share of foreground (> 0) pixels, or None without a mask.
 

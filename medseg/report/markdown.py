@@ -8,9 +8,14 @@ from medseg.report.model import Figure, Note, Report, Table
 from medseg.runfolder import REPORT_ASSETS as ASSETS
 
 
+def _text(text: str) -> str:
+    # Markdown passes raw HTML through: text from file names or configs must not become markup
+    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def _cell(text: str) -> str:
     # a pipe or a newline would end the cell or the row
-    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+    return _text(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
 
 
 def _table(t: Table) -> list[str]:
@@ -28,16 +33,16 @@ def slug(title: str) -> str:
 
 def render_markdown(report: Report) -> str:
     """The report as Markdown; figure `name` is written to report_assets/<name>.png."""
-    lines = [f"# {report.title}", "", report.subtitle, ""]
-    lines += [f"- [{s.title}](#{slug(s.title)})" for s in report.sections] + [""]
+    lines = [f"# {_text(report.title)}", "", _text(report.subtitle), ""]
+    lines += [f"- [{_text(s.title)}](#{slug(s.title)})" for s in report.sections] + [""]
     for section in report.sections:
-        lines += [f"## {section.title}", ""]
+        lines += [f"## {_text(section.title)}", ""]
         for block in section.blocks:
             if isinstance(block, Figure):
                 lines += [f"![{_cell(block.caption or block.name)}]({ASSETS}/{block.name}.png)", "", f"*{_cell(block.caption)}*"]
             elif isinstance(block, Table):
                 lines += _table(block)
             elif isinstance(block, Note):
-                lines.append(f"> **Warning:** {block.text}" if block.warn else block.text)
+                lines.append(f"> **Warning:** {_text(block.text)}" if block.warn else _text(block.text))
             lines.append("")
     return "\n".join(lines)

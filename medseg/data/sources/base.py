@@ -124,6 +124,25 @@ def distinct_values(mask: np.ndarray) -> list:
     return jsonable_values(np.unique(mask))
 
 
+def listed_files(folder: Path, bad: "BadFiles", keep: Callable[[Path], bool]) -> list[Path]:
+    """The files of `folder` that `keep` accepts, sorted; links that lead nowhere (dangling, looping) are reported as bad.
+
+    Hidden files are ignored. A broken link is a file the user meant to give: it is reported
+    (or listed in bad_files.json with data.skip_bad), never skipped in silence.
+    """
+    out = []
+    for p in sorted(folder.iterdir()):
+        if p.name.startswith("."):
+            continue
+        if p.is_symlink() and not p.exists():
+            if keep(p):
+                bad.report(p, "symbolic link that leads to no file (dangling or looping)")
+            continue
+        if p.is_file() and keep(p):
+            out.append(p)
+    return out
+
+
 def require_root(cfg: DataConfig) -> Path:
     if cfg.root is None:
         raise MedsegError("config error: data.root: required (the dataset folder)")

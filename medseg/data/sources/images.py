@@ -11,11 +11,11 @@ from typing import Optional
 
 import numpy as np
 
-from medseg.data.preprocess import fg_fraction, normalize, resize_image, resize_mask
+from medseg.data.preprocess import binarize_mask, fg_fraction, normalize, resize_image, resize_mask
 from medseg.data.readers import IMAGE_EXTS, read_image_2d
 from medseg.data.schema import DataConfig
 from medseg.data.sources.base import BadFiles, Cases, LoadedData, Sample, SourceSpec
-from medseg.data.sources.base import distinct_values, finish, progress_items, register_source, require_root
+from medseg.data.sources.base import distinct_values, finish, listed_files, progress_items, register_source, require_root
 from medseg.data.writers import write_png_mask, write_png_prob
 from medseg.errors import MedsegError
 
@@ -28,9 +28,7 @@ _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 def _list_by_stem(folder: Path, exts: tuple[str, ...], bad: BadFiles) -> tuple[dict[str, Path], set[str]]:
     """stem -> file for the files in `folder` with one of `exts`, and the stems that were duplicated."""
-    files = sorted(
-        p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in exts
-    )
+    files = listed_files(folder, bad, lambda p: p.suffix.lower() in exts)
     by_stem: dict[str, list[Path]] = {}
     for p in files:
         by_stem.setdefault(p.stem, []).append(p)
@@ -125,8 +123,10 @@ def _load_images(cfg: DataConfig, with_masks: bool, progress: bool) -> LoadedDat
             if np.isnan(m).any():
                 bad.report(mask_path, "mask holds NaN values")
                 continue
-            meta_mask = {"mask_path": str(mask_path), "raw_mask_values": distinct_values(m), "fg_fraction": fg_fraction(m)}
-            mask = resize_mask(m, cfg.input_size, cfg.resize_mode)
+            fg, rule = binarize_mask(m)
+            meta_mask = {"mask_path": str(mask_path), "raw_mask_values": distinct_values(m), "fg_fraction": fg_fraction(fg),
+                         "mask_rule": rule}
+            mask = resize_mask(fg, cfg.input_size, cfg.resize_mode)
         chw, colour = _image_channels(raw, cfg.color)
         try:
             norm = normalize(chw, cfg.normalize, modality, where=str(path))
@@ -155,7 +155,7 @@ def _load_images(cfg: DataConfig, with_masks: bool, progress: bool) -> LoadedDat
 
 
 def _read_mask_original(sample: Sample) -> np.ndarray:
-    return _mask_2d(read_image_2d(sample.meta["mask_path"], as_mask=True)) > 0
+    return binarize_mask(_mask_2d(read_image_2d(sample.meta["mask_path"], as_mask=True)))[0]
 
 
 class PngWriter:

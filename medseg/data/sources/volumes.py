@@ -16,7 +16,8 @@ from medseg.data.preprocess import fg_fraction, normalize, resize_image, resize_
 from medseg.data.readers import VOLUME_EXTS, read_volume, volume_format, volume_stem
 from medseg.data.schema import DataConfig
 from medseg.data.sources.base import BadFiles, Cases, LoadedData, Sample, SourceSpec
-from medseg.data.sources.base import distinct_values, finish, modality_name, progress_items, register_source, require_root
+from medseg.data.sources.base import distinct_values, finish, listed_files, modality_name, progress_items, register_source
+from medseg.data.sources.base import require_root
 from medseg.data.writers import write_volume_like
 from medseg.errors import MedsegError
 
@@ -24,12 +25,12 @@ from medseg.errors import MedsegError
 _CT_MIN_THRESHOLD = -500.0
 
 
-def _list_volumes(root: Path) -> list[Path]:
+def _list_volumes(root: Path, bad: BadFiles) -> list[Path]:
     if root.is_file():
         if volume_format(root) is None:
             raise MedsegError(f"{root}: not a volume file ({', '.join(VOLUME_EXTS)})")
         return [root]
-    files = sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith(".") and volume_format(p))
+    files = listed_files(root, bad, lambda p: volume_format(p) is not None)
     if not files:
         raise MedsegError(f"no volumes found in {root} (looked for {', '.join(VOLUME_EXTS)})")
     return files
@@ -84,7 +85,7 @@ def _context_stack(vol: np.ndarray, z: int, k: int) -> np.ndarray:
 def _load_volumes(cfg: DataConfig, with_masks: bool, progress: bool) -> LoadedData:
     root = require_root(cfg)
     bad = BadFiles(cfg.skip_bad)
-    pairs = _pair_volumes(cfg, _list_volumes(root), with_masks, bad)
+    pairs = _pair_volumes(cfg, _list_volumes(root, bad), with_masks, bad)
     cases = Cases(cfg)
     k = cfg.context_slices
     samples: list[Sample] = []
@@ -121,7 +122,9 @@ def _load_volumes(cfg: DataConfig, with_masks: bool, progress: bool) -> LoadedDa
         if cfg.modality != "auto":
             modality = cfg.modality
         else:
-            modality = "ct" if vol.size and float(np.nanmin(vol)) < _CT_MIN_THRESHOLD else "mr"
+            finite = vol[np.isfinite(vol)] if vol.size else vol
+            # an all-NaN volume is refused by normalize below, by name; nanmin would only warn here
+            modality = "ct" if finite.size and float(finite.min()) < _CT_MIN_THRESHOLD else "mr"
         try:
             norm = normalize(vol, cfg.normalize, modality, where=str(ipath))
         except MedsegError as e:
