@@ -70,7 +70,9 @@ def evaluate(
     s = evaluate_run(run, data, sweep=sweep, console=console, progress=not no_progress, part=split)
     tr = s.get("training_reported")
     if tr and not tr["match"]:
-        raise MedsegError(f"{run}: recomputed dice {s['dice']:.6f} differs from training's {tr['dice']:.6f}")
+        why = f"; the validation data changed since training ({s['data_changed']})" if s.get("data_changed") else ""
+        raise MedsegError(f"{run}: recomputed dice {s['dice']:.6f} differs from training's {tr['dice']:.6f}{why}; "
+                          f"the new figures are in {s['written_to']}, the run's own are unchanged")
 
 
 @app.command()

@@ -12,7 +12,7 @@ from medseg import runfolder as runfs
 from medseg.commands.console import print_summary, print_sweep
 from medseg.config import config_from_dict, read_yaml
 from medseg.data import load_data
-from medseg.data.arrays import stack_part
+from medseg.data.arrays import describe_changes, sample_hashes, stack_part
 from medseg.errors import MedsegError
 from medseg.inference import run_probs
 from medseg.metrics import sweep_cases, threshold_sweep
@@ -89,6 +89,10 @@ def evaluate_run(
         summary["postprocessed"] = {**pp_summary, "rule": pp.to_json(), "rule_text": pp.describe()}
         runfs.write_csv(out_dir / runfs.CASES_PP_NAME, pp_rows)
     if data_config is None and part == "val":
+        trained_on = runfs.optional_dict(run_dir / runfs.DATA_HASHES)
+        now = sample_hashes(val)
+        if trained_on and any(trained_on.get(k) != h for k, h in now.items()):
+            summary["data_changed"] = describe_changes({k: trained_on.get(k) for k in now}, now)
         epochs = runfs.read_csv(run_dir / runfs.EPOCHS_CSV)
         row = next((r for r in epochs if int(r["epoch"]) == info["epoch"]), None)
         if row is not None and "val_dice" in row:
@@ -104,6 +108,7 @@ def evaluate_run(
         runfs.write_csv(out_dir / runfs.SWEEP_CSV_NAME, sw["rows"])
         summary["threshold_sweep"] = {k: v for k, v in sw.items() if k != "rows"}
         print_sweep(console, sw, contract)
+    summary["written_to"] = str(out_dir)
     runfs.write_json(out_dir / runfs.SUMMARY_NAME, summary)
     print_summary(console, summary, title=f"{run_dir.name}: best epoch {info['epoch']}")
     return summary

@@ -22,6 +22,8 @@ def metrics_command(pred_dir: Path, truth_dir: Path, threshold: float = 0.5, emp
     except ValidationError as e:
         err = e.errors()[0]
         raise MedsegError(f"--{err['loc'][0]}: {err['msg']}") from None
+    if out is not None:
+        runfs.check_output_dir(out, key="--out")
     rows, summary = score_folders(pred_dir, truth_dir, contract)
     if out is not None:
         if out.exists() and any(out.iterdir()):

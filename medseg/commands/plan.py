@@ -31,6 +31,7 @@ def plan_command(config: Path, overrides: list[str], out: Path, measure: Optiona
         progress: progress bar while reading the data.
     """
     out = Path(out)
+    runfs.check_output_dir(out, key="--out")
     taken = [name for name in PLAN_OUTPUTS if (out / name).exists()]
     if taken:
         raise MedsegError(f"--out {out}: already holds {', '.join(taken)} (nothing is overwritten)")

@@ -280,16 +280,18 @@ def binarize_mask(mask: np.ndarray) -> tuple[np.ndarray, Optional[dict]]:
     counting every value > 0 there turns the noise around each lesion into foreground.
 
     Args:
-        mask: the stored mask, (H, W).
+        mask: the stored mask, (H, W), with its stored values (readers return them as float32).
 
     Returns:
         (boolean mask, None) for plain and label masks; otherwise (mask, {"rule": "half_max",
         "threshold", "n_pixels_between"}), the last the pixels neither 0 nor the maximum.
     """
     m = np.asarray(mask)
-    if m.dtype == np.uint8 and m.size:
-        top = int(m.max())
-        if top >= HALF_MAX_FROM and not set(np.unique(m).tolist()) <= {0, top}:
+    if m.size and np.issubdtype(m.dtype, np.number):
+        top = float(m.max())
+        values = np.unique(m)
+        eight_bit = values.min() >= 0 and top <= 255 and bool(np.all(values == np.round(values)))
+        if eight_bit and top >= HALF_MAX_FROM and not set(values.tolist()) <= {0.0, top}:
             threshold = top / 2.0
             between = int(np.count_nonzero((m > 0) & (m < top)))
             return m >= threshold, {"rule": "half_max", "threshold": threshold, "n_pixels_between": between}

@@ -24,6 +24,8 @@ REPORT_HTML = runfs.REPORT_HTML
 REPORT_MD = runfs.REPORT_MD
 
 log = logging.getLogger("medseg.report")
+# a failed part of the report is a note in the report; its traceback goes to a configured handler (fit's train.log), not the terminal
+log.addHandler(logging.NullHandler())
 
 # reading order: what happened (plots) first, then why, then the settings behind it
 SECTION_BUILDERS: tuple[tuple[str, str, Callable[[RunContext], Section]], ...] = (

@@ -36,6 +36,7 @@ def predict_validation(run_dir: Path, cfg: Config, state: dict, val=None) -> Val
         val: the validation `SplitArrays` if already in memory (fit passes them); otherwise the
             data is reloaded and the run's split.json picks the validation cases.
     """
+    state = runfs.load_state(run_dir)  # a damaged state.json is a note in the report, not a traceback
     if val is None:
         val = runfs.load_split_part(run_dir, cfg)
     net, _ = runfs.load_network(run_dir, cfg, state["in_channels"])
