@@ -433,6 +433,9 @@ def config_from_dict(raw: dict, base: Optional[Path] = None) -> Config:
         cfg = Config.model_validate(raw)
     except ValidationError as err:
         raise MedsegError(_format_error(err, raw)) from None
+    except UnicodeError:
+        # YAML's "\ud800" escapes make strings no encoding can write
+        raise MedsegError("config error: a key or value holds text that is not valid Unicode (a lone surrogate escape)") from None
     return resolve_paths(cfg, base or Path.cwd())
 
 

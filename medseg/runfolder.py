@@ -131,11 +131,13 @@ def write_json(path: Path, obj: Any) -> None:
 
 def read_json(path: Path) -> Any:
     try:
-        return json.loads(Path(path).read_text())
+        return json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise MedsegError(f"{path}: missing from the run folder") from None
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, UnicodeDecodeError):
         raise MedsegError(f"{path}: not valid JSON") from None
+    except OSError as e:
+        raise MedsegError(f"{path}: cannot be read ({e.strerror or type(e).__name__})") from None
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
@@ -161,15 +163,21 @@ def _fmt(v):
 
 
 def read_csv(path: Path) -> list[dict]:
+    """The rows of a run CSV with numbers as floats (epoch/step as ints); [] when the file is missing or unreadable."""
     path = Path(path)
     if not path.is_file():
         return []
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    except (UnicodeDecodeError, csv.Error, OSError):
+        return []
     out = []
     for r in rows:
         conv = {}
         for k, v in r.items():
+            if not isinstance(k, str) or not isinstance(v, (str, type(None))):
+                continue  # a row longer than the header (DictReader's None key) or shorter
             try:
                 conv[k] = float(v) if v not in ("", None) else float("nan")
                 if conv[k].is_integer() and k in ("epoch", "step"):
@@ -257,7 +265,15 @@ def load_postprocess(run_dir: Path) -> Optional[PostProcess]:
     path = Path(run_dir) / POSTPROCESS
     if not path.is_file():
         return None
-    return PostProcess.from_json(read_json(path)["chosen"])
+    saved = read_json(path)
+    chosen = saved.get("chosen") if isinstance(saved, dict) else None
+    try:
+        rule = PostProcess.from_json(chosen)
+    except (TypeError, KeyError, ValueError, AttributeError):
+        raise MedsegError(f"{path}: no valid 'chosen' rule (threshold, min_area, keep_largest); re-run medseg tune --force") from None
+    if not (0.0 < rule.threshold < 1.0 and rule.min_area >= 0 and 0.0 <= rule.min_score < 1.0):
+        raise MedsegError(f"{path}: the chosen rule is out of range ({rule.describe()}); re-run medseg tune --force")
+    return rule
 
 
 def create_evaluation(run_dir: Path, name: str) -> Path:
@@ -270,7 +286,14 @@ def read_case_scores(path: Path, key: str, metric: str = "dice") -> tuple[dict, 
 
     `read_csv` would turn a case named "001" into 1.0, so the key column is read raw.
     """
-    with open(path, newline="") as f:
+    try:
+        return _read_case_scores(path, key, metric)
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise MedsegError(f"{path}: not a readable CSV file ({type(e).__name__})") from None
+
+
+def _read_case_scores(path: Path, key: str, metric: str) -> tuple[dict, dict]:
+    with open(path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
         fields = reader.fieldnames or []
         if key not in fields or metric not in fields:

@@ -61,3 +61,19 @@ def write_config(path: Path, cfg: dict) -> Path:
 @pytest.fixture
 def blob_data(tmp_path) -> Path:
     return make_blob_folder(tmp_path / "data")
+
+
+# hypothesis profiles (tests/test_fuzz.py): the default keeps `make test` short; `--hypothesis-profile=long` is the
+# 10,000-examples-per-target run reported in BENCHMARKS.md
+try:
+    from hypothesis import settings as _hyp_settings
+
+    _hyp_settings.register_profile("default", max_examples=60)
+    _hyp_settings.register_profile("long", max_examples=10_000)
+    _hyp_settings.load_profile("default")
+except ImportError:  # hypothesis is part of the test extra
+    pass
+try:
+    _hyp_settings.register_profile("medium", max_examples=1000)
+except NameError:
+    pass

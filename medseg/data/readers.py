@@ -322,6 +322,15 @@ def read_dicom(path: Path) -> tuple[np.ndarray, dict]:
         ds = pydicom.dcmread(str(path))
     except Exception as e:
         raise _fail(path, "cannot read DICOM file", e) from None
+    try:
+        return _dicom_image(ds, path)
+    except MedsegError:
+        raise
+    except Exception as e:  # noqa: BLE001 — pydicom parses elements lazily: a damaged one raises any type when read
+        raise _fail(path, "damaged DICOM element", e) from None
+
+
+def _dicom_image(ds: Any, path: Path) -> tuple[np.ndarray, dict]:
     if "PixelData" not in ds:
         raise _fail(path, "DICOM file has no pixel data")
     try:

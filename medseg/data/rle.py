@@ -34,6 +34,8 @@ def _parse(rle: str) -> np.ndarray:
         nums = np.array([int(t) for t in text.split()], dtype=np.int64)
     except ValueError:
         raise ValueError("run-length string must be integers separated by spaces") from None
+    except OverflowError:
+        raise ValueError("run-length string holds a number too large for any image") from None
     if nums.size % 2:
         raise ValueError("run-length string must hold (start, length) pairs, got an odd count")
     if (nums < 0).any():
