@@ -41,6 +41,7 @@ def _break(kind: str, data):
     raise AssertionError(kind)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["unmatched", "size", "corrupt", "empty"])
 def test_bad_data_exits_2_with_one_line_and_writes_nothing(tmp_path, kind):
     data = make_blob_folder(tmp_path / "data", n=8)
@@ -55,6 +56,7 @@ def test_bad_data_exits_2_with_one_line_and_writes_nothing(tmp_path, kind):
     "override, key",
     [("train.epoch=3", "train.epoch"), ("optim.lr=-0.1", "optim.lr"), ("schedule.warmup_epochs=9", "schedule.warmup_epochs")],
 )
+@pytest.mark.slow
 def test_config_typos_exit_2(tmp_path, override, key):
     data = make_blob_folder(tmp_path / "data", n=8)
     cfg = write_config(tmp_path / "c.yaml", tiny_config(data, tmp_path / "runs"))
@@ -63,6 +65,7 @@ def test_config_typos_exit_2(tmp_path, override, key):
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
 def test_skip_bad_lists_skipped_files(tmp_path):
     data = make_blob_folder(tmp_path / "data", n=12)
     _break("corrupt", data)
@@ -75,6 +78,7 @@ def test_skip_bad_lists_skipped_files(tmp_path):
     assert len(bad) == 1 and "case002.png" in bad[0]["path"]
 
 
+@pytest.mark.slow
 def test_missing_run_and_nonempty_predict_output(tmp_path):
     line = _one_error_line(_cli("evaluate", tmp_path / "nope"))
     assert "nope" in line

@@ -113,6 +113,7 @@ def _poisoned(path: Path, marker: Path, state_dict: dict) -> None:
 # 1. A run folder or weights file must not run code
 
 
+@pytest.mark.slow
 def test_1_poisoned_checkpoint_never_runs_its_payload(run_copy, tmp_path):
     run, data, cfg = run_copy
     marker = tmp_path / "PWNED"
@@ -155,6 +156,7 @@ def test_2_run_name_is_one_folder_name(tmp_path, name):
 # 3. A finished run is never rewritten
 
 
+@pytest.mark.slow
 def test_3_finished_run_is_byte_identical_after_every_verb(run_copy, tmp_path):
     run, data, _ = run_copy
     own = {rel: hashlib.sha256((run / rel).read_bytes()).hexdigest() for rel in RUN_FILES}
@@ -200,6 +202,7 @@ def killed(tmp_path):
     return tmp_path / "runs" / "k", data
 
 
+@pytest.mark.slow
 def test_4_resume_refuses_changed_data(killed):
     run, data = killed
     img = data / "images" / "case001.png"
@@ -211,6 +214,7 @@ def test_4_resume_refuses_changed_data(killed):
     assert tree(run) == before
 
 
+@pytest.mark.slow
 def test_4_resume_refuses_a_changed_split(killed):
     run, data = killed
     for extra in ("case100", "case101"):  # new cases: the holdout permutation changes
@@ -312,6 +316,7 @@ def test_6_damaged_checkpoints(run_copy, damage):
     assert tree(run) == before
 
 
+@pytest.mark.slow
 def test_6_truncated_last_checkpoint_on_resume_changes_nothing(killed):
     run, _ = killed
     last = run / runfs.LAST_CKPT
@@ -385,6 +390,7 @@ def test_7_noisy_8bit_masks_are_binarised_at_half_their_maximum(tmp_path):
     assert fp["mask_binarisation"]["n_half_max"] == 1 and fp["mask_binarisation"]["n_pixels_between"] > 0
 
 
+@pytest.mark.slow
 def test_7_all_empty_training_masks_warn(tmp_path):
     data = make_blob_folder(tmp_path / "d", n=8, empty_every=1)
     path = write_config(tmp_path / "c.yaml", tiny_config(data, tmp_path / "runs", train__epochs=1, schedule__warmup_epochs=0,
@@ -394,6 +400,7 @@ def test_7_all_empty_training_masks_warn(tmp_path):
     assert "every training mask is empty" in proc.stderr
 
 
+@pytest.mark.slow
 def test_7_broken_links_are_listed_as_bad_files(tmp_path):
     data = make_blob_folder(tmp_path / "d", n=8)
     os.symlink(tmp_path / "nowhere.png", data / "images" / "dangling.png")
@@ -406,6 +413,7 @@ def test_7_broken_links_are_listed_as_bad_files(tmp_path):
     assert {Path(b["path"]).name for b in bad} == {"dangling.png", "loop.png"}
 
 
+@pytest.mark.slow
 def test_7_markdown_report_carries_no_raw_html(tmp_path):
     data = make_blob_folder(tmp_path / "d", n=8)
     for kind in ("images", "masks"):

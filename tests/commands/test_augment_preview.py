@@ -40,6 +40,7 @@ def test_picks_training_images_with_foreground_first(preview_config):
     assert [s.sample_id for s in again] == [s.sample_id for s in picked[:2]]
 
 
+@pytest.mark.slow
 def test_augment_preview_writes_the_grid_and_refuses_to_overwrite(preview_config, tmp_path):
     path, _ = preview_config
     out = tmp_path / "preview.png"

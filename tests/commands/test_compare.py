@@ -204,6 +204,7 @@ def test_cli_refusals_exit_2_with_one_line(tmp_path, kind):
     assert not (tmp_path / "c.md").exists()
 
 
+@pytest.mark.slow
 def test_cli_writes_reports_and_never_overwrites(tmp_path):
     rng = np.random.default_rng(4)
     a = rng.uniform(0.3, 0.7, 30)
@@ -231,6 +232,7 @@ def test_cli_writes_reports_and_never_overwrites(tmp_path):
     assert {p: p.read_text() for p in (md, page, js)} == before
 
 
+@pytest.mark.slow
 def test_real_fit_run_folders(tmp_path):
     from medseg.commands.fit import fit
     from tests.conftest import make_blob_folder, tiny_config

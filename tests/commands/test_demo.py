@@ -23,6 +23,7 @@ def _demo_folder(root: Path) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_demo_trains_scores_the_held_out_images_predicts_and_summarises(tmp_path):
     data = _demo_folder(tmp_path / "demo_data")
     run = run_demo(output_dir=tmp_path / "runs", minutes=0.05, data=data, progress=False)

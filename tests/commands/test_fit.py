@@ -23,6 +23,7 @@ def _cli(*args, env=None, cwd=None):
     return subprocess.run([sys.executable, "-m", "medseg.cli", *map(str, args)], capture_output=True, text=True, env=e, cwd=cwd)
 
 
+@pytest.mark.slow
 def test_fit_writes_the_run_folder_contract_and_evaluate_matches(blob_data, tmp_path):
     cfg = config_from_dict(tiny_config(blob_data, tmp_path / "runs", train__epochs=3))
     run = fit(cfg, progress=False)
@@ -46,6 +47,7 @@ def test_fit_writes_the_run_folder_contract_and_evaluate_matches(blob_data, tmp_
     assert run2 != run and run2.name == "t-2"
 
 
+@pytest.mark.slow
 def test_training_learns_the_synthetic_lesions(tmp_path):
     from tests.conftest import make_blob_folder
 
@@ -67,15 +69,24 @@ def test_resume_after_kill_equals_uninterrupted_run(blob_data, tmp_path):
     assert killed.returncode == 137
     run_k = tmp_path / "runs" / "k"
     assert len(runfs.read_csv(run_k / runfs.EPOCHS_CSV)) == 2
+    # the kill left the checkpoint of the last finished epoch, and the run is not marked finished
+    assert torch.load(run_k / runfs.LAST_CKPT, weights_only=True)["epoch"] == 1
+    assert runfs.read_json(run_k / runfs.STATE)["finished"] is False
+    rows_before = runfs.read_csv(run_k / runfs.EPOCHS_CSV)
     resumed = _cli("fit", "--resume", run_k, "--no-progress")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
+    # it continued from epoch 2: the killed run's rows (their timings too) were not trained again
+    kept = runfs.read_csv(run_k / runfs.EPOCHS_CSV)[: len(rows_before)]
+    assert [r["train_seconds"] for r in kept] == [r["train_seconds"] for r in rows_before]
+    assert "resuming from checkpoints/last.ckpt" in (run_k / runfs.TRAIN_LOG).read_text()
+    assert runfs.read_json(run_k / runfs.STATE)["finished"] is True
     a = runfs.read_csv(tmp_path / "runs" / "t" / runfs.EPOCHS_CSV)
     b = runfs.read_csv(run_k / runfs.EPOCHS_CSV)
     assert [r["epoch"] for r in b] == [0, 1, 2, 3]
     for ra, rb in zip(a, b):
         assert ra["train_loss"] == pytest.approx(rb["train_loss"], abs=1e-6)
         assert ra["val_dice"] == pytest.approx(rb["val_dice"], abs=1e-6, nan_ok=True)
-    wa = torch.load(tmp_path / "runs" / "t" / runfs.LAST_CKPT, weights_only=False)["state_dict"]
-    wb = torch.load(run_k / runfs.LAST_CKPT, weights_only=False)["state_dict"]
+    wa = torch.load(tmp_path / "runs" / "t" / runfs.LAST_CKPT, weights_only=True)["state_dict"]
+    wb = torch.load(run_k / runfs.LAST_CKPT, weights_only=True)["state_dict"]
     for k in wa:
         assert torch.allclose(wa[k].float(), wb[k].float(), atol=1e-6), k

@@ -23,6 +23,7 @@ def _fit(tmp_path, root, **over):
     return fit(cfg, progress=False)
 
 
+@pytest.mark.slow
 def test_predict_png_folder_at_original_size(tmp_path):
     data = make_blob_folder(tmp_path / "d", n=8, size=64)
     run = _fit(tmp_path, data)
@@ -52,6 +53,7 @@ def _write_volumes(root, n=3, shape=(48, 40, 6)):
     return root
 
 
+@pytest.mark.slow
 def test_volumes_fit_reports_per_volume_and_predict_keeps_geometry(tmp_path):
     data = _write_volumes(tmp_path / "vols")
     run = _fit(tmp_path, data, data={"source": "volumes", "root": str(data), "input_size": [48, 48]}, split={"mode": "holdout", "val_fraction": 0.34})
@@ -69,6 +71,7 @@ def test_volumes_fit_reports_per_volume_and_predict_keeps_geometry(tmp_path):
     assert set(np.unique(mask)) <= {0, 1}
 
 
+@pytest.mark.slow
 def test_siim_fit_and_predict_writes_rle_csv(tmp_path):
     from medseg.data.rle import rle_encode
 
@@ -94,5 +97,33 @@ def test_siim_fit_and_predict_writes_rle_csv(tmp_path):
     with open(out / "submission.csv") as f:
         sub = list(csv.reader(f))
     assert sub[0] == ["ImageId", "EncodedPixels"] and len(sub) == 9
+    assert sorted(uid for uid, _ in sub[1:]) == sorted(uid for uid, _ in rows)
+    n_foreground = 0
     for uid, enc in sub[1:]:
-        assert rle_decode(enc, 64, 64).shape == (64, 64)
+        # the submission is the predicted mask, in the competition's encoding
+        predicted = np.array(Image.open(out / "masks" / f"{uid}.png")) > 0
+        assert np.array_equal(rle_decode(enc, 64, 64).astype(bool), predicted), uid
+        n_foreground += int(predicted.any())
+    assert n_foreground > 0  # some masks are not empty, so the comparison saw real runs
+
+
+@pytest.mark.slow
+def test_predict_through_the_cli_writes_what_the_function_writes(tmp_path):
+    import subprocess
+    import sys
+
+    data = make_blob_folder(tmp_path / "d", n=8, size=64)
+    run = _fit(tmp_path, data)
+    proc = subprocess.run([sys.executable, "-m", "medseg.cli", "predict", str(run), str(data / "images"), str(tmp_path / "cli")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert str(tmp_path / "cli") in proc.stderr.replace("\n", "")
+    direct = predict_run(run, data / "images", tmp_path / "direct")
+    names = sorted(p.name for p in (direct / "masks").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "cli" / "masks").iterdir()) and len(names) == 8
+    for name in names:
+        for kind in ("masks", "probs"):
+            assert np.array_equal(np.array(Image.open(tmp_path / "cli" / kind / name)), np.array(Image.open(direct / kind / name)))
+    again = subprocess.run([sys.executable, "-m", "medseg.cli", "predict", str(run), str(data / "images"), str(tmp_path / "cli")],
+                           capture_output=True, text=True)
+    assert again.returncode == 2 and "not empty" in again.stderr and len(again.stderr.strip().splitlines()) == 1

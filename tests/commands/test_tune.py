@@ -28,6 +28,7 @@ def tuned_run(tmp_path_factory):
     return fit(config_from_dict(cfg), progress=False), data, tmp
 
 
+@pytest.mark.slow
 def test_fit_tunes_and_evaluate_scores_the_rule_independently(tuned_run):
     run, data, _ = tuned_run
     saved = runfs.read_json(run / "postprocess.json")
@@ -57,6 +58,7 @@ def test_fit_tunes_and_evaluate_scores_the_rule_independently(tuned_run):
     assert summary["postprocessed"]["dice"] == pytest.approx(saved["best"]["dice"] if saved["gain"] >= saved["min_gain"] else saved["raw"]["dice"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_tune_refuses_to_overwrite_and_force_replaces(tuned_run):
     run, _, _ = tuned_run
     before = (run / "postprocess.json").read_text()
@@ -90,6 +92,8 @@ def test_predict_applies_the_rule_unless_raw(tuned_run, tmp_path):
     img[30:40, 30:40] = 240  # a lesion-like square
     img[5, 5] = 255  # a one-pixel speck
     Image.fromarray(img).save(new / "x.png")
+    # the model does predict foreground here, so an empty mask below is the rule's doing
+    assert np.array(Image.open(predict_run(run, new, tmp_path / "before", raw=True) / "masks" / "x.png")).any()
     (run / "postprocess.json").write_text(json.dumps({"chosen": {"threshold": 0.5, "min_area": 5000, "keep_largest": False}}))
     out = predict_run(run, new, tmp_path / "pp")
     assert not np.array(Image.open(out / "masks" / "x.png")).any()  # every component is < 5000 px: removed
@@ -113,6 +117,7 @@ def test_predict_follows_a_tta_rule_and_its_gate(tuned_run, tmp_path):
     plain = predict_run(run, new, tmp_path / "plain", raw=True)
     flipped = predict_run(run, new, tmp_path / "flipped", raw=True, tta=True)
     assert np.array_equal(probs(out), probs(flipped)) and not np.array_equal(probs(out), probs(plain))
+    assert np.array(Image.open(out / "masks" / "x.png")).any()  # ungated, the case has foreground
     # a gate above every probability empties the case
     (run / "postprocess.json").write_text(json.dumps({"chosen": {"threshold": 0.5, "min_area": 0, "keep_largest": False, "min_score": 0.999999, "tta": False}}))
     gated = predict_run(run, new, tmp_path / "gated")

@@ -297,6 +297,7 @@ def test_composition_columns_and_warning_threshold():
 # -- through fit -------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_fit_logs_the_realised_composition_against_the_target(tmp_path):
     data = make_blob_folder(tmp_path / "d", n=16)
     cfg = config_from_dict(
@@ -313,6 +314,7 @@ def test_fit_logs_the_realised_composition_against_the_target(tmp_path):
     assert "sampler: positive share scheduled [0.5, 0.75]" in log and "WARNING" not in log
 
 
+@pytest.mark.slow
 def test_fit_warns_when_crops_miss_the_target(tmp_path, capsys):
     from rich.console import Console
 

@@ -16,6 +16,8 @@ from medseg.cli import app
 
 REQUIRED = {"id", "family", "severity", "confidence", "title", "evidence", "why", "fix_key", "fix_value"}
 
+pytestmark = pytest.mark.slow  # every test here reads the 13-training planted-fault fixture
+
 
 def _run(planted, fault: str) -> Path:
     return Path(next(r["run_dir"] for r in planted["results"] if r["fault"] == fault))

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
 from bench.planted_faults import FAULTS
+
+pytestmark = pytest.mark.slow  # every test here reads the 13-training planted-fault fixture
 
 
 def _table(results) -> str:

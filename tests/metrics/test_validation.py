@@ -42,6 +42,7 @@ def run(tmp_path_factory):
     return fit(config_from_dict(cfg), progress=False)
 
 
+@pytest.mark.slow
 def test_training_evaluate_tune_and_doctor_report_one_number(run):
     summary = runfs.read_json(run / runfs.SUMMARY)
     best = summary["best_epoch"]

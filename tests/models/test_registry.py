@@ -54,6 +54,7 @@ def test_every_spec_states_its_true_stride(name):
     assert min(sizes) == side // stride, f"{name}: coarsest feature map {min(sizes)} px at input {side}, not {side // stride}"
 
 
+@pytest.mark.slow
 def test_segresnet_is_one_registration_and_trains_in_a_fit(tmp_path):
     """docs/ARCHITECTURE.md's example: MONAI SegResNet registered with its stride, usable by name, checked by config."""
     from medseg import runfolder as runfs

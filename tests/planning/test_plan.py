@@ -261,6 +261,7 @@ def test_plan_verb_bad_config_is_one_line_exit_2(tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow
 def test_fit_plans_first_and_writes_plan_json(tmp_path):
     from medseg import runfolder as runfs
     from medseg.commands.fit import fit

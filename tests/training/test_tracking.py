@@ -23,6 +23,7 @@ def _numeric_columns(rows: list[dict]) -> set[str]:
     return numeric - {"epoch", "step"}
 
 
+@pytest.mark.slow
 def test_mlflow_run_mirrors_the_run_folder_and_resume_continues_it(tmp_path, monkeypatch):
     pytest.importorskip("mlflow")
     from mlflow.tracking import MlflowClient
