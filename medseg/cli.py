@@ -6,9 +6,11 @@ tcmalloc start fast (torch is not imported until a verb needs it).
 
 from __future__ import annotations
 
+import json
 import sys
+from enum import Enum
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 from rich.console import Console
@@ -17,7 +19,7 @@ from rich.markup import escape
 from medseg.errors import MedsegError
 
 app = typer.Typer(
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion for bash, zsh, fish, PowerShell
     no_args_is_help=True,
     rich_markup_mode="rich",
     help="medseg: train, evaluate and explain segmentation models for tiny medical targets.",
@@ -26,6 +28,61 @@ app = typer.Typer(
 console = Console(stderr=True)
 
 SET_HELP = "Override a config key, e.g. --set train.epochs=5 (repeatable; values are YAML)."
+JSON_HELP = "Print one machine-readable JSON result on stdout (the human output stays on stderr)."
+
+
+class Part(str, Enum):
+    val = "val"
+    test = "test"
+
+
+class EmptyPolicy(str, Enum):
+    one = "one"
+    nan = "nan"
+    zero = "zero"
+
+
+class Reduction(str, Enum):
+    per_image = "per_image"
+    global_ = "global"
+
+
+class Kind(str, Enum):
+    hard = "hard"
+    soft = "soft"
+
+
+class ExportFormat(str, Enum):
+    onnx = "onnx"
+    torchscript = "torchscript"
+
+
+class Severity(str, Enum):
+    serious = "serious"
+    warning = "warning"
+    info = "info"
+
+
+def _print_json(result: Any) -> None:
+    """The --json result: one JSON document on stdout, NaN written as null (strict JSON readers refuse NaN)."""
+    from medseg.runfolder import jsonable
+
+    typer.echo(json.dumps(jsonable(result), indent=1))
+
+
+def _version(value: bool) -> None:
+    if value:
+        import medseg
+
+        typer.echo(f"medseg {medseg.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print medseg's version and exit."),
+):
+    """medseg: train, evaluate and explain segmentation models for tiny medical targets."""
 
 
 @app.command()
@@ -34,6 +91,7 @@ def fit(
     set_: list[str] = typer.Option([], "--set", "-s", help=SET_HELP),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this folder from its last checkpoint."),
     no_progress: bool = typer.Option(False, "--no-progress", help="Hide progress bars."),
+    json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
 ):
     """Train a model into a new run folder (runs/NAME), then evaluate its best checkpoint."""
     from medseg.commands.fit import fit as do_fit
@@ -46,6 +104,10 @@ def fit(
     cfg = load_config(config, set_) if resume is None else None
     run_dir = do_fit(cfg, resume=resume, console=console, progress=not no_progress)
     console.print(f"[bold green]run folder: {run_dir}")
+    if json_out:
+        from medseg import runfolder as runfs
+
+        _print_json({"run": str(run_dir), "summary": runfs.read_json(run_dir / runfs.SUMMARY)})
 
 
 @app.command()
@@ -53,8 +115,9 @@ def evaluate(
     run: Path = typer.Argument(..., help="Run folder."),
     data: Optional[Path] = typer.Option(None, "--data", help="YAML with a data: section to evaluate on instead of the run's validation split."),
     sweep: bool = typer.Option(False, "--sweep", help="Also sweep the threshold 0.05..0.95 and report the best."),
-    split: str = typer.Option("val", "--split", help="Which cases of the run's split.json to score: val, or test (results go to runs/NAME/evaluations/test)."),
+    split: Part = typer.Option(Part.val, "--split", help="Which cases of the run's split.json to score (results go to runs/NAME/evaluations/<split>)."),
     no_progress: bool = typer.Option(False, "--no-progress", help="Hide progress bars."),
+    json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
 ):
     """Recompute validation metrics from the best checkpoint (checked against what training reported).
 
@@ -63,11 +126,11 @@ def evaluate(
     """
     from medseg.commands.evaluate import evaluate_run
 
-    if split not in ("val", "test"):
-        raise MedsegError(f"--split: must be 'val' or 'test', got '{split}'")
-    if split != "val" and data is not None:
+    if split != Part.val and data is not None:
         raise MedsegError("evaluate: use either --data or --split test, not both")
-    s = evaluate_run(run, data, sweep=sweep, console=console, progress=not no_progress, part=split)
+    s = evaluate_run(run, data, sweep=sweep, console=console, progress=not no_progress, part=split.value)
+    if json_out:
+        _print_json(s)
     tr = s.get("training_reported")
     if tr and not tr["match"]:
         why = f"; the validation data changed since training ({s['data_changed']})" if s.get("data_changed") else ""
@@ -83,6 +146,7 @@ def predict(
     threshold: Optional[float] = typer.Option(None, "--threshold", help="Binarisation threshold (default: the run's contract)."),
     tta: bool = typer.Option(False, "--tta", help="Average with horizontally flipped predictions."),
     raw: bool = typer.Option(False, "--raw", help="Ignore the run's tuned post-processing (postprocess.json): threshold only."),
+    json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
 ):
     """Write probability maps and binary masks at the input's own size and geometry.
 
@@ -93,6 +157,8 @@ def predict(
 
     out = predict_run(run, input, output, threshold=threshold, tta=tta, console=console, raw=raw)
     console.print(f"[bold green]predictions: {out}")
+    if json_out:
+        _print_json({"output": str(out), **json.loads((out / "prediction.json").read_text())})
 
 
 @app.command("config")
@@ -124,15 +190,16 @@ def metrics(
     pred_dir: Path = typer.Argument(..., help="Folder of predicted masks or probability maps."),
     truth_dir: Path = typer.Argument(..., help="Folder of binary truth masks (matched by file stem)."),
     threshold: float = typer.Option(0.5, "--threshold", help="Probability threshold (hard metrics)."),
-    empty: str = typer.Option("one", "--empty", help="Empty prediction on empty truth scores: one | nan | zero."),
-    reduction: str = typer.Option("per_image", "--reduction", help="per_image | global (per_volume: use 3D files)."),
-    kind: str = typer.Option("hard", "--kind", help="hard | soft."),
+    empty: EmptyPolicy = typer.Option(EmptyPolicy.one, "--empty", help="What an empty prediction on an empty truth scores."),
+    reduction: Reduction = typer.Option(Reduction.per_image, "--reduction", help="Mean over images, or pooled pixels (per-volume: give 3D files)."),
+    kind: Kind = typer.Option(Kind.hard, "--kind", help="Threshold first (hard), or use the probabilities (soft)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for cases.csv and summary.json."),
 ):
     """Score a folder of predictions against a folder of truths under a stated metric contract."""
     from medseg.commands.metrics import metrics_command
 
-    metrics_command(pred_dir, truth_dir, threshold=threshold, empty=empty, reduction=reduction, kind=kind, out=out, console=Console())
+    metrics_command(pred_dir, truth_dir, threshold=threshold, empty=empty.value, reduction=reduction.value, kind=kind.value, out=out,
+                    console=Console())
 
 
 @app.command()
@@ -174,7 +241,8 @@ def compare(
     runs: list[Path] = typer.Argument(..., help="Two or more run folders; the first is the reference A."),
     out: Optional[Path] = typer.Option(None, "--out", help="Also write the comparison as Markdown to this new file."),
     html: Optional[Path] = typer.Option(None, "--html", help="Also write a self-contained HTML page (inline CSS) to this new file."),
-    json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the full result as JSON to this new file."),
+    json_path: Optional[Path] = typer.Option(None, "--json-file", help="Also write the full result as JSON to this new file."),
+    json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
     alpha: float = typer.Option(0.05, "--alpha", help="Significance level: a run is 'better' only if p < alpha and the CI excludes 0."),
     resamples: int = typer.Option(10_000, "--resamples", help="Bootstrap resamples for the CI of the mean Dice difference."),
     seed: int = typer.Option(0, "--seed", help="Bootstrap seed (same runs + seed give the same CI)."),
@@ -185,9 +253,11 @@ def compare(
 
     check_new_files(out, html, json_path)  # refuse before any work, never overwrite
     result = compare_runs(runs, alpha=alpha, resamples=resamples, seed=seed)
-    print_comparison(Console(), result)
+    print_comparison(console if json_out else Console(), result)
     for path in write_reports(result, markdown=out, html_path=html, json_path=json_path):
         console.print(f"[bold green]wrote {path}")
+    if json_out:
+        _print_json(result)
 
 
 @app.command("augment-preview")
@@ -221,13 +291,20 @@ def report(
 @app.command()
 def doctor(
     run: Path = typer.Argument(..., help="Run folder to diagnose."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the ranked findings to this new JSON file (a list of dicts)."),
+    json_file: Optional[Path] = typer.Option(None, "--json-file", help="Also write the ranked findings to this new JSON file (a list of dicts)."),
     no_eval: bool = typer.Option(False, "--no-eval", help="Read only the run's files; do not reload the data and run the checkpoint on validation."),
+    json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
+    fail_on: Optional[Severity] = typer.Option(None, "--fail-on", help="Exit with code 1 when a finding of this severity or worse is found (for CI pipelines)."),
 ):
     """Diagnose a run: ranked findings with the numbers measured, why they matter, the config key to change and a confidence."""
-    from medseg.commands.doctor import doctor_command
+    from medseg.commands.doctor import doctor_command, failing
 
-    doctor_command(run, json_out=json_out, evaluate=not no_eval, console=Console(), status=console)
+    findings = doctor_command(run, json_out=json_file, evaluate=not no_eval, console=console if json_out else Console(), status=console)
+    if json_out:
+        _print_json([dict(rank=i, **f.to_dict()) for i, f in enumerate(findings, 1)])
+    if fail_on is not None and failing(findings, fail_on.value):
+        console.print(f"[bold red]doctor: findings at or above '{fail_on.value}' (--fail-on)")
+        raise typer.Exit(1)
 
 
 @app.command("plan")
@@ -251,6 +328,7 @@ def tune(
     force: bool = typer.Option(False, "--force", help="Replace an existing postprocess.json."),
     set_: list[str] = typer.Option([], "--set", "-s", help="Override a postprocess.* key for this tuning, e.g. --set postprocess.min_gain=0.01."),
     no_progress: bool = typer.Option(False, "--no-progress", help="Hide progress bars."),
+    json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
 ):
     """Tune post-processing (threshold, minimum component size, keep-largest) on the run's validation cases.
 
@@ -261,11 +339,28 @@ def tune(
 
     if any(not s.startswith("postprocess.") for s in set_):
         raise MedsegError("tune --set: only postprocess.* keys can be changed here")
-    tune_run(run, console=console, force=force, progress=not no_progress, overrides=set_)
+    result = tune_run(run, console=console, force=force, progress=not no_progress, overrides=set_)
+    if json_out:
+        _print_json({k: v for k, v in result.items() if k != "rows"})
+
+
+@app.command()
+def export(
+    run: Path = typer.Argument(..., help="Run folder (its best checkpoint is exported)."),
+    format: ExportFormat = typer.Option(ExportFormat.onnx, "--format", help="onnx (checked with onnxruntime; needs medseg[export]) or torchscript."),
+    out: Optional[Path] = typer.Option(None, "--out", help="New (or empty) folder for the model and model.json (default runs/NAME/exports/FORMAT)."),
+    json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
+):
+    """Export the run's network as a self-contained ONNX or TorchScript model with a sidecar JSON (preprocessing, tuned rule)."""
+    from medseg.commands.export import SIDECAR, export_run
+
+    folder = export_run(run, format.value, out, console=console)
+    if json_out:
+        _print_json({"folder": str(folder), **json.loads((folder / SIDECAR).read_text())})
 
 
 # verbs that run a network: worth a faster allocator
-_HEAVY_VERBS = {"fit", "tune", "evaluate", "predict", "demo", "plan", "report", "doctor"}
+_HEAVY_VERBS = {"fit", "tune", "evaluate", "predict", "demo", "plan", "report", "doctor", "export"}
 
 
 def _preload_tcmalloc(argv: list[str]) -> None:
@@ -281,9 +376,28 @@ def entry() -> None:
     main()
 
 
+def _usage_error_type() -> type:
+    # typer >= 0.28 carries its own copy of click, older typer uses click itself: either way BadParameter is a UsageError
+    return next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+
+
 def main() -> None:
+    usage_error = _usage_error_type()
     try:
-        app(prog_name="medseg")  # also when re-executed as `python -m medseg.cli` for tcmalloc
+        # prog_name: the usage says `medseg` also when re-executed as `python -m medseg.cli` for tcmalloc;
+        # standalone_mode=False: a usage error reaches us, to be said in one line like every other bad input
+        code = app(prog_name="medseg", standalone_mode=False)
+        sys.exit(code if isinstance(code, int) else 0)  # as click's standalone mode: always by SystemExit
+    except usage_error as e:
+        where = e.ctx.command_path if e.ctx is not None else "medseg"
+        msg = " ".join(e.format_message().split())
+        if not msg:  # no arguments at all: the help was shown, as click does
+            sys.exit(2)
+        console.print(f"[bold red]error:[/] {escape(where)}: {escape(msg)} (see {escape(where)} --help)", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except typer.Abort:
+        console.print("[yellow]interrupted")
+        sys.exit(130)
     except MedsegError as e:
         msg = " ".join(str(e).split())  # one line, always
         # escaped: a message may hold brackets (pip install 'medseg[mlflow]') that rich would read as markup

@@ -122,6 +122,11 @@ def _clean(obj: Any) -> Any:
     return obj
 
 
+def jsonable(obj: Any) -> Any:
+    """obj with NaN/inf as None, numpy scalars as Python numbers and tuples as lists: what every JSON reader accepts."""
+    return _clean(obj)
+
+
 def write_json(path: Path, obj: Any) -> None:
     path = Path(path)
     tmp = path.with_suffix(path.suffix + ".tmp")

@@ -1,6 +1,6 @@
 """The import graph of medseg, read from the source (AST, imports inside functions included).
 
-docs/ARCHITECTURE.md: dependencies point one way, cli -> commands -> {planning, doctor, report}
+docs/ARCHITECTURE.md: dependencies point one way, {api, cli} -> commands -> {planning, doctor, report}
 -> training -> run folder -> {inference, post-processing} -> runtime -> config -> metrics ->
 data -> {models, losses} -> errors. A module may import its own unit and the units below it;
 units of one layer do not import each other; nothing has a cycle.
@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "medseg"
 
 # top to bottom; each entry one layer, each name a unit (a module or a package with its submodules)
 LAYERS: list[tuple[str, ...]] = [
-    ("medseg.cli",),
+    ("medseg.api", "medseg.cli"),
     ("medseg.commands",),
     ("medseg.planning", "medseg.doctor", "medseg.report"),
     ("medseg.training",),

@@ -251,7 +251,7 @@ def check_new_files(*paths: Optional[Path]) -> None:
         if p.exists():
             raise MedsegError(f"{p}: already exists (nothing is overwritten; choose a new file name)")
     if len({p.resolve() for p in given}) < len(given):
-        raise MedsegError("compare: --out, --html and --json must name different files")
+        raise MedsegError("compare: --out, --html and --json-file must name different files")
 
 
 def write_reports(result: dict, markdown: Optional[Path] = None, html_path: Optional[Path] = None, json_path: Optional[Path] = None) -> list[Path]:

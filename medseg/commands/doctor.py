@@ -17,11 +17,20 @@ def write_findings_json(path: Path, findings: list[Finding]) -> Path:
     """Write the ranked findings as a JSON list of dicts; an existing file is never overwritten."""
     path = Path(path)
     if path.exists():
-        raise MedsegError(f"--json {path}: file exists (nothing is overwritten)")
+        raise MedsegError(f"--json-file {path}: file exists (nothing is overwritten)")
     if not path.parent.is_dir():
-        raise MedsegError(f"--json {path}: folder {path.parent} does not exist")
+        raise MedsegError(f"--json-file {path}: folder {path.parent} does not exist")
     runfs.write_json(path, [dict(rank=i, **f.to_dict()) for i, f in enumerate(findings, 1)])
     return path
+
+
+SEVERITY_ORDER = ("info", "warning", "serious")
+
+
+def failing(findings: list[Finding], at_least: str) -> list[Finding]:
+    """The findings at or above a severity (`doctor --fail-on`)."""
+    floor = SEVERITY_ORDER.index(at_least)
+    return [f for f in findings if SEVERITY_ORDER.index(f.severity) >= floor]
 
 
 def doctor_command(run: Path, json_out: Optional[Path] = None, evaluate: bool = True, console: Optional[Console] = None,
@@ -36,7 +45,7 @@ def doctor_command(run: Path, json_out: Optional[Path] = None, evaluate: bool = 
         status: where "wrote ..." goes (stderr by default).
     """
     if json_out is not None and Path(json_out).exists():
-        raise MedsegError(f"--json {json_out}: file exists (nothing is overwritten)")
+        raise MedsegError(f"--json-file {json_out}: file exists (nothing is overwritten)")
     ev, findings = examine(run, evaluate=evaluate)
     print_findings(console or Console(), findings, ev.run_dir.name, verdict(findings), ev.notes, ev.summary.get("contract_text", ""))
     if json_out is not None:

@@ -175,10 +175,11 @@ def fit(cfg: Optional[Config] = None, resume: Optional[Path] = None, console: Op
     runfs.write_json(run_dir / runfs.STATE, state)
     if getattr(module, "pretrained_info", None):
         info = module.pretrained_info
-        log.info("model.pretrained: %d tensors loaded (%.0f%% of the network), %d skipped for their shape",
-                 info["loaded"], 100 * info["share"], len(info["skipped_shape"]))
-        console.print(f"model.pretrained: {info['loaded']} tensors loaded ({info['share']:.0%} of the network), "
-                      f"{len(info['skipped_shape'])} skipped for their shape")
+        enc = f", {info['encoder_share']:.0%} of its encoder" if info.get("encoder_share") is not None else ""
+        line = (f"model.pretrained: {info['loaded']} tensors loaded by {info['method']} ({info['share']:.0%} of the network{enc}), "
+                f"{len(info['skipped_shape'])} skipped for their shape, {info['missing']} left at their initialisation")
+        log.info(line)
+        console.print(escape(line))
     if loaded.bad:
         log.warning("skipped %d bad files (bad_files.json)", len(loaded.bad))
         console.print(f"[yellow]skipped {len(loaded.bad)} bad files, listed in {run_dir / runfs.BAD_FILES}")

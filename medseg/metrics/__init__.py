@@ -13,6 +13,7 @@ _LAZY = {
     "sweep_cases": "medseg.metrics.sweep",
     "score_folders": "medseg.metrics.folders",
     "score_validation": "medseg.metrics.validation",
+    "score": "medseg.metrics.validation",
     "image_contract": "medseg.metrics.validation",
     "volume_metrics": "medseg.metrics.validation",
 }

@@ -147,3 +147,21 @@ def score_postprocessed(
     summary = summarize(rows, image_contract(hard_contract))
     summary["cases"] = "volumes" if len(cases_p) != len(probs) else "images"
     return summary, rows
+
+
+def score(probs: Sequence[np.ndarray], truths: Sequence[np.ndarray], contract: Optional[MetricContract] = None,
+          surface: bool = True) -> dict:
+    """Score predictions against truths given as arrays, under an explicit contract: {"summary", "rows"}.
+
+    The Python API's entry to the metrics (`medseg.metrics.score`): each pair is one case (a
+    2D image or a 3D volume), scored by `case_metrics` and reduced by `summarize`.
+
+    Args:
+        probs: probabilities in [0, 1] (or 0/1 masks), one array per case.
+        truths: binary masks of the same shapes.
+        contract: the metric contract (default: hard@0.5, per-image mean, empty/empty -> one).
+        surface: also compute HD95/ASD.
+    """
+    contract = contract or MetricContract()
+    rows = [case_metrics(p, t, contract, surface=surface) for p, t in zip(probs, truths)]
+    return {"summary": summarize(rows, contract), "rows": rows}

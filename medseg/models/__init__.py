@@ -8,6 +8,7 @@ channels and the key prefixes of its encoder. `load_weights` loads a local weigh
 # each module registers its models; this order is the order `medseg models` lists them
 from medseg.models import unet  # noqa: F401, I001
 from medseg.models import flexunet, segresnet  # noqa: F401, I001
+from medseg.models import smp  # noqa: F401, I001 — only when segmentation_models_pytorch is installed
 from medseg.models.registry import MODELS, ModelSpec, available_models, create_model, get_model_spec, register_model
 from medseg.models.weights import load_weights
 

@@ -17,7 +17,7 @@ import torch
 
 from medseg.config import Config
 from medseg.losses import build_loss
-from medseg.models import create_model, load_weights
+from medseg.models import create_model, get_model_spec, load_weights
 
 
 def lr_lambda(cfg: Config, total_steps: int, steps_per_epoch: int):
@@ -88,7 +88,8 @@ class SegModule(pl.LightningModule):
         self.cfg = cfg
         self.net = create_model(cfg.model.name, in_channels, cfg.model.channels, cfg.model.dropout, cfg.model.res_units)
         if cfg.model.pretrained is not None:
-            self.pretrained_info = load_weights(self.net, cfg.model.pretrained)
+            spec = get_model_spec(cfg.model.name)
+            self.pretrained_info = load_weights(self.net, cfg.model.pretrained, cfg.model.pretrained_min_share, spec.encoder_prefixes)
         if cfg.train.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         self.loss_fn = build_loss(cfg.loss, pos_fraction)

@@ -211,7 +211,7 @@ def test_cli_writes_reports_and_never_overwrites(tmp_path):
     make_run(tmp_path, "A", a)
     make_run(tmp_path, "B", a + 0.1, {"optim": {"lr": 0.01}})
     md, page, js = tmp_path / "out" / "c.md", tmp_path / "c.html", tmp_path / "c.json"
-    proc = _cli("compare", "A", "B", "--out", md, "--html", page, "--json", js, "--resamples", 1000, cwd=tmp_path)
+    proc = _cli("compare", "A", "B", "--out", md, "--html", page, "--json-file", js, "--resamples", 1000, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "B better" in proc.stdout and "optim.lr" in proc.stdout and MetricContract().describe() in proc.stdout
 
@@ -226,7 +226,7 @@ def test_cli_writes_reports_and_never_overwrites(tmp_path):
     assert result["paired"]["pairs"][0]["mean_diff"] == pytest.approx(0.1)
 
     before = {p: p.read_text() for p in (md, page, js)}
-    for flag, path in (("--out", md), ("--html", page), ("--json", js)):
+    for flag, path in (("--out", md), ("--html", page), ("--json-file", js)):
         line = _one_error_line(_cli("compare", "A", "B", flag, path, cwd=tmp_path))
         assert str(path) in line and "already exists" in line
     assert {p: p.read_text() for p in (md, page, js)} == before

@@ -25,7 +25,7 @@ def _run(planted, fault: str) -> Path:
 
 def test_doctor_prints_ranked_table_and_writes_json(planted, tmp_path):
     out = tmp_path / "findings.json"
-    res = CliRunner().invoke(app, ["doctor", str(_run(planted, "sampler_share_0")), "--json", str(out)], env={"COLUMNS": "200"})
+    res = CliRunner().invoke(app, ["doctor", str(_run(planted, "sampler_share_0")), "--json-file", str(out)], env={"COLUMNS": "200"})
     assert res.exit_code == 0, res.output
     assert "serious finding" in res.output and "change: sampler.positive_share = 0.5" in res.output
     findings = json.loads(out.read_text())
@@ -49,7 +49,7 @@ def test_doctor_user_errors_are_one_line_exit_2(planted, tmp_path):
     run_dir, _ = planted["healthy"]
     existing = tmp_path / "f.json"
     existing.write_text("keep")
-    for args, needle in (([run_dir, "--json", existing], "exists"), ([tmp_path], "not a medseg run folder")):
+    for args, needle in (([run_dir, "--json-file", existing], "exists"), ([tmp_path], "not a medseg run folder")):
         proc = _cli("doctor", *args)
         lines = [l for l in proc.stderr.strip().splitlines() if l.strip()]
         assert proc.returncode == 2 and len(lines) == 1 and needle in lines[0], proc.stderr

@@ -79,3 +79,13 @@ def test_config_refuses_an_input_size_the_model_cannot_take(tmp_path):
     with pytest.raises(MedsegError, match=r"data.input_size: \[240, 240\].*multiple of 32.*flexunet-resnet34"):
         config_from_dict({"data": {"input_size": [240, 240]}})
     config_from_dict({"data": {"input_size": [240, 240]}, "model": {"name": "unet"}})  # unet's 5 levels: stride 16
+
+
+def test_smp_models_register_only_with_the_optional_extra():
+    from medseg.models import smp
+
+    names = [n for n in available_models() if n.startswith("smp-")]
+    if not smp.available():
+        assert names == []  # not installed here: nothing registered, nothing imported
+    else:
+        assert "smp-unet-resnet34" in names and get_model_spec("smp-unet-resnet34").output_stride() == 32

@@ -201,3 +201,27 @@ SOURCE = register_source(SourceSpec(
     match_file=_match_file,
     match_folder=_match_folder,
 ))
+
+
+def prepare_image(raw: np.ndarray, cfg: DataConfig, in_channels: int, where: str = "image") -> tuple[np.ndarray, dict]:
+    """One raw image array as a network input, exactly as the source prepares a file: channels, normalisation, resize.
+
+    Args:
+        raw: (H, W) or (H, W, 3) stored values (what `read_image_2d` returns).
+        cfg: the run's data config (normalisation, input size, resize mode).
+        in_channels: the network's input channels (1 grey, 3 RGB).
+        where: how errors name the image.
+
+    Returns:
+        (C, h, w) float32 at the input size, and the resize info for `preprocess.to_original`.
+    """
+    raw = np.asarray(raw, dtype=np.float32)
+    if raw.ndim == 3 and raw.shape[-1] == 4:
+        raw = raw[..., :3]
+    if not (raw.ndim == 2 or (raw.ndim == 3 and raw.shape[-1] == 3)) or min(raw.shape[:2]) == 0:
+        raise MedsegError(f"{where}: expected a 2D grey (H, W) or RGB (H, W, 3) image, got shape {tuple(raw.shape)}")
+    chw, _ = _image_channels(raw, "rgb" if in_channels == 3 else "grey")
+    if chw.shape[0] != in_channels:
+        chw = np.repeat(chw, in_channels, axis=0)
+    norm = normalize(chw, cfg.normalize, cfg.modality if cfg.modality != "auto" else "other", where=where)
+    return resize_image(norm, cfg.input_size, cfg.resize_mode)
