@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 
 from medseg.data.schema import DataConfig, NormalizeConfig, Section, SplitConfig
 from medseg.data.sources import available_sources
+from medseg.data.tta import DEFAULT_TTA_SETS, check_tta_names
 from medseg.errors import MedsegError
 from medseg.metrics.contract import MetricContract
 from medseg.models import available_models, get_model_spec
@@ -232,14 +233,37 @@ class PostprocessConfig(Section):
         description="Candidate case gates: an image (volume) is predicted empty unless its highest probability "
         "reaches the gate; 0 = no gate.",
     )
-    tta: bool = Field(
+    tta: Union[bool, list[list[str]]] = Field(
         True,
-        description="Tune and apply the rule on probabilities averaged with the horizontally flipped prediction "
-        "(raw metrics stay without TTA).",
+        description="Test-time augmentation sets the tuning tries, each a list of in-plane transforms "
+        "(identity, hflip, vflip, rot90, rot180, rot270, transpose, antitranspose), probabilities averaged; "
+        "true: none, flip, the whole dihedral group; false: none. The cheapest set within min_gain of the best "
+        "is kept (raw metrics stay without TTA).",
     )
     min_gain: float = Field(
         0.005, ge=0.0, description="Tuned rules must beat the raw prediction by this much validation Dice, else raw is kept.",
     )
+
+    @field_validator("tta")
+    @classmethod
+    def _tta(cls, v):
+        if isinstance(v, list):
+            if not v:
+                raise ValueError("needs at least one set (e.g. [[identity]])")
+            for names in v:
+                check_tta_names(names)
+        return v
+
+    def tta_sets(self) -> list[tuple[str, ...]]:
+        """The TTA sets to try, the plain prediction first."""
+        if self.tta is False:
+            sets = [("identity",)]
+        elif self.tta is True:
+            sets = [tuple(s) for s in DEFAULT_TTA_SETS]
+        else:
+            sets = [check_tta_names(s) or ("identity",) for s in self.tta]
+        plain = ("identity",)
+        return [plain] + [s for s in dict.fromkeys(sets) if s != plain]
 
     @field_validator("thresholds")
     @classmethod

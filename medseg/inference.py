@@ -7,58 +7,128 @@ eval-mode network).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence, Union
 
 import numpy as np
 
+from medseg.data.tta import DIHEDRAL, FLIP, check_tta_names
 from medseg.runtime import autocast_for, inference_device, inference_precision
+
+__all__ = ["DIHEDRAL", "FLIP", "predict_prob_sets", "predict_probs", "run_prob_sets", "run_probs", "tta_set"]
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
 
+# The dihedral group of the square (`data.tta`), applied in-plane to the last two axes of an (N, C, H, W)
+# tensor: for 2.5D inputs the channels are neighbouring slices, so in-plane transforms are valid there too.
+
+
+def _transform(name: str, x, inverse: bool = False):
+    import torch
+
+    if name == "identity":
+        return x
+    if name == "hflip":
+        return torch.flip(x, dims=[-1])
+    if name == "vflip":
+        return torch.flip(x, dims=[-2])
+    if name == "rot180":
+        return torch.rot90(x, 2, dims=[-2, -1])
+    if name in ("rot90", "rot270"):
+        k = 1 if name == "rot90" else 3
+        return torch.rot90(x, -k if inverse else k, dims=[-2, -1])
+    if name == "transpose":
+        return x.transpose(-2, -1)
+    if name == "antitranspose":
+        return torch.rot90(x, 2, dims=[-2, -1]).transpose(-2, -1)
+    raise ValueError(f"unknown TTA transform '{name}'; choose from {', '.join(DIHEDRAL)}")
+
+
+def tta_set(tta: Union[bool, None, Sequence[str]]) -> tuple[str, ...]:
+    """The transforms a `tta` value means: False/None -> identity only, True -> identity + hflip, a list as given."""
+    if tta is None or tta is False:
+        return ("identity",)
+    if tta is True:
+        return FLIP
+    return check_tta_names(tta) or ("identity",)
+
+
 def predict_probs(
-    net: "nn.Module",
+    net: Union["nn.Module", Sequence["nn.Module"]],
     images: np.ndarray,
     batch_size: int = 16,
     precision: str = "32-true",
     device: torch.device | str = "cpu",
     channels_last: bool = False,
-    tta: bool = False,
+    tta: Union[bool, None, Sequence[str]] = False,
 ) -> np.ndarray:
-    """Sigmoid probabilities (N, H, W) float32 for images (N, C, H, W).
+    """Sigmoid probabilities (N, H, W) float32 for images (N, C, H, W), one network or the mean of several.
 
     Args:
-        net: network returning logits (B, 1, H, W) (or a list, first = full resolution).
+        net: a network returning logits (B, 1, H, W) (or a list, first = full resolution), or a
+            list of networks (an ensemble: their probabilities are averaged).
         images: normalised images at the network's input size.
-        batch_size: images per forward pass (does not change results: the net is in eval mode).
+        batch_size: images per forward pass (does not change results: the nets are in eval mode).
         precision: Lightning precision string used in training, for the matching autocast.
         device: where to run.
         channels_last: use channels_last memory format.
-        tta: average with the horizontally flipped prediction.
+        tta: test-time augmentation: False (none), True (horizontal flip), or transform names
+            from `DIHEDRAL`; each transformed prediction is mapped back and the probabilities are
+            averaged (in probability space, not logits).
+    """
+    return predict_prob_sets(net, images, [tta_set(tta)], batch_size, precision, device, channels_last)[0]
+
+
+def predict_prob_sets(
+    net: Union["nn.Module", Sequence["nn.Module"]],
+    images: np.ndarray,
+    sets: Sequence[Sequence[str]],
+    batch_size: int = 16,
+    precision: str = "32-true",
+    device: torch.device | str = "cpu",
+    channels_last: bool = False,
+) -> list[np.ndarray]:
+    """`predict_probs` for several TTA sets at once: each transform runs once per batch and feeds every set holding it.
+
+    Args:
+        sets: TTA sets (lists of `DIHEDRAL` names); the result has one (N, H, W) array per set.
+        (the rest as `predict_probs`)
     """
     import torch  # here: the verbs that only read run folders start without torch
 
+    nets = list(net) if isinstance(net, (list, tuple)) else [net]
+    sets = [tta_set(s) for s in sets]
+    needed = list(dict.fromkeys(t for s in sets for t in s))
     device = torch.device(device)
-    was_training = net.training
-    net.eval()
-    out = np.empty((len(images),) + images.shape[2:], dtype=np.float32)
+    was_training = [n.training for n in nets]
+    for n in nets:
+        n.eval()
+    outs = [np.empty((len(images),) + images.shape[2:], dtype=np.float32) for _ in sets]
     with torch.no_grad():
         for start in range(0, len(images), batch_size):
             x = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size], dtype=np.float32)).to(device)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with autocast_for(precision, device):
-                logits = _forward(net, x)
-                if tta:
-                    logits = (logits + torch.flip(_forward(net, torch.flip(x, dims=[-1])), dims=[-1])) / 2
-            out[start : start + len(x)] = torch.sigmoid(logits.float())[:, 0].cpu().numpy()
-    net.train(was_training)
-    return out
+            probs = {}
+            for name in needed:
+                xt = _transform(name, x)
+                if channels_last:
+                    xt = xt.contiguous(memory_format=torch.channels_last)
+                total = None
+                for n in nets:
+                    with autocast_for(precision, device):
+                        logits = _forward(n, xt)
+                    p = torch.sigmoid(logits.float())
+                    total = p if total is None else total + p
+                probs[name] = _transform(name, total / len(nets), inverse=True)[:, 0]
+            for out, s in zip(outs, sets):
+                out[start : start + len(x)] = (sum(probs[t] for t in s) / len(s)).cpu().numpy()
+    for n, was in zip(nets, was_training):
+        n.train(was)
+    return outs
 
 
-def run_probs(net: "nn.Module", images: np.ndarray, cfg, state: dict, tta: bool = False) -> np.ndarray:
+def run_probs(net, images: np.ndarray, cfg, state: dict, tta: Union[bool, None, Sequence[str]] = False) -> np.ndarray:
     """`predict_probs` with a run's settings: its eval batch size, trained precision and memory format.
 
     Every verb that runs a saved network calls this, so the device and precision rule
@@ -69,7 +139,7 @@ def run_probs(net: "nn.Module", images: np.ndarray, cfg, state: dict, tta: bool 
         images: normalised images at the network's input size.
         cfg: the run's Config.
         state: the run's state.json (its `precision`).
-        tta: average with the horizontally flipped prediction.
+        tta: test-time augmentation, as `predict_probs`.
     """
     device = inference_device(cfg)
     precision = inference_precision(str(state.get("precision", "32-true")), device)
@@ -81,3 +151,10 @@ def _forward(net: "nn.Module", x: "torch.Tensor") -> "torch.Tensor":
     if isinstance(y, (list, tuple)):
         y = y[0]
     return y
+
+
+def run_prob_sets(net, images: np.ndarray, cfg, state: dict, sets: Sequence[Sequence[str]]) -> list[np.ndarray]:
+    """`predict_prob_sets` with a run's settings (see `run_probs`)."""
+    device = inference_device(cfg)
+    precision = inference_precision(str(state.get("precision", "32-true")), device)
+    return predict_prob_sets(net, images, sets, cfg.eval.batch_size, precision, device, cfg.train.channels_last)

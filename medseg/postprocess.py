@@ -29,6 +29,7 @@ from typing import Optional, Sequence
 import numpy as np
 from scipy import ndimage
 
+from medseg.data.tta import DIHEDRAL, FLIP
 from medseg.metrics.contract import MetricContract
 from medseg.metrics.validation import dice_from_counts
 
@@ -42,15 +43,19 @@ class PostProcess:
         min_area: remove connected components with fewer pixels (voxels); 0 keeps all.
         keep_largest: keep only the largest component.
         min_score: predict the case empty unless its maximum probability is >= this (0 = off).
-        tta: probabilities come from flip test-time augmentation (read by the callers that
-            produce the probabilities; `apply` only sees the map).
+        tta: the test-time augmentation the probabilities come from: transform names of
+            `inference.DIHEDRAL` (e.g. ('identity', 'hflip')), () for none; read by the
+            callers that produce the probabilities (`apply` only sees the map).
     """
 
     threshold: float = 0.5
     min_area: int = 0
     keep_largest: bool = False
     min_score: float = 0.0
-    tta: bool = False
+    tta: tuple = ()
+
+    def __post_init__(self):
+        object.__setattr__(self, "tta", normalise_tta(self.tta))
 
     def apply(self, prob: np.ndarray, area_scale: float = 1.0) -> np.ndarray:
         """The final boolean mask of one case (2D image or 3D volume).
@@ -79,17 +84,38 @@ class PostProcess:
         if self.min_score > 0:
             parts.append(f"empty unless max probability >= {self.min_score:g}")
         if self.tta:
-            parts.append("flip TTA")
+            parts.append(describe_tta(self.tta))
         return ", ".join(parts)
 
     def to_json(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "tta": list(self.tta)}
 
     @classmethod
     def from_json(cls, d: dict) -> "PostProcess":
-        # min_score and tta are absent from rules tuned before they existed
+        # min_score and tta are absent from rules tuned before they existed; tta was a flag before the dihedral sets
         return cls(threshold=float(d["threshold"]), min_area=int(d["min_area"]), keep_largest=bool(d["keep_largest"]),
-                   min_score=float(d.get("min_score", 0.0)), tta=bool(d.get("tta", False)))
+                   min_score=float(d.get("min_score", 0.0)), tta=d.get("tta", False))
+
+
+def normalise_tta(tta) -> tuple:
+    """A rule's TTA as a tuple of transform names; () for none (also for ['identity'] alone)."""
+    if tta is None or tta is False:
+        return ()
+    if tta is True:
+        return FLIP  # the flip TTA of rules saved before the dihedral sets
+    names = tuple(dict.fromkeys(str(t) for t in tta))
+    return () if names in ((), ("identity",)) else names
+
+
+def describe_tta(tta) -> str:
+    names = normalise_tta(tta)
+    if not names:
+        return "no TTA"
+    if names == FLIP:
+        return "flip TTA"
+    if set(names) == set(DIHEDRAL):
+        return "dihedral TTA (8 transforms)"
+    return f"TTA {'+'.join(names)}"
 
 
 def _components(hard: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -138,8 +164,9 @@ def tune_postprocess(
     keep_largest: Sequence[bool] = (False, True),
     min_gain: float = 0.005,
     min_scores: Sequence[float] = (0.0,),
-    tta: bool = False,
+    tta=(),
     raw_probs: Optional[Sequence[np.ndarray]] = None,
+    where: str = "validation",
 ) -> dict:
     """Grid-search threshold x min_area x keep_largest x min_score for the contract's Dice.
 
@@ -151,10 +178,11 @@ def tune_postprocess(
         area_fractions: candidate min_area values as fractions of one image's area (0 = keep all).
         keep_largest: candidate values of keep_largest.
         min_scores: candidate case gates on the maximum probability (0 = off).
-        tta: whether `probs` came from flip TTA (recorded in the chosen rule).
+        tta: the TTA `probs` came from (transform names, or True for flip; recorded in the chosen rule).
         raw_probs: the plain (no TTA) probabilities when `probs` came from TTA: the raw
             baseline the rule must beat is then the contract's plain prediction.
         min_gain: the best must beat the raw prediction by this much, else raw is chosen.
+        where: what the cases are, for the reason text ("validation", "out-of-fold").
 
     Returns:
         {"chosen": PostProcess as dict, "raw": {...,"dice"}, "best": {..., "dice"}, "gain", "rows": all candidates,
@@ -199,18 +227,69 @@ def tune_postprocess(
         return (round(d, 9), -abs(r["threshold"] - contract.threshold), -r["min_area"], not r["keep_largest"], -r["min_score"])
 
     def rule(r: dict) -> PostProcess:
-        return PostProcess(r["threshold"], r["min_area"], r["keep_largest"], r["min_score"], bool(tta))
+        return PostProcess(r["threshold"], r["min_area"], r["keep_largest"], r["min_score"], tta)
 
     best = max(rows, key=rank)
     gain = best["dice"] - raw["dice"] if math.isfinite(best["dice"]) and math.isfinite(raw["dice"]) else 0.0
-    what = f"on {len(probs)} validation case{'s' if len(probs) != 1 else ''}"  # the rule's text already says "flip TTA"
+    what = f"on {len(probs)} {where} case{'s' if len(probs) != 1 else ''}"  # the rule's text already says which TTA
     if gain >= min_gain:
         chosen = rule(best)
         reason = f"{chosen.describe()}: Dice {best['dice']:.4f} vs {raw['dice']:.4f} raw {what} (+{gain:.4f})"
     else:
-        chosen = PostProcess(float(contract.threshold), 0, False, 0.0, False)
+        chosen = PostProcess(float(contract.threshold), 0, False, 0.0, ())
         reason = f"raw prediction kept: the best rule ({rule(best).describe()}) gains only {gain:+.4f} < {min_gain:g} {what}"
     return {
         "chosen": chosen.to_json(), "raw": raw, "best": best, "gain": gain, "rows": rows,
         "n_cases": len(probs), "min_gain": min_gain, "reason": reason,
     }
+
+
+def tune_over_tta(
+    probs_by_set: Sequence[tuple[Sequence[str], Sequence[np.ndarray]]],
+    masks: Sequence[np.ndarray],
+    contract: MetricContract,
+    thresholds: Sequence[float],
+    area_fractions: Sequence[float],
+    keep_largest: Sequence[bool] = (False, True),
+    min_gain: float = 0.005,
+    min_scores: Sequence[float] = (0.0,),
+    where: str = "validation",
+) -> dict:
+    """`tune_postprocess` on the probabilities of each TTA set; the cheapest set worth its cost wins.
+
+    Each set is searched on its own probabilities and must beat the same raw baseline (the first
+    set's, the plain prediction). The set with the best tuned Dice is found; then the set with the
+    fewest transforms whose best is within `min_gain` of it is taken: a TTA set that adds inference
+    cost must add Dice too.
+
+    Args:
+        probs_by_set: (transform names, per-case probabilities) per TTA set; the first must be
+            the plain prediction (('identity',)).
+        (the rest as `tune_postprocess`)
+
+    Returns:
+        `tune_postprocess`'s result for the set taken, plus "tta_sets": [{"tta", "n_transforms",
+        "best_dice", "gain"}] and "tta_reason".
+    """
+    plain = probs_by_set[0][1]
+    results = []
+    for names, probs in probs_by_set:
+        r = tune_postprocess(probs, masks, contract, thresholds, area_fractions, keep_largest, min_gain, min_scores,
+                             tta=names, raw_probs=plain, where=where)
+        results.append((normalise_tta(names), r))
+
+    def best_dice(r: dict) -> float:
+        return r["best"]["dice"] if math.isfinite(r["best"]["dice"]) else -math.inf
+
+    top = max(best_dice(r) for _, r in results)
+    names, chosen = min((x for x in results if best_dice(x[1]) >= top - min_gain), key=lambda x: len(x[0]))
+    table = [{"tta": list(n) or ["identity"], "n_transforms": max(1, len(n)), "best_dice": r["best"]["dice"], "gain": r["gain"]}
+             for n, r in results]
+    best_names = max(results, key=lambda x: best_dice(x[1]))[0]
+    if names == best_names:
+        why = f"{describe_tta(names)} gives the best tuned Dice {best_dice(chosen):.4f}"
+    else:
+        why = (f"{describe_tta(names)} ({max(1, len(names))} passes) is within {min_gain:g} of the best, "
+               f"{describe_tta(best_names)} ({top:.4f}): the extra passes are not worth their cost")
+    return {**chosen, "tta_sets": table, "tta_reason": why}
+

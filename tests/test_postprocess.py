@@ -95,7 +95,7 @@ def test_tuning_keeps_raw_when_the_gain_is_below_min_gain():
         probs.append(np.where(t, 0.9, 0.05).astype(np.float32))
         truths.append(t)
     res = tune_postprocess(probs, truths, MetricContract(), [0.4, 0.5, 0.6], [0.0, 0.01], min_gain=0.005)
-    assert res["chosen"] == {"threshold": 0.5, "min_area": 0, "keep_largest": False, "min_score": 0.0, "tta": False}
+    assert res["chosen"] == {"threshold": 0.5, "min_area": 0, "keep_largest": False, "min_score": 0.0, "tta": []}
     assert "raw prediction kept" in res["reason"]
 
 
@@ -121,9 +121,9 @@ def test_tta_rule_must_beat_the_plain_prediction():
     plain = [np.where(t, 0.3, 0.0).astype(np.float32) for t in truths]  # plain prediction misses every lesion
     res = tune_postprocess(probs, truths, MetricContract(), [0.5], [0.0, 0.004], tta=True, raw_probs=plain)
     assert res["raw"]["dice"] == pytest.approx(np.mean([_np_dice(p >= 0.5, t) for p, t in zip(plain, truths)]), abs=1e-9)
-    assert res["chosen"]["tta"] is True and "flip TTA" in res["reason"]
+    assert res["chosen"]["tta"] == ["identity", "hflip"] and "flip TTA" in res["reason"]
     same = tune_postprocess(plain, truths, MetricContract(), [0.5], [0.0], tta=True, raw_probs=plain, min_gain=0.01)
-    assert same["chosen"]["tta"] is False  # nothing gained: the plain raw prediction is kept, TTA off
+    assert same["chosen"]["tta"] == []  # nothing gained: the plain raw prediction is kept, TTA off
 
 
 def test_rules_saved_before_gates_existed_still_load():
@@ -148,3 +148,33 @@ def test_tuning_follows_the_empty_policy_and_per_volume_cases():
 
 def test_area_grid_uses_one_slice_area():
     assert default_area_grid((10, 100, 50), [0.0, 0.001, 0.01]) == [0, 5, 50]
+
+
+def test_tta_sets_from_the_config_and_rules_of_the_flag_era():
+    from medseg.config import config_from_dict
+    from medseg.data.tta import DIHEDRAL, FLIP
+
+    assert config_from_dict({}).postprocess.tta_sets() == [("identity",), FLIP, DIHEDRAL]
+    assert config_from_dict({"postprocess": {"tta": False}}).postprocess.tta_sets() == [("identity",)]
+    assert config_from_dict({"postprocess": {"tta": [["hflip", "vflip"]]}}).postprocess.tta_sets() == [("identity",), ("hflip", "vflip")]
+    with pytest.raises(Exception, match="postprocess.tta"):
+        config_from_dict({"postprocess": {"tta": [["spin"]]}})
+    old = PostProcess.from_json({"threshold": 0.5, "min_area": 0, "keep_largest": False, "tta": True})
+    assert old.tta == FLIP and "flip TTA" in old.describe() and PostProcess(tta=["identity"]).tta == ()
+
+
+def test_the_cheapest_tta_set_within_min_gain_wins():
+    from medseg.postprocess import tune_over_tta
+
+    probs, truths = _specky_cases(np.random.default_rng(4))
+    plain = [np.where(t, 0.3, 0.0).astype(np.float32) for t in truths]
+    nudged = [np.clip(p + 0.0005, 0, 1) for p in probs]  # a costlier set that is only a hair better
+    res = tune_over_tta([(("identity",), plain), (("identity", "hflip"), probs), (DIHEDRAL_NAMES, nudged)], truths,
+                        MetricContract(), [0.5], [0.0, 0.004], min_gain=0.01)
+    flip, dihedral = res["tta_sets"][1], res["tta_sets"][2]
+    assert [r["n_transforms"] for r in res["tta_sets"]] == [1, 2, 8] and flip["best_dice"] > res["tta_sets"][0]["best_dice"]
+    assert abs(dihedral["best_dice"] - flip["best_dice"]) < 0.01  # the 8-pass set is not worth 0.01 more
+    assert res["chosen"]["tta"] == ["identity", "hflip"]
+
+
+DIHEDRAL_NAMES = ("identity", "hflip", "vflip", "rot90", "rot180", "rot270", "transpose", "antitranspose")

@@ -61,8 +61,16 @@ def print_sweep(console: Console, sw: dict, contract) -> None:
 
 
 def print_tuning(console: Console, result: dict) -> None:
-    """The raw score, the five best candidates and the chosen rule."""
-    t = Table(title=f"post-processing tuned on {result['n_cases']} validation cases ({result.get('contract_text', '')})")
+    """The TTA sets tried, the raw score, the five best candidates of the set taken and the chosen rule."""
+    if result.get("tta_sets"):
+        tt = Table(title="test-time augmentation sets")
+        for c in ("transforms", "passes", "best tuned Dice", "gain over raw"):
+            tt.add_column(c, justify="right")
+        for row in result["tta_sets"]:
+            tt.add_row("+".join(row["tta"]), str(row["n_transforms"]), f"{row['best_dice']:.4f}", f"{row['gain']:+.4f}")
+        console.print(tt)
+        console.print(f"TTA: {result['tta_reason']}")
+    t = Table(title=f"post-processing tuned on {result['n_cases']} {result.get('where', 'validation')} cases ({result.get('contract_text', '')})")
     for c in ("threshold", "min area px", "largest only", "min max-prob", "Dice"):
         t.add_column(c, justify="right")
     raw = result["raw"]

@@ -84,7 +84,7 @@ def evaluate_run(
     pp = runfs.load_postprocess(run_dir)
     if pp is not None:
         # the deployed pipeline (tuned on validation); the raw numbers above stay the contract's
-        pp_probs = run_probs(net, val.images, cfg, state, tta=True) if pp.tta else probs
+        pp_probs = run_probs(net, val.images, cfg, state, tta=pp.tta) if pp.tta else probs
         pp_summary, pp_rows = score_postprocessed(pp_probs, val.masks, val.meta, contract, pp.apply)
         summary["postprocessed"] = {**pp_summary, "rule": pp.to_json(), "rule_text": pp.describe()}
         runfs.write_csv(out_dir / runfs.CASES_PP_NAME, pp_rows)

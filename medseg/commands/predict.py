@@ -18,6 +18,7 @@ from medseg.data import infer_input, load_data
 from medseg.data.preprocess import to_original
 from medseg.data.sources import get_source, prediction_units
 from medseg.errors import MedsegError
+from medseg.data.tta import FLIP
 from medseg.inference import run_probs
 from medseg.postprocess import PostProcess
 
@@ -63,7 +64,8 @@ def predict_run(
     pp = runfs.load_postprocess(run_dir) if threshold is None and not raw else None
     if pp is None:
         pp = PostProcess(cfg.eval.contract.threshold if threshold is None else threshold, 0, False)
-    tta = tta or pp.tta  # a rule tuned on TTA probabilities needs TTA probabilities
+    # a rule tuned on TTA probabilities needs the same TTA; --tta alone asks for flip TTA
+    tta = pp.tta or (FLIP if tta else ())
     probs = run_probs(net, images, cfg, state, tta=tta)
     thr = pp.threshold
     output.mkdir(parents=True, exist_ok=True)
@@ -79,6 +81,7 @@ def predict_run(
     writer.close()
     runfs.write_json(
         output / "prediction.json",
-        {"run": str(run_dir), "input": str(input_path), "threshold": thr, "postprocess": pp.to_json(), "tta": tta, "n_images": len(probs), "source": loaded.source},
+        {"run": str(run_dir), "input": str(input_path), "threshold": thr, "postprocess": pp.to_json(), "tta": bool(tta),
+         "tta_transforms": list(tta), "n_images": len(probs), "source": loaded.source},
     )
     return output

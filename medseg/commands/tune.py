@@ -1,7 +1,7 @@
 """`medseg tune`: choose the run's post-processing on its validation cases.
 
-Writes runs/NAME/postprocess.json (the chosen rule, the raw and best scores, and every
-candidate) and postprocess.csv; `evaluate`, `predict` and the report apply the rule. See
+Writes runs/NAME/postprocess.json (the chosen rule, the raw and best scores, the TTA sets tried
+and every candidate) and postprocess.csv; `evaluate`, `predict` and the report apply the rule. See
 `medseg.postprocess` for the search.
 """
 
@@ -16,9 +16,9 @@ from medseg import runfolder as runfs
 from medseg.commands.console import print_tuning
 from medseg.config import apply_overrides, config_from_dict, read_yaml
 from medseg.errors import MedsegError
-from medseg.inference import run_probs
+from medseg.inference import run_prob_sets
 from medseg.metrics import sweep_cases
-from medseg.postprocess import tune_postprocess
+from medseg.postprocess import tune_over_tta
 
 
 def tune_run(
@@ -49,15 +49,16 @@ def tune_run(
     net, info = runfs.load_network(run_dir, cfg, state["in_channels"])
     contract = cfg.eval.contract
     pp = cfg.postprocess
-    plain = run_probs(net, val.images, cfg, state)
-    cases_p, cases_m = sweep_cases(plain, val.masks, val.meta, contract)
-    raw_cases = None
-    if pp.tta:
-        # the rule is searched on TTA probabilities but must beat the plain prediction
-        raw_cases = cases_p
-        cases_p, _ = sweep_cases(run_probs(net, val.images, cfg, state, tta=True), val.masks, val.meta, contract)
-    result = tune_postprocess(cases_p, cases_m, contract, pp.thresholds, pp.min_area_fractions, pp.keep_largest,
-                              pp.min_gain, min_scores=pp.min_scores, tta=pp.tta, raw_probs=raw_cases)
+    sets = pp.tta_sets()
+    # every transform runs once; each TTA set averages its own (the first set is the plain prediction)
+    by_set = run_prob_sets(net, val.images, cfg, state, sets)
+    cases_m = None
+    probs_by_set = []
+    for names, probs in zip(sets, by_set):
+        cases_p, cases_m = sweep_cases(probs, val.masks, val.meta, contract)
+        probs_by_set.append((names, cases_p))
+    result = tune_over_tta(probs_by_set, cases_m, contract, pp.thresholds, pp.min_area_fractions, pp.keep_largest,
+                           pp.min_gain, min_scores=pp.min_scores)
     result["checkpoint"] = runfs.BEST_CKPT
     result["best_epoch"] = info["epoch"]
     result["contract_text"] = contract.describe()

@@ -68,7 +68,7 @@ def test_tune_refuses_to_overwrite_and_force_replaces(tuned_run):
     r = _cli("tune", str(run), "--force", "--no-progress", "--set", "postprocess.thresholds=[0.5]", "--set", "postprocess.min_gain=1.0")
     assert r.returncode == 0, r.stderr
     after = json.loads((run / "postprocess.json").read_text())
-    assert after["chosen"] == {"threshold": 0.5, "min_area": 0, "keep_largest": False, "min_score": 0.0, "tta": False}  # nothing gains 1.0 Dice
+    assert after["chosen"] == {"threshold": 0.5, "min_area": 0, "keep_largest": False, "min_score": 0.0, "tta": []}  # nothing gains 1.0 Dice
     r = _cli("tune", str(run), "--force", "--set", "train.epochs=3")
     assert r.returncode == 2 and "postprocess" in _one_error_line(r)
 
