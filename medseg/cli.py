@@ -89,21 +89,35 @@ def _root(
 def fit(
     config: Optional[Path] = typer.Argument(None, help="YAML config (data, split, model, loss, optim, schedule, augment, train, eval)."),
     set_: list[str] = typer.Option([], "--set", "-s", help=SET_HELP),
-    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this folder from its last checkpoint."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run (or experiment) in this folder from where it stopped."),
+    folds: Optional[int] = typer.Option(None, "--folds", help="Train a K-fold experiment (patient-grouped folds, out-of-fold tuning) instead of one run."),
+    fold: Optional[int] = typer.Option(None, "--fold", help="With --resume EXPERIMENT: train only this fold (run folds on several devices at once)."),
     no_progress: bool = typer.Option(False, "--no-progress", help="Hide progress bars."),
     json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
 ):
-    """Train a model into a new run folder (runs/NAME), then evaluate its best checkpoint."""
+    """Train a model into a new run folder (runs/NAME), then evaluate its best checkpoint; or a K-fold experiment (--folds K)."""
+    from medseg import runfolder as runfs
     from medseg.commands.fit import fit as do_fit
     from medseg.config import load_config
 
     if resume is None and config is None:
         raise MedsegError("fit: give a CONFIG file, or --resume runs/NAME")
-    if resume is not None and (config is not None or set_):
-        raise MedsegError("fit --resume: the run's saved config is used; drop CONFIG and --set")
-    cfg = load_config(config, set_) if resume is None else None
-    run_dir = do_fit(cfg, resume=resume, console=console, progress=not no_progress)
-    console.print(f"[bold green]run folder: {run_dir}")
+    if resume is not None and (config is not None or set_ or folds is not None):
+        raise MedsegError("fit --resume: the run's saved config is used; drop CONFIG, --set and --folds")
+    if fold is not None and (resume is None or not runfs.is_experiment(resume)):
+        raise MedsegError("fit --fold: only with --resume EXPERIMENT (a folder made by fit --folds)")
+    if resume is not None and runfs.is_experiment(resume):
+        from medseg.commands.experiment import resume_experiment
+
+        run_dir = resume_experiment(resume, fold=fold, console=console, progress=not no_progress)
+    elif folds is not None:
+        from medseg.commands.experiment import fit_experiment
+
+        run_dir = fit_experiment(load_config(config, set_), folds, console=console, progress=not no_progress)
+    else:
+        cfg = load_config(config, set_) if resume is None else None
+        run_dir = do_fit(cfg, resume=resume, console=console, progress=not no_progress)
+    console.print(f"[bold green]{'experiment' if runfs.is_experiment(run_dir) else 'run'} folder: {run_dir}")
     if json_out:
         from medseg import runfolder as runfs
 
@@ -126,8 +140,17 @@ def evaluate(
     """
     from medseg.commands.evaluate import evaluate_run
 
+    from medseg import runfolder as runfs
+
     if split != Part.val and data is not None:
         raise MedsegError("evaluate: use either --data or --split test, not both")
+    if runfs.is_experiment(run):
+        from medseg.commands.experiment import evaluate_experiment
+
+        s = evaluate_experiment(run, data, part="test", console=console, progress=not no_progress)
+        if json_out:
+            _print_json(s)
+        return
     s = evaluate_run(run, data, sweep=sweep, console=console, progress=not no_progress, part=split.value)
     if json_out:
         _print_json(s)
@@ -140,9 +163,9 @@ def evaluate(
 
 @app.command()
 def predict(
-    run: Path = typer.Argument(..., help="Run folder."),
-    input: Path = typer.Argument(..., help="An image folder, a NIfTI/NRRD volume (or folder of them), or a DICOM folder."),
-    output: Path = typer.Argument(..., help="New output folder (must not exist or be empty)."),
+    paths: list[Path] = typer.Argument(..., metavar="RUN... INPUT OUTPUT", help="One or more run or experiment folders (an ensemble: "
+                                       "their probabilities averaged), then the input (an image folder, a NIfTI/NRRD volume or "
+                                       "folder of them, a DICOM folder) and a new output folder (must not exist or be empty)."),
     threshold: Optional[float] = typer.Option(None, "--threshold", help="Binarisation threshold (default: the run's contract)."),
     tta: bool = typer.Option(False, "--tta", help="Average with horizontally flipped predictions."),
     raw: bool = typer.Option(False, "--raw", help="Ignore the run's tuned post-processing (postprocess.json): threshold only."),
@@ -155,7 +178,10 @@ def predict(
     """
     from medseg.commands.predict import predict_run
 
-    out = predict_run(run, input, output, threshold=threshold, tta=tta, console=console, raw=raw)
+    if len(paths) < 3:
+        raise MedsegError("predict: give RUN [RUN ...] INPUT OUTPUT")
+    *runs, input, output = paths
+    out = predict_run(runs if len(runs) > 1 else runs[0], input, output, threshold=threshold, tta=tta, console=console, raw=raw)
     console.print(f"[bold green]predictions: {out}")
     if json_out:
         _print_json({"output": str(out), **json.loads((out / "prediction.json").read_text())})
@@ -337,9 +363,18 @@ def tune(
     """
     from medseg.commands.tune import tune_run
 
+    from medseg import runfolder as runfs
+
     if any(not s.startswith("postprocess.") for s in set_):
         raise MedsegError("tune --set: only postprocess.* keys can be changed here")
-    result = tune_run(run, console=console, force=force, progress=not no_progress, overrides=set_)
+    if runfs.is_experiment(run):
+        from medseg.commands.experiment import tune_experiment
+
+        if set_:
+            raise MedsegError("tune --set: not for an experiment (its config.yaml holds the postprocess.* keys)")
+        result = tune_experiment(run, console=console, force=force)
+    else:
+        result = tune_run(run, console=console, force=force, progress=not no_progress, overrides=set_)
     if json_out:
         _print_json({k: v for k, v in result.items() if k != "rows"})
 

@@ -293,3 +293,9 @@ def tune_over_tta(
                f"{describe_tta(best_names)} ({top:.4f}): the extra passes are not worth their cost")
     return {**chosen, "tta_sets": table, "tta_reason": why}
 
+
+def case_dice(pred: np.ndarray, truth: np.ndarray, contract: MetricContract) -> float:
+    """The Dice of one case's final mask under the contract's empty policy (the paired statistics' unit)."""
+    tp, fp, fn, tn, ee = _case_counts(np.asarray(pred, dtype=bool), np.asarray(truth, dtype=bool))
+    return dice_from_counts([(tp, fp, fn, tn, ee)], contract.model_copy(update={"reduction": "per_image"}))
+

@@ -72,8 +72,8 @@ SUMMARY = f"{METRICS}/{SUMMARY_NAME}"
 SWEEP = f"{METRICS}/{SWEEP_NAME}"
 
 
-def create_run(output_dir: Path, name: str) -> Path:
-    """Make a new run folder; an existing one is never reused (name-2, name-3, ...)."""
+def create_run(output_dir: Path, name: str, subfolders: tuple[str, ...] = (METRICS, CHECKPOINTS, LOGS)) -> Path:
+    """Make a new run (or experiment) folder; an existing one is never reused (name-2, name-3, ...)."""
     output_dir = Path(output_dir)
     check_output_dir(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -83,7 +83,7 @@ def create_run(output_dir: Path, name: str) -> Path:
             path.mkdir()  # atomic: two concurrent fits never get the same folder
         except FileExistsError:
             continue
-        for sub in (METRICS, CHECKPOINTS, LOGS):
+        for sub in subfolders:
             (path / sub).mkdir()
         return path
     raise MedsegError(f"output_dir: {output_dir}: too many runs named '{name}'")
@@ -396,3 +396,82 @@ def load_config_leniently(run_dir: Path) -> LenientConfig:
         return LenientConfig(raw, saved, resolve_paths(cfg, run_dir), error)
     except Exception:  # noqa: BLE001 - any failure here leaves the reader with the raw dict only
         return LenientConfig(raw, saved, None, error)
+
+
+# ---------------------------------------------------------------------------------------
+# Experiments: a folder of k fold runs, their out-of-fold predictions and the rule tuned on them
+#
+# runs/NAME/
+#   experiment.json     k, seed, the folds' case ids and status, the test cases
+#   config.yaml         the experiment's (planned) config; each fold trains it on its own split
+#   splits/fold-I.json  the split file of fold I (train, val = the fold, test)
+#   fold-I/             ordinary run folders
+#   oof/SET/fold-I.npy  out-of-fold probabilities of fold I's cases under TTA set SET (float16, N x H x W)
+#   oof/SET/fold-I.json their sample ids, in the same order
+#   metrics/cases.csv, metrics/summary.json   out-of-fold scores under the contract (what compare reads)
+#   postprocess.json    the rule tuned on the out-of-fold predictions
+
+EXPERIMENT = "experiment.json"
+SPLITS = "splits"
+OOF = "oof"
+
+
+def is_experiment(path: Path) -> bool:
+    return (Path(path) / EXPERIMENT).is_file()
+
+
+def open_experiment(path: Path) -> tuple[Path, dict]:
+    """An experiment folder and its experiment.json; one line if it is not one."""
+    path = Path(path)
+    if not is_experiment(path):
+        raise MedsegError(f"{path}: not a medseg experiment folder (no {EXPERIMENT})")
+    doc = read_json(path / EXPERIMENT)
+    if not isinstance(doc, dict) or not isinstance(doc.get("folds"), list) or not doc["folds"]:
+        raise MedsegError(f"{path / EXPERIMENT}: no 'folds' list (the experiment folder is damaged)")
+    return path, doc
+
+
+def fold_dir(experiment: Path, fold: int) -> Path:
+    return Path(experiment) / f"fold-{fold}"
+
+
+def tta_key(names) -> str:
+    """The folder name of a TTA set's out-of-fold predictions."""
+    names = tuple(names) or ("identity",)
+    return "+".join(names)
+
+
+def save_oof(experiment: Path, fold: int, names, sample_ids: list[str], probs) -> None:
+    """Write one fold's out-of-fold probabilities for one TTA set (float16: 3 decimals are more than any threshold needs)."""
+    import numpy as np
+
+    folder = Path(experiment) / OOF / tta_key(names)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f"fold-{fold}.tmp.npy"
+    np.save(tmp, np.asarray(probs, dtype=np.float16))
+    os.replace(tmp, folder / f"fold-{fold}.npy")
+    write_json(folder / f"fold-{fold}.json", list(sample_ids))
+
+
+def load_oof(experiment: Path, names, folds: list[int]) -> tuple[list[str], "object"]:
+    """(sample ids, probabilities (N, H, W) float32) of these folds' out-of-fold predictions for one TTA set."""
+    import numpy as np
+
+    folder = Path(experiment) / OOF / tta_key(names)
+    ids: list[str] = []
+    parts = []
+    for f in folds:
+        arr_path, ids_path = folder / f"fold-{f}.npy", folder / f"fold-{f}.json"
+        if not arr_path.is_file() or not ids_path.is_file():
+            raise MedsegError(f"{arr_path}: missing (has fold {f} finished? medseg fit --resume {experiment})")
+        try:
+            arr = np.load(arr_path, allow_pickle=False)
+        except Exception as e:  # noqa: BLE001 - a damaged file is one line naming it
+            raise MedsegError(f"{arr_path}: unreadable ({type(e).__name__})") from None
+        fold_ids = read_json(ids_path)
+        if not isinstance(fold_ids, list) or len(fold_ids) != len(arr):
+            raise MedsegError(f"{ids_path}: does not list the {len(arr)} samples of {arr_path.name}")
+        ids.extend(str(i) for i in fold_ids)
+        parts.append(arr.astype(np.float32))
+    return ids, (np.concatenate(parts) if parts else np.zeros((0, 1, 1), np.float32))
+

@@ -99,7 +99,8 @@ def _check_same_data(run_dir: Path, split: dict, hashes: dict[str, str]) -> None
         )
 
 
-def fit(cfg: Optional[Config] = None, resume: Optional[Path] = None, console: Optional[Console] = None, progress: bool = True) -> Path:
+def fit(cfg: Optional[Config] = None, resume: Optional[Path] = None, console: Optional[Console] = None, progress: bool = True,
+        loaded=None) -> Path:
     """Train a model; returns the run folder.
 
     Everything that can fail on the user's input (config values, devices, data, split, pretrained
@@ -110,6 +111,7 @@ def fit(cfg: Optional[Config] = None, resume: Optional[Path] = None, console: Op
         resume: a run folder to continue from its last checkpoint.
         console: where to print.
         progress: show progress bars.
+        loaded: the data of `cfg.data` already in memory (an experiment reads it once for all its folds).
     """
     console = console or Console(stderr=True)
     saved_state: dict = {}
@@ -124,7 +126,8 @@ def fit(cfg: Optional[Config] = None, resume: Optional[Path] = None, console: Op
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
     # Everything that can fail on the user's data fails here, before a run folder exists.
-    loaded = load_data(cfg.data, with_masks=True, progress=progress)
+    if loaded is None:
+        loaded = load_data(cfg.data, with_masks=True, progress=progress)
     split = make_split([s.case_id for s in loaded.samples], cfg.split, cfg.seed)
     planned = None
     if resume is None and cfg.plan.enabled:

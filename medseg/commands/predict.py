@@ -8,7 +8,7 @@ SIIM DICOMs -> probs/ + masks/ PNGs and submission.csv (ImageId, EncodedPixels, 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence, Union
 
 import numpy as np
 from rich.console import Console
@@ -21,10 +21,11 @@ from medseg.errors import MedsegError
 from medseg.data.tta import FLIP
 from medseg.inference import run_probs
 from medseg.postprocess import PostProcess
+from medseg.commands.experiment import ensemble_members
 
 
 def predict_run(
-    run_dir: Path,
+    run_dir: Union[Path, Sequence[Path]],
     input_path: Path,
     output: Path,
     threshold: Optional[float] = None,
@@ -32,10 +33,12 @@ def predict_run(
     console: Optional[Console] = None,
     raw: bool = False,
 ) -> Path:
-    """Predict INPUT with the run's best checkpoint into the new folder OUTPUT.
+    """Predict INPUT with a run's best checkpoint, or an ensemble, into the new folder OUTPUT.
 
     Args:
-        run_dir: the run folder.
+        run_dir: a run folder; an experiment folder (the mean of its folds' probabilities, then the
+            rule tuned on its out-of-fold predictions); or a list of runs/experiments trained on
+            compatible inputs (their mean, then the bare threshold: no rule was tuned for that ensemble).
         input_path: image folder, volume file/folder, or DICOM folder.
         output: output folder; must not exist or be empty (nothing is overwritten).
         threshold: binarisation threshold (default: the run's metric contract).
@@ -43,25 +46,25 @@ def predict_run(
         raw: ignore the run's tuned post-processing (postprocess.json); --threshold implies it.
     """
     console = console or Console(stderr=True)
-    run_dir = runfs.open_run(run_dir)
+    members = [Path(p) for p in run_dir] if isinstance(run_dir, (list, tuple)) else [Path(run_dir)]
+    runs, nets, cfg, state, rule_from = ensemble_members(members)
+    run_dir = members[0] if len(members) == 1 else None
     input_path = Path(input_path)
     if not input_path.exists():
         raise MedsegError(f"{input_path}: no such file or folder")
     output = Path(output)
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
         raise MedsegError(f"{output}: exists and is not empty (predict never overwrites)")
-    cfg = runfs.load_run_config(run_dir)
-    state = runfs.load_state(run_dir)
     data_cfg = infer_input(input_path, cfg.data)
     loaded = load_data(data_cfg, with_masks=False, progress=True)
     if loaded.in_channels != state["in_channels"]:
         raise MedsegError(f"{input_path}: images have {loaded.in_channels} channels, the model expects {state['in_channels']}")
-    net, _ = runfs.load_network(run_dir, cfg, state["in_channels"])
+    net = nets[0] if len(nets) == 1 else nets
     images = np.stack([s.image for s in loaded.samples]).astype(np.float32, copy=False)
     if threshold is not None and not 0.0 < threshold < 1.0:
         raise MedsegError(f"--threshold: must be in (0, 1), got {threshold}")
     # the tuned rule (medseg tune) unless the caller asks for a bare threshold
-    pp = runfs.load_postprocess(run_dir) if threshold is None and not raw else None
+    pp = runfs.load_postprocess(rule_from) if threshold is None and not raw and rule_from is not None else None
     if pp is None:
         pp = PostProcess(cfg.eval.contract.threshold if threshold is None else threshold, 0, False)
     # a rule tuned on TTA probabilities needs the same TTA; --tta alone asks for flip TTA
@@ -81,7 +84,7 @@ def predict_run(
     writer.close()
     runfs.write_json(
         output / "prediction.json",
-        {"run": str(run_dir), "input": str(input_path), "threshold": thr, "postprocess": pp.to_json(), "tta": bool(tta),
+        {"run": str(run_dir) if run_dir is not None else None, "members": [str(r) for r in runs], "input": str(input_path), "threshold": thr, "postprocess": pp.to_json(), "tta": bool(tta),
          "tta_transforms": list(tta), "n_images": len(probs), "source": loaded.source},
     )
     return output
