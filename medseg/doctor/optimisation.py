@@ -8,13 +8,14 @@ import numpy as np
 
 from medseg.doctor.evidence import RunEvidence, finite
 from medseg.doctor.finding import Finding
+from medseg.training import WARMUP_MAX_SHARE
 
 # Peak learning rates below these barely move the weights within a typical budget.
 LOW_LR = {"adamw": 1e-5, "sgd": 1e-4}
 # A train loss that fell by less than this share of its first value over the run is "flat".
 FLAT_DROP = 0.03
 # Warm-up longer than these shares of the run is reported as serious / as a warning.
-WARMUP_SERIOUS, WARMUP_WARN = 0.5, 0.25
+WARMUP_SERIOUS, WARMUP_WARN = 0.5, WARMUP_MAX_SHARE  # the plan keeps its own warm-ups below the warning
 
 
 def check(ev: RunEvidence) -> list[Finding]:

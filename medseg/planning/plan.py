@@ -31,9 +31,10 @@ with the rules below, and write every value with the reason for it to plan.json:
 * ``train.epochs``: with ``train.budget_minutes``, the budget divided by the seconds per epoch
   (training steps + validation forward passes + 0.5 s), at most 1000; without a budget the
   configured epochs stay.
-* ``schedule.warmup_epochs``: only when the planned epochs would not exceed it: 10% of the
-  epochs (at most the configured warm-up); a warm-up set by the user instead raises the
-  planned epochs just past it.
+* ``schedule.warmup_epochs``: when the configured warm-up would take 25% or more of the planned
+  epochs (`training.WARMUP_MAX_SHARE`, where the doctor warns), 10% of the planned epochs (at most
+  the configured warm-up); a warm-up set by the user is kept, and when it is not shorter than
+  training it raises the planned epochs just past it.
 
 Seconds and memory per image come from `medseg.stepcost`: timed training steps of the chosen
 model at the chosen size on this machine (``plan.measure``), or a formula from the network's
@@ -71,6 +72,7 @@ from medseg.data.fingerprint import compute_fingerprint, original_statistics
 from medseg.models import get_model_spec
 from medseg.planning.stepcost import StepCost, epoch_seconds, measure_cost
 from medseg.runtime import training_device
+from medseg.training import WARMUP_MAX_SHARE, WARMUP_PLANNED_SHARE
 
 PLAN_JSON = runfs.PLAN
 PLAN_VERSION = 1
@@ -427,7 +429,12 @@ def make_plan(cfg: Config, fp: dict, measure: Optional[bool] = None) -> tuple[Pl
         p.note("train.epochs", "default", f"no train.budget_minutes: the configured {epochs} epochs, ~{epochs * per_epoch / 60:.1f} min at {cost_text}")
 
     warmup = cfg.schedule.warmup_epochs
-    if warmup >= epochs:
+    if warmup >= WARMUP_MAX_SHARE * epochs and not p.is_user("schedule.warmup_epochs"):
+        planned_warmup = round(min(warmup, WARMUP_PLANNED_SHARE * epochs), 2)
+        p.decide("schedule.warmup_epochs", planned_warmup,
+                 f"{WARMUP_PLANNED_SHARE:.0%} of the {epochs} planned epochs: the configured {warmup:g} would take "
+                 f"{warmup / epochs:.0%} of the run (the warm-up must stay under {WARMUP_MAX_SHARE:.0%})")
+    elif warmup >= epochs:
         if p.is_user("schedule.warmup_epochs"):
             # the user's warm-up wins over the budget: training must outlast it
             longer = int(math.floor(warmup)) + 1
@@ -435,7 +442,8 @@ def make_plan(cfg: Config, fp: dict, measure: Optional[bool] = None) -> tuple[Pl
             p.decide("train.epochs", longer, f"raised from {epochs} to outlast schedule.warmup_epochs {warmup:g} (set by user); over the budget")
             epochs = longer
         else:
-            p.decide("schedule.warmup_epochs", round(min(warmup, 0.1 * epochs), 2), f"10% of the {epochs} planned epochs (the warm-up must be shorter than training)")
+            p.decide("schedule.warmup_epochs", round(min(warmup, WARMUP_PLANNED_SHARE * epochs), 2),
+                     f"{WARMUP_PLANNED_SHARE:.0%} of the {epochs} planned epochs (the warm-up must be shorter than training)")
 
     planned_cfg = config_from_dict(p.raw)
     estimates = {

@@ -10,7 +10,7 @@
 """
 
 from medseg.training.datamodule import SegDataModule
-from medseg.training.module import SegModule, lr_lambda
+from medseg.training.module import WARMUP_MAX_SHARE, WARMUP_PLANNED_SHARE, SegModule, lr_lambda
 from medseg.training.trainer import build_trainer
 
-__all__ = ["SegDataModule", "SegModule", "build_trainer", "lr_lambda"]
+__all__ = ["WARMUP_MAX_SHARE", "WARMUP_PLANNED_SHARE", "SegDataModule", "SegModule", "build_trainer", "lr_lambda"]

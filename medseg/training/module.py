@@ -20,6 +20,13 @@ from medseg.losses import build_loss
 from medseg.models import create_model, get_model_spec, load_weights
 
 
+# A warm-up longer than this share of training leaves the LR below its peak for most of the run and
+# cuts the decay short: the plan keeps planned warm-ups below it, the doctor warns above it.
+WARMUP_MAX_SHARE = 0.25
+# the warm-up the plan sets when the configured one would take too large a share of the planned epochs
+WARMUP_PLANNED_SHARE = 0.1
+
+
 def lr_lambda(cfg: Config, total_steps: int, steps_per_epoch: int):
     """Multiplier on the peak LR per optimiser step: linear warm-up, then cosine/poly decay."""
     warm = int(round(cfg.schedule.warmup_epochs * steps_per_epoch))
