@@ -1,15 +1,22 @@
-"""Low-level file readers: 2D images, 3D volumes (NIfTI, NRRD) and DICOM.
+"""Low-level file readers: 2D images, 3D volumes (NIfTI, NRRD, ITK's MHA/MHD) and DICOM.
 
 Every reader returns raw values as float32 (no normalisation) and raises a one-line
 `MedsegError` that starts with the file path when the file cannot be used.
 
-Volume axis convention (shared with `writers.write_volume_like`, its exact inverse):
-the file array is indexed (x, y, z) -- NIfTI (i, j, k) as nibabel returns it, NRRD in
-pynrrd's default Fortran index order -- and no reorientation is applied. The returned
-volume is ``arr.transpose(2, 1, 0)``, shape (Z, H, W), so slice z is ``arr[:, :, z].T``:
-rows run along y and columns along x, the way radiology viewers show an axial slice of a
-file in the usual orientation. Spacing is returned in the same order: (z, row, col) =
-(dz, dy, dx) in mm.
+Volume axis convention (shared with `writers.write_volume_like`, its exact inverse): the
+file array is indexed (x, y, z) -- NIfTI (i, j, k) as nibabel returns it, NRRD in pynrrd's
+default Fortran index order, ITK images in index order (SimpleITK's numpy view reversed).
+It is first reoriented as asked (`medseg.data.orientation`; the data sources pass
+``data.orientation``, by default the closest canonical orientation of the format's world
+frame, so that the axes of every file follow the world's axes however the file stores them;
+the readers' own default, ``as_stored``, keeps the file's axis order), then returned as
+``canonical.transpose(2, 1, 0)``, shape (Z, H, W): slice z is ``canonical[:, :, z].T``,
+rows along y and columns along x.
+Spacing is returned in the same order: (z, row, col) = (dz, dy, dx) in mm.
+
+MHA/MHD (and the other ITK formats) are read and written with SimpleITK rather than ITK's
+own Python wrapping or MONAI's LoadImage: SimpleITK is one small wheel, reads and writes
+every ITK format, and keeps the full geometry (origin, spacing and direction cosines).
 """
 
 from __future__ import annotations
@@ -20,10 +27,16 @@ from typing import Any, Optional
 
 import numpy as np
 
+from medseg.data.orientation import VolumeGeometry, reorientation
 from medseg.errors import MedsegError
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
-VOLUME_EXTS = (".nii.gz", ".nii", ".nrrd")
+VOLUME_EXTS = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
+_ITK_EXTS = (".mha", ".mhd")
+# NRRD space names (pynrrd gives them as written; both long and short forms occur)
+_LPS_SPACES = {"left-posterior-superior", "lps", "left-posterior-superior-time", "lpst"}
+_RAS_SPACES = {"right-anterior-superior", "ras", "right-anterior-superior-time", "rast"}
+_LAS_SPACES = {"left-anterior-superior", "las", "left-anterior-superior-time", "last"}
 
 
 def one_line(text: Any, limit: int = 200) -> str:
@@ -49,7 +62,7 @@ def volume_stem(path: Path) -> str:
     """File name without its volume extension ('a.nii.gz' -> 'a').
 
     Args:
-        path: a .nii, .nii.gz or .nrrd file.
+        path: a .nii, .nii.gz, .nrrd, .mha or .mhd file.
     """
     name = Path(path).name
     for ext in VOLUME_EXTS:
@@ -59,7 +72,7 @@ def volume_stem(path: Path) -> str:
 
 
 def volume_format(path: Path) -> Optional[str]:
-    """'nifti', 'nrrd' or None, from the file name's suffix (case-insensitive).
+    """'nifti', 'nrrd', 'itk' (MHA/MHD, read with SimpleITK) or None, from the file name's suffix (case-insensitive).
 
     Args:
         path: any file path.
@@ -69,6 +82,8 @@ def volume_format(path: Path) -> Optional[str]:
         return "nifti"
     if name.endswith(".nrrd"):
         return "nrrd"
+    if name.endswith(_ITK_EXTS):
+        return "itk"
     return None
 
 
@@ -178,17 +193,8 @@ def read_image_2d(path: Path, as_mask: bool = False) -> np.ndarray:
 # Volumes
 
 
-def _as_3d(arr: np.ndarray, path: Path) -> np.ndarray:
-    while arr.ndim > 3 and arr.shape[-1] == 1:
-        arr = arr[..., 0]  # (x, y, z, 1) as some tools write single-timepoint images
-    if arr.ndim == 2:
-        arr = arr[:, :, None]
-    if arr.ndim != 3:
-        raise _fail(path, f"expected a 3D volume, got array shape {tuple(arr.shape)}")
-    return arr
-
-
 def _nrrd_spacing(header: dict, ndim: int) -> Optional[tuple[float, float, float]]:
+    """File-axis voxel sizes (x, y, z) of an NRRD header, or None when an axis has none."""
     dirs = header.get("space directions")
     sp: list[Optional[float]] = [None] * ndim
     if dirs is not None:
@@ -203,9 +209,9 @@ def _nrrd_spacing(header: dict, ndim: int) -> Optional[tuple[float, float, float
         for i, s in enumerate(list(spacings)[:ndim]):
             if sp[i] is None and s is not None and np.isfinite(float(s)):
                 sp[i] = float(s)
-    if any(s is None for s in sp[:3]):
+    if len(sp) < 3 or any(s is None for s in sp[:3]):
         return None
-    return (sp[2], sp[1], sp[0])
+    return (sp[0], sp[1], sp[2])
 
 
 def _jsonable(v: Any) -> Any:
@@ -223,66 +229,242 @@ def _jsonable(v: Any) -> Any:
     return str(v)
 
 
-def read_volume(path: Path, dtype: Any = np.float32) -> tuple[np.ndarray, Optional[tuple[float, float, float]], dict]:
-    """Read a NIfTI (.nii, .nii.gz) or NRRD (.nrrd) volume as (Z, H, W).
+def _spatial_shape(shape: Any) -> tuple[int, int, int]:
+    s = ([int(x) for x in list(shape)[:3]] + [1, 1, 1])[:3]
+    return (s[0], s[1], s[2])
 
-    See the module docstring for the axis convention: ``vol[z] == file_array[:, :, z].T``.
-    NIfTI scaling (scl_slope/scl_inter) is applied.
+
+def nrrd_geometry(header: dict) -> VolumeGeometry:
+    """The geometry of an NRRD header: index->world in its space (LPS, RAS; LAS turned to RAS).
 
     Args:
-        path: the volume file.
-        dtype: output dtype (float32 for images; labels may ask for None to keep the stored type).
+        header: a pynrrd header (read with ``index_order='F'``).
+    """
+    shape = _spatial_shape(header.get("sizes", (1, 1, 1)))
+    space = str(header.get("space") or "").lower()
+    dirs = header.get("space directions")
+    A: Optional[np.ndarray] = None
+    if dirs is not None:
+        rows = [None if r is None else np.asarray(r, dtype=float) for r in list(dirs)]
+        rows = [r for r in rows if r is not None and r.size == 3 and np.all(np.isfinite(r))]
+        if len(rows) == 3:
+            A = np.eye(4)
+            A[:3, :3] = np.stack(rows, axis=1)  # column i = direction (and length) of array axis i
+            origin = header.get("space origin")
+            if origin is not None and np.all(np.isfinite(np.asarray(origin, dtype=float))):
+                A[:3, 3] = np.asarray(origin, dtype=float)
+    if A is None:
+        spacings = header.get("spacings")
+        if spacings is not None and len(spacings) >= 3 and np.all(np.isfinite(np.asarray(list(spacings)[:3], float))):
+            A = np.diag([float(s) for s in list(spacings)[:3]] + [1.0])
+        return VolumeGeometry("nrrd", shape, A, None)  # spacing without directions: no anatomical frame
+    if space in _LPS_SPACES:
+        return VolumeGeometry("nrrd", shape, A, "lps")
+    if space in _RAS_SPACES:
+        return VolumeGeometry("nrrd", shape, A, "ras")
+    if space in _LAS_SPACES:
+        return VolumeGeometry("nrrd", shape, np.diag([-1.0, 1.0, 1.0, 1.0]) @ A, "ras")
+    return VolumeGeometry("nrrd", shape, A, None)  # scanner-xyz, 3D-right-handed, no space
 
-    Returns:
-        (volume (Z, H, W), spacing (z, row, col) in mm or None when the file has none,
-        header info: JSON-serialisable dict with 'format', 'shape' (file array shape) and the
-        geometry: 'affine' for NIfTI, 'space'/'space_directions'/'space_origin' for NRRD).
+
+def _nifti_geometry(img: Any) -> VolumeGeometry:
+    h = img.header
+    # codes 0 for both: NIfTI's "method 1", no orientation in the file (nibabel still gives an affine)
+    framed = int(h["qform_code"]) > 0 or int(h["sform_code"]) > 0
+    return VolumeGeometry("nifti", _spatial_shape(img.shape), np.asarray(img.affine, dtype=float), "ras" if framed else None)
+
+
+def _itk_geometry(reader: Any) -> VolumeGeometry:
+    """ITK geometry (origin, spacing, direction cosines; ITK's world is LPS) of a SimpleITK reader or image."""
+    dim = int(reader.GetDimension())
+    size = list(reader.GetSize())
+    spacing = list(reader.GetSpacing())
+    origin = list(reader.GetOrigin())
+    D = np.asarray(reader.GetDirection(), dtype=float).reshape(dim, dim)
+    n = min(dim, 3)
+    A = np.eye(4)
+    A[:n, :n] = D[:n, :n] @ np.diag(spacing[:n])
+    A[:n, 3] = origin[:n]
+    return VolumeGeometry("itk", _spatial_shape(size), A, "lps")
+
+
+def read_geometry(path: Path) -> VolumeGeometry:
+    """The geometry of a volume file from its header alone (the voxels are not read).
+
+    Args:
+        path: a .nii, .nii.gz, .nrrd, .mha or .mhd file.
 
     Raises:
-        MedsegError: missing, unreadable or not a 3D volume; message names the file.
+        MedsegError: not a volume file, missing or unreadable; names the file.
     """
     path = Path(path)
     fmt = volume_format(path)
     if fmt is None:
-        raise _fail(path, "not a volume file (expected .nii, .nii.gz or .nrrd)")
+        raise _fail(path, f"not a volume file (expected {', '.join(VOLUME_EXTS)})")
     if not path.is_file():
         raise _fail(path, "no such file")
     try:
         if fmt == "nifti":
             import nibabel as nib
 
-            img = nib.load(str(path))
-            arr = np.asarray(img.dataobj)
-            zooms = [float(z) for z in img.header.get_zooms()]
-            shape = list(arr.shape)
-            arr = _as_3d(arr, path)
-            zooms = (zooms + [1.0, 1.0, 1.0])[:3]
-            spacing: Optional[tuple[float, float, float]] = (zooms[2], zooms[1], zooms[0])
-            info = {"format": "nifti", "shape": shape, "affine": _jsonable(np.asarray(img.affine))}
-        else:
+            return _nifti_geometry(nib.load(str(path)))
+        if fmt == "nrrd":
             import nrrd
 
-            data, header = nrrd.read(str(path), index_order="F")
-            arr = np.asarray(data)
-            shape = list(arr.shape)
-            spacing = _nrrd_spacing(header, arr.ndim)
-            arr = _as_3d(arr, path)
-            info = {
-                "format": "nrrd",
-                "shape": shape,
-                "space": header.get("space"),
-                "space_directions": _jsonable(header.get("space directions")),
-                "space_origin": _jsonable(header.get("space origin")),
-            }
+            return nrrd_geometry(nrrd.read_header(str(path)))
+        import SimpleITK as sitk
+
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        reader.ReadImageInformation()
+        return _itk_geometry(reader)
     except MedsegError:
         raise
     except Exception as e:
+        raise _fail(path, "cannot read volume header", e) from None
+
+
+def _read_itk(path: Path) -> tuple[np.ndarray, list, VolumeGeometry, dict]:
+    import SimpleITK as sitk
+
+    img = sitk.ReadImage(str(path))
+    arr = sitk.GetArrayFromImage(img)  # spatial axes reversed: (z, y, x[, t]) then components
+    dim = int(img.GetDimension())
+    comps = int(img.GetNumberOfComponentsPerPixel())
+    order = list(range(dim))[::-1] + ([dim] if comps > 1 else [])
+    arr = np.transpose(arr, order)  # (x, y, z[, t][, components])
+    if dim == 2:
+        arr = arr[:, :, None]  # a 2D ITK image is one slice
+    geometry = _itk_geometry(img)
+    zooms = list(img.GetSpacing())[:3]
+    info = {
+        "format": "itk", "shape": list(arr.shape),
+        "origin": _jsonable(list(img.GetOrigin())), "spacing": _jsonable(list(img.GetSpacing())),
+        "direction": _jsonable(list(img.GetDirection())),
+    }
+    return arr, zooms, geometry, info
+
+
+def _read_volume_file(path: Path) -> tuple[np.ndarray, Optional[list], VolumeGeometry, dict]:
+    """(file array (x, y, z, ...), file-axis zooms or None, geometry, header info) of one volume file."""
+    fmt = volume_format(path)
+    if fmt == "nifti":
+        import nibabel as nib
+
+        img = nib.load(str(path))
+        arr = np.asarray(img.dataobj)  # scl_slope/scl_inter applied
+        zooms = [float(z) for z in img.header.get_zooms()]
+        zooms = (zooms + [1.0, 1.0, 1.0])[:3]
+        info = {"format": "nifti", "shape": list(arr.shape), "affine": _jsonable(np.asarray(img.affine))}
+        return arr, zooms, _nifti_geometry(img), info
+    if fmt == "nrrd":
+        import nrrd
+
+        data, header = nrrd.read(str(path), index_order="F")
+        arr = np.asarray(data)
+        sp = _nrrd_spacing(header, arr.ndim)
+        info = {
+            "format": "nrrd", "shape": list(arr.shape), "space": header.get("space"),
+            "space_directions": _jsonable(header.get("space directions")),
+            "space_origin": _jsonable(header.get("space origin")),
+        }
+        return arr, list(sp) if sp is not None else None, nrrd_geometry(header), info
+    return _read_itk(path)
+
+
+def _spatial_with_channels(arr: np.ndarray, path: Path, channels: bool) -> np.ndarray:
+    """(x, y, z, C) from a file array: 2D gets z = 1; a trailing axis is channels (MSD's 4D channel-last NIfTI)."""
+    while arr.ndim > 4 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    if arr.ndim == 3:
+        return arr[..., None]
+    if arr.ndim == 4 and (channels or arr.shape[-1] == 1):
+        return arr  # (x, y, z, 1) as some tools write single-timepoint images
+    raise _fail(path, f"expected a 3D volume, got array shape {tuple(arr.shape)}")
+
+
+def read_volume_channels(
+    path: Path, dtype: Any = np.float32, orientation: str = "as_stored"
+) -> tuple[np.ndarray, Optional[tuple[float, float, float]], dict]:
+    """Read a NIfTI, NRRD or ITK (MHA/MHD) volume as (C, Z, H, W), reoriented.
+
+    A 3D file gives C = 1; a 4D file's last axis (MSD's channel-last NIfTI, an ITK vector
+    image) gives the channels. The axis convention is `read_volume`'s: ``vol[c, z] ==
+    canonical[:, :, z, c].T``.
+
+    Args:
+        path: the volume file.
+        dtype: output dtype (float32 for images; None keeps the stored type, for labels).
+        orientation: 'canonical', 'ras', 'lps' or 'as_stored' (`orientation` module).
+
+    Returns:
+        (volume (C, Z, H, W), spacing (z, row, col) in mm of the canonical axes or None, header
+        info as `read_volume`'s).
+
+    Raises:
+        MedsegError: missing, unreadable, not 3D/4D or of a non-numeric type; names the file.
+    """
+    return _read(path, dtype, orientation, channels=True)
+
+
+def _read(path: Path, dtype: Any, orientation: str,
+          channels: bool) -> tuple[np.ndarray, Optional[tuple[float, float, float]], dict]:
+    path = Path(path)
+    if volume_format(path) is None:
+        raise _fail(path, f"not a volume file (expected {', '.join(VOLUME_EXTS)})")
+    if not path.is_file():
+        raise _fail(path, "no such file")
+    try:
+        arr, zooms, geometry, info = _read_volume_file(path)
+        arr = _spatial_with_channels(arr, path, channels)
+        if not np.issubdtype(arr.dtype, np.number) and arr.dtype != bool:
+            raise _fail(path, f"unsupported voxel type {arr.dtype}")
+        reo = reorientation(orientation, geometry)
+        arr = reo.apply(arr)
+    except MedsegError:
+        raise
+    except Exception as e:  # the format libraries raise many unrelated types for damaged files
         raise _fail(path, "cannot read volume", e) from None
-    if not np.issubdtype(arr.dtype, np.number) and arr.dtype != bool:
-        raise _fail(path, f"unsupported voxel type {arr.dtype}")
-    vol = arr.transpose(2, 1, 0)
+    spacing = None
+    if zooms is not None:
+        zx, zy, zz = reo.zooms((zooms[0], zooms[1], zooms[2]))
+        spacing = (zz, zy, zx)
+    info["geometry"] = geometry.to_json()
+    info["orientation"] = reo.to_json()
+    vol = arr.transpose(3, 2, 1, 0)
     vol = np.ascontiguousarray(vol, dtype=dtype) if dtype is not None else np.ascontiguousarray(vol)
     return vol, spacing, info
+
+
+def read_volume(
+    path: Path, dtype: Any = np.float32, orientation: str = "as_stored"
+) -> tuple[np.ndarray, Optional[tuple[float, float, float]], dict]:
+    """Read a NIfTI (.nii, .nii.gz), NRRD (.nrrd) or ITK (.mha, .mhd) volume as (Z, H, W).
+
+    The file array is first reoriented (`orientation.reorientation`: the sources ask for
+    ``data.orientation``; the default here keeps the file's axis order), then ``vol[z] ==
+    canonical[:, :, z].T`` (see the module docstring). NIfTI scaling (scl_slope/scl_inter)
+    is applied.
+
+    Args:
+        path: the volume file.
+        dtype: output dtype (float32 for images; labels may ask for None to keep the stored type).
+        orientation: 'canonical', 'ras', 'lps' or 'as_stored'.
+
+    Returns:
+        (volume (Z, H, W), spacing (z, row, col) in mm or None when the file has none,
+        header info: JSON-serialisable dict with 'format', 'shape' (file array shape), the
+        format's geometry ('affine' for NIfTI, 'space'/'space_directions'/'space_origin' for
+        NRRD, 'origin'/'spacing'/'direction' for ITK), 'geometry' (`VolumeGeometry.to_json`)
+        and 'orientation' (`Reorientation.to_json`: the frame and the axis map used)).
+
+    Raises:
+        MedsegError: missing, unreadable or not a 3D volume; message names the file.
+    """
+    vol, spacing, info = _read(path, dtype, orientation, channels=False)
+    return vol[0], spacing, info
 
 
 # ---------------------------------------------------------------------------------------

@@ -51,7 +51,9 @@ class DataConfig(Section):
     source: str = Field(
         "images",
         description="Data source, one of the registered sources (medseg.data.sources): images (images/ + masks/ "
-        "folders), volumes (NIfTI/NRRD image+label pairs read as 2.5D), siim (DICOM folder + SIIM-ACR RLE CSV).",
+        "folders), volumes (NIfTI/NRRD/MHA image+label pairs read as 2.5D), siim (DICOM folder + SIIM-ACR RLE CSV), "
+        "nnunet (an nnU-Net v2 raw dataset folder), datalist (a MONAI / Decathlon datalist JSON), dicom_series "
+        "(DICOM CT/MR series read as volumes, labels beside them).",
     )
     root: Optional[Path] = Field(None, description="Dataset folder (relative paths resolve against the config file).")
     images_dir: str = Field("images", description="images source: sub-folder of root holding the images.")
@@ -67,6 +69,13 @@ class DataConfig(Section):
         "auto", description="Imaging modality; auto: CT if a volume holds values below -500, else other."
     )
     normalize: NormalizeConfig = Field(default_factory=NormalizeConfig, description="Intensity normalisation.")
+    orientation: Literal["ras", "lps", "canonical", "as_stored"] = Field(
+        "ras",
+        description="Volumes: the one orientation every volume is turned to before slicing, whatever its format "
+        "(predictions are written back in the file's own): ras (RAS+, nibabel's closest canonical) or lps (LPS+, "
+        "DICOM/ITK's); canonical: each format's own frame (RAS+ for NIfTI, LPS+ for DICOM series, MHA/MHD, LPS "
+        "NRRD); as_stored: the file's own axis order.",
+    )
     context_slices: int = Field(
         1, ge=0, le=8, description="volumes: k neighbouring slices on each side stacked as channels (2k+1 channels)."
     )
@@ -96,9 +105,15 @@ class SplitConfig(Section):
     val_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="holdout: share of cases for validation.")
     test_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="holdout/kfold: share of cases held out as test.")
     folds: int = Field(5, ge=2, description="kfold: number of folds.")
-    fold: int = Field(0, ge=0, description="kfold: which fold is validation (0-based).")
+    fold: int = Field(
+        0, ge=0, description="kfold: which fold is validation (0-based); file: which fold of a list-of-folds file "
+        "(nnU-Net splits_final.json) or of a datalist whose training entries carry 'fold'."
+    )
     file: Optional[Path] = Field(
-        None, description="file: JSON with case-id lists 'train', 'val' and optionally 'test' (a file with only train/test uses test as val)."
+        None, description="file: JSON with case-id lists 'train', 'val' and optionally 'test' (a file with only "
+        "train/test uses test as val); or a list of such {'train', 'val'} folds (nnU-Net splits_final.json, fold "
+        "picked by split.fold); or a MONAI/Decathlon datalist JSON (its 'training' entries train, its 'validation' "
+        "entries validate; without 'validation', entries whose 'fold' equals split.fold validate)."
     )
     seed: Optional[int] = Field(None, description="Split seed; defaults to the run seed.")
 

@@ -1,4 +1,14 @@
-"""Case-level split: holdout, k-fold or a split file. A case never lands in two sets."""
+"""Case-level split: holdout, k-fold or a split file. A case never lands in two sets.
+
+A split file (``split.mode: file``) is one of:
+
+* ``{"train": [...], "val": [...], "test": [...]}`` (medseg's own split.json; a file with only
+  train/test validates on test);
+* a list of such ``{"train", "val"}`` folds -- nnU-Net's ``splits_final.json`` -- of which
+  ``split.fold`` picks one;
+* a MONAI / Decathlon datalist (a JSON object with a "training" list): its own split,
+  `sources.datalist.datalist_split`.
+"""
 
 from __future__ import annotations
 
@@ -24,7 +34,7 @@ def make_split(case_ids: list[str], cfg: SplitConfig, seed: int) -> dict[str, li
         raise MedsegError("data: no cases to split")
     seed = cfg.seed if cfg.seed is not None else seed
     if cfg.mode == "file":
-        split = _from_file(cfg.file, cases)
+        split = _from_file(cfg.file, cases, cfg.fold)
     else:
         # sorted ids + a seeded permutation: the same seed gives the same split on any machine
         order = [cases[i] for i in np.random.RandomState(seed).permutation(len(cases))]
@@ -54,7 +64,7 @@ def make_split(case_ids: list[str], cfg: SplitConfig, seed: int) -> dict[str, li
     return split
 
 
-def _from_file(path: Path, cases: list[str]) -> dict[str, list[str]]:
+def _from_file(path: Path, cases: list[str], fold: int = 0) -> dict[str, list[str]]:
     try:
         raw = json.loads(Path(path).read_text())
     except FileNotFoundError:
@@ -63,6 +73,20 @@ def _from_file(path: Path, cases: list[str]) -> dict[str, list[str]]:
         raise MedsegError(f"split.file: {path}: is a folder, not a JSON file") from None
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise MedsegError(f"split.file: {path}: not valid JSON") from None
+    if isinstance(raw, list):
+        # nnU-Net's splits_final.json: one {"train", "val"} per fold
+        if not raw:
+            raise MedsegError(f"split.file: {path}: an empty list of folds")
+        if fold >= len(raw):
+            raise MedsegError(f"split.file: {path}: has {len(raw)} folds (0..{len(raw) - 1}), split.fold is {fold}")
+        raw = raw[fold]
+        if not isinstance(raw, dict) or "train" not in raw or "val" not in raw:
+            raise MedsegError(f"split.file: {path}: fold {fold} needs a 'train' and a 'val' list")
+        path = f"{path} fold {fold}"
+    elif isinstance(raw, dict) and "training" in raw and "train" not in raw:
+        from medseg.data.sources.datalist import datalist_split
+
+        raw = datalist_split(Path(path), fold)
     if not isinstance(raw, dict) or "train" not in raw:
         raise MedsegError(f"split.file: {path}: needs a 'train' list and 'val' (or 'test') list")
     for part in ("train", "val", "test"):

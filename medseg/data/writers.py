@@ -1,20 +1,16 @@
-"""Writers for predictions: PNG masks, 16-bit PNG probabilities, volumes with the input's geometry."""
+"""Writers for predictions: PNG masks, 16-bit PNG probabilities, volumes with the input's geometry (NIfTI, NRRD, MHA/MHD)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import cv2
 import numpy as np
 
-from medseg.data.readers import volume_format
+from medseg.data.orientation import Reorientation, VolumeGeometry, reorientation, to_frame
+from medseg.data.readers import VOLUME_EXTS, one_line, read_geometry, volume_format
 from medseg.errors import MedsegError
-
-# NRRD spaces whose axes point left/posterior (the DICOM/ITK convention); NIfTI is RAS.
-_LPS_SPACES = {"left-posterior-superior", "lps"}
-_RAS_SPACES = {"right-anterior-superior", "ras"}
-_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
 def _write_png(path: Path, arr: np.ndarray) -> None:
@@ -59,47 +55,121 @@ def write_png_prob(path: Path, prob: np.ndarray) -> None:
 # Volumes
 
 
-def _nrrd_geometry(header: dict) -> tuple[Optional[np.ndarray], Optional[str]]:
-    """4x4 index->world matrix of an NRRD header (world in the header's 'space') and that space."""
-    space = header.get("space")
-    dirs = header.get("space directions")
-    A = np.eye(4)
-    if dirs is not None:
-        rows = [None if r is None else np.asarray(r, dtype=float) for r in list(dirs)]
-        rows = [r for r in rows if r is not None and r.size == 3 and np.all(np.isfinite(r))]
-        if len(rows) != 3:
-            return None, space
-        A[:3, :3] = np.stack(rows, axis=1)  # column i = direction (and length) of array axis i
-        origin = header.get("space origin")
-        if origin is not None and np.all(np.isfinite(np.asarray(origin, dtype=float))):
-            A[:3, 3] = np.asarray(origin, dtype=float)
-        return A, space
-    spacings = header.get("spacings")
-    if spacings is not None and len(spacings) >= 3:
-        A[:3, :3] = np.diag([float(s) for s in list(spacings)[:3]])
-        return A, space
-    return None, space
+def _file_array(vol: np.ndarray, geometry: VolumeGeometry, reo: Reorientation, dtype: Any, where: Any) -> np.ndarray:
+    """(Z, H, W) canonical prediction -> the reference's file array (x, y, z): the inverse of `read_volume`."""
+    if vol.ndim != 3:
+        raise ValueError(f"write_volume_like expects (Z, H, W), got shape {vol.shape}")
+    canon = [0, 0, 0]
+    for i, (axis, _) in enumerate(reo.ornt):
+        canon[int(axis)] = int(geometry.shape[i])
+    if tuple(vol.shape) != (canon[2], canon[1], canon[0]):
+        raise ValueError(
+            f"volume shape {vol.shape} (Z, H, W) does not match reference {where} (x, y, z) {tuple(geometry.shape)}"
+            + (f" read as (Z, H, W) {(canon[2], canon[1], canon[0])}" if not reo.is_identity else "")
+        )
+    data = reo.undo(vol.transpose(2, 1, 0))
+    return np.ascontiguousarray(data.astype(dtype, copy=False))
 
 
-def _to_ras(A: np.ndarray, space: Optional[str]) -> np.ndarray:
-    return _LPS_TO_RAS @ A if (space or "").lower() in _LPS_SPACES else A
+def _write_nifti(path: Path, data: np.ndarray, ras: np.ndarray, dtype: Any) -> None:
+    import nibabel as nib
+
+    img = nib.Nifti1Image(data, ras)
+    img.header.set_xyzt_units("mm")
+    img.set_data_dtype(np.dtype(dtype))
+    nib.save(img, str(path))
 
 
-def write_volume_like(path: Path, volume_zhw: np.ndarray, reference_path: Path, dtype: Any = np.uint8) -> None:
+def _write_nrrd(path: Path, data: np.ndarray, lps: np.ndarray) -> None:
+    import nrrd
+
+    # NRRD tools (Slicer, ITK) expect LPS
+    header = {"encoding": "gzip", "kinds": ["domain", "domain", "domain"], "space": "left-posterior-superior",
+              "space directions": lps[:3, :3].T.copy(), "space origin": lps[:3, 3].copy()}
+    nrrd.write(str(path), data, header, index_order="F")
+
+
+def _write_itk(path: Path, data: np.ndarray, spacing: Any, origin: Any, direction: Any) -> None:
+    import SimpleITK as sitk
+
+    img = sitk.GetImageFromArray(np.ascontiguousarray(data.transpose(2, 1, 0)))  # SimpleITK's numpy order is (z, y, x)
+    img.SetSpacing([float(v) for v in spacing])
+    img.SetOrigin([float(v) for v in origin])
+    img.SetDirection([float(v) for v in direction])
+    sitk.WriteImage(img, str(path), True)
+
+
+def _itk_from_lps(lps: np.ndarray) -> tuple[list, list, list]:
+    """(spacing, origin, direction) of an index->LPS matrix; ITK has no shear, so columns are normalised."""
+    M = np.asarray(lps, float)[:3, :3]
+    spacing = np.linalg.norm(M, axis=0)
+    spacing = np.where(spacing > 0, spacing, 1.0)
+    return spacing.tolist(), np.asarray(lps, float)[:3, 3].tolist(), (M / spacing).reshape(-1).tolist()
+
+
+def write_volume_geometry(path: Path, volume_zhw: np.ndarray, geometry: VolumeGeometry, dtype: Any = np.uint8,
+                          orientation: str = "as_stored") -> None:
+    """Write a (Z, H, W) volume in a geometry that has no file to copy a header from (a DICOM series).
+
+    The array goes back to the geometry's own axis order (the inverse of the reorientation
+    `orientation` gives for it) and is written with its index->world matrix: a NIfTI affine
+    (RAS), an NRRD space (LPS), or ITK origin/spacing/direction (LPS).
+
+    Args:
+        path: output .nii, .nii.gz, .nrrd, .mha or .mhd file (parent folders are created).
+        volume_zhw: (Z, H, W) array, as the reader returned the volume.
+        geometry: where the voxels are (`orientation.VolumeGeometry`).
+        dtype: numpy dtype to store.
+        orientation: the data.orientation (or resolved frame) the volume was read with.
+
+    Raises:
+        MedsegError: unsupported output suffix; names the file.
+        ValueError: the volume's shape does not match the geometry.
+    """
+    path = Path(path)
+    out_fmt = volume_format(path)
+    if out_fmt is None:
+        raise MedsegError(f"{path}: output volume must end in one of {', '.join(VOLUME_EXTS)}")
+    data = _file_array(np.asarray(volume_zhw), geometry, reorientation(orientation, geometry), dtype, geometry.format)
+    ras = geometry.affine_in("ras")
+    ras = np.eye(4) if ras is None else ras
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        _write_any(path, out_fmt, data, ras, dtype)
+    except MedsegError:
+        raise
+    except Exception as e:
+        raise MedsegError(f"{path}: cannot write volume ({type(e).__name__}: {one_line(e)})") from None
+
+
+def _write_any(path: Path, out_fmt: str, data: np.ndarray, ras: np.ndarray, dtype: Any) -> None:
+    lps = to_frame(ras, "ras", "lps")
+    if out_fmt == "nifti":
+        _write_nifti(path, data, ras, dtype)
+    elif out_fmt == "nrrd":
+        _write_nrrd(path, data, lps)
+    else:
+        _write_itk(path, data, *_itk_from_lps(lps))
+
+
+def write_volume_like(path: Path, volume_zhw: np.ndarray, reference_path: Path, dtype: Any = np.uint8,
+                      orientation: str = "as_stored") -> None:
     """Write a (Z, H, W) volume with the geometry of a reference volume file.
 
-    The inverse of `readers.read_volume`'s axis convention: the file array is
-    ``volume_zhw.transpose(2, 1, 0)`` (x, y, z), so voxel (z, row, col) lands on the voxel
-    the reader took it from. The output format follows `path`'s suffix (.nii, .nii.gz or
-    .nrrd). Same format as the reference: its header geometry is copied (NIfTI affine,
-    sform/qform codes and units; NRRD space, space directions, space origin). Across formats
-    the index->world matrix is converted between NRRD's space (LPS or RAS) and NIfTI's RAS.
+    The inverse of `readers.read_volume`: the array is turned back from the orientation
+    `orientation` gave the reference to the reference's own axis order, so voxel (z, row, col)
+    lands on the voxel the reader took it from. The output format follows `path`'s suffix
+    (.nii, .nii.gz, .nrrd, .mha, .mhd). Same format as the reference: its header geometry is
+    copied (NIfTI affine, sform/qform codes and units; NRRD space, space directions, space
+    origin; ITK origin, spacing, direction). Across formats the index->world matrix is
+    converted between the formats' worlds (NIfTI RAS, NRRD's space, ITK LPS).
 
     Args:
         path: output file (parent folders are created).
         volume_zhw: (Z, H, W) array in slice order, as read_volume returned it.
         reference_path: the volume the prediction was made from.
         dtype: numpy dtype to store (uint8 for masks, float32 for probabilities).
+        orientation: the data.orientation (or resolved frame) the reference was read with.
 
     Raises:
         MedsegError: unsupported output suffix or unreadable reference; names the file.
@@ -108,64 +178,57 @@ def write_volume_like(path: Path, volume_zhw: np.ndarray, reference_path: Path, 
     path, reference_path = Path(path), Path(reference_path)
     out_fmt, ref_fmt = volume_format(path), volume_format(reference_path)
     if out_fmt is None:
-        raise MedsegError(f"{path}: output volume must end in .nii, .nii.gz or .nrrd")
+        raise MedsegError(f"{path}: output volume must end in one of {', '.join(VOLUME_EXTS)}")
     if ref_fmt is None:
-        raise MedsegError(f"{reference_path}: reference is not a .nii, .nii.gz or .nrrd volume")
-    vol = np.asarray(volume_zhw)
-    if vol.ndim != 3:
-        raise ValueError(f"write_volume_like expects (Z, H, W), got shape {vol.shape}")
-    data = np.ascontiguousarray(vol.transpose(2, 1, 0).astype(dtype, copy=False))
-    path.parent.mkdir(parents=True, exist_ok=True)
+        raise MedsegError(f"{reference_path}: reference is not a volume file ({', '.join(VOLUME_EXTS)})")
     try:
+        geometry = read_geometry(reference_path)
         if ref_fmt == "nifti":
             import nibabel as nib
 
-            ref = nib.load(str(reference_path))
-            ref_shape = tuple(ref.shape[:3]) + (1,) * max(0, 3 - len(ref.shape))
-            ras = np.asarray(ref.affine, dtype=float)
-            ref_header: Any = ref.header
-        else:
+            ref: Any = nib.load(str(reference_path))
+        elif ref_fmt == "nrrd":
             import nrrd
 
-            ref_header = nrrd.read_header(str(reference_path))
-            ref_shape = tuple(int(s) for s in ref_header["sizes"][:3]) + (1,) * max(0, 3 - int(ref_header["dimension"]))
-            A, space = _nrrd_geometry(ref_header)
-            ras = _to_ras(A, space) if A is not None else np.eye(4)
+            ref = nrrd.read_header(str(reference_path))
+        else:
+            import SimpleITK as sitk
+
+            ref = sitk.ImageFileReader()
+            ref.SetFileName(str(reference_path))
+            ref.ReadImageInformation()
     except Exception as e:
         raise MedsegError(f"{reference_path}: cannot read reference volume ({type(e).__name__})") from None
-    if data.shape != ref_shape:
-        raise ValueError(f"volume shape {vol.shape} (Z, H, W) does not match reference {reference_path} (x, y, z) {ref_shape}")
+    data = _file_array(np.asarray(volume_zhw), geometry, reorientation(orientation, geometry), dtype, reference_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        if out_fmt == ref_fmt == "nifti":
+            import nibabel as nib
 
-    if out_fmt == "nifti":
-        import nibabel as nib
+            img = type(ref)(data, ref.affine, header=ref.header.copy())
+            img.set_qform(ref.get_qform(), code=int(ref.header["qform_code"]))
+            img.set_sform(ref.get_sform(), code=int(ref.header["sform_code"]))
+            img.set_data_dtype(np.dtype(dtype))
+            # nibabel resets any scl_slope/scl_inter inherited from the reference header (tested)
+            nib.save(img, str(path))
+        elif out_fmt == ref_fmt == "nrrd":
+            import nrrd
 
-        if ref_fmt == "nifti":
-            header = ref_header.copy()
-            img = type(ref)(data, ref.affine, header=header)
-            img.set_qform(ref.get_qform(), code=int(ref_header["qform_code"]))
-            img.set_sform(ref.get_sform(), code=int(ref_header["sform_code"]))
-        else:
-            img = nib.Nifti1Image(data, ras)
-            img.header.set_xyzt_units("mm")
-        img.set_data_dtype(np.dtype(dtype))
-        # nibabel resets any scl_slope/scl_inter inherited from the reference header (tested)
-        nib.save(img, str(path))
-    else:
-        import nrrd
-
-        header: dict = {"encoding": "gzip", "kinds": ["domain", "domain", "domain"]}
-        if ref_fmt == "nrrd":
+            header: dict = {"encoding": "gzip", "kinds": ["domain", "domain", "domain"]}
             for key in ("space", "space directions", "space origin", "spacings", "measurement frame", "space units"):
-                if key in ref_header:
-                    header[key] = ref_header[key]
+                if key in ref:
+                    header[key] = ref[key]
             if "space directions" in header:
                 header["space directions"] = np.asarray(header["space directions"], dtype=float)[:3]
             if "spacings" in header:
                 header["spacings"] = np.asarray(header["spacings"], dtype=float)[:3]
+            nrrd.write(str(path), data, header, index_order="F")
+        elif out_fmt == ref_fmt == "itk" and int(ref.GetDimension()) == 3:
+            _write_itk(path, data, ref.GetSpacing(), ref.GetOrigin(), ref.GetDirection())
         else:
-            # NIfTI world is RAS; NRRD tools (Slicer, ITK) expect LPS
-            lps = _LPS_TO_RAS @ ras
-            header["space"] = "left-posterior-superior"
-            header["space directions"] = lps[:3, :3].T.copy()
-            header["space origin"] = lps[:3, 3].copy()
-        nrrd.write(str(path), data, header, index_order="F")
+            ras = geometry.affine_in("ras")
+            _write_any(path, out_fmt, data, np.eye(4) if ras is None else ras, dtype)
+    except MedsegError:
+        raise
+    except Exception as e:
+        raise MedsegError(f"{path}: cannot write volume ({type(e).__name__}: {one_line(e)})") from None

@@ -3,8 +3,13 @@
 One module per source, each registering a `SourceSpec` (see `base`):
 
 * ``images``: ``root/images_dir`` + ``root/masks_dir`` matched by file stem;
-* ``volumes``: NIfTI/NRRD image + label pairs, each axial slice a 2.5D sample;
+* ``volumes``: NIfTI/NRRD/MHA image + label pairs, each axial slice a 2.5D sample;
+* ``nnunet``: an nnU-Net v2 raw dataset folder (dataset.json, imagesTr/, labelsTr/);
+* ``datalist``: a MONAI / Medical Segmentation Decathlon datalist JSON;
+* ``dicom_series``: DICOM CT/MR series read as volumes, label volumes beside them;
 * ``siim``: a folder of DICOMs + the SIIM-ACR RLE CSV.
+
+The volumetric sources share `volumes.load_cases` (reorientation, 2.5D slices, write-back).
 
 A new source is one module here plus its import below (docs/ARCHITECTURE.md).
 """
@@ -15,7 +20,10 @@ from pathlib import Path
 
 from medseg.data.readers import IMAGE_EXTS, VOLUME_EXTS
 from medseg.data.schema import DataConfig
-from medseg.data.sources import images, siim, volumes  # noqa: F401 — each module registers its source
+# registration order is the order `infer_input` asks them in: dicom_series before siim, so a CT/MR
+# series folder is read as volumes while projection DICOMs (no position in space) stay siim's
+from medseg.data.sources import images, volumes  # noqa: F401 — each module registers its source
+from medseg.data.sources import nnunet, datalist, dicom_series, siim  # noqa: F401
 from medseg.data.sources.base import (
     SOURCES,
     LoadedData,
@@ -58,11 +66,13 @@ def load_data(cfg: DataConfig, with_masks: bool = True, progress: bool = False) 
 def infer_input(path: Path, like: DataConfig) -> DataConfig:
     """A copy of a training `DataConfig` that reads `path` for prediction (load with with_masks=False).
 
-    Keeps normalisation, input_size, resize_mode, context_slices, color, modality and
-    image_suffix; drops masks, RLE and cases CSVs. The registered sources are asked in
-    registration order (images, volumes, siim): a file by its type; a folder by what it holds
-    (a ``like.images_dir`` or ``images/`` sub-folder of images, images, volumes, then DICOMs
-    searched recursively).
+    Keeps normalisation, input_size, resize_mode, context_slices, orientation, color, modality
+    and image_suffix; drops masks, RLE and cases CSVs. The run's own source (``like.source``)
+    is asked first, so an input it can read is read the way the model was trained; then the
+    others in registration order (images, volumes, nnunet, datalist, dicom_series, siim): a
+    file by its type; a folder by what it holds (a ``like.images_dir`` or ``images/``
+    sub-folder of images, images, volumes, an nnU-Net dataset.json, a datalist dataset.json,
+    DICOM series with positions in space, then any DICOMs searched recursively).
 
     Args:
         path: what the user passed to `medseg predict`.
@@ -75,7 +85,9 @@ def infer_input(path: Path, like: DataConfig) -> DataConfig:
     if not path.exists():
         raise MedsegError(f"{path}: no such file or folder")
     common = {"root": path, "rle_csv": None, "cases_csv": None}
-    for spec in SOURCES.values():
+    specs = [SOURCES[like.source]] if like.source in SOURCES else []
+    specs += [spec for name, spec in SOURCES.items() if name != like.source]
+    for spec in specs:
         found = spec.match_file(path) if path.is_file() else spec.match_folder(path, like)
         if found is not None:
             return like.model_copy(update={**common, "source": spec.name, **found})

@@ -1,28 +1,276 @@
-"""The ``volumes`` source: ``<name><image_suffix>.<ext>`` + ``<name><label_suffix>.<ext>`` NIfTI/NRRD pairs.
+"""The ``volumes`` source: ``<name><image_suffix>.<ext>`` + ``<name><label_suffix>.<ext>`` pairs (NIfTI, NRRD, MHA/MHD).
 
-Each axial slice is a 2.5D sample: the slice with ``data.context_slices`` (k) neighbours on
-each side as channels (edges replicate). Predictions are written per volume as
-``STEM_prob.<ext>`` (float32) and ``STEM_mask.<ext>`` (uint8) with the input's header/affine.
+Each volume is first reoriented (``data.orientation``, `medseg.data.orientation`), then each
+axial slice is a 2.5D sample: the slice with ``data.context_slices`` (k) neighbours on each
+side as channels (edges replicate). Predictions are written per volume as ``STEM_prob.<ext>``
+(float32) and ``STEM_mask.<ext>`` (uint8), turned back to the input's own orientation, with
+its header/affine.
+
+The machinery here (`VolumeCase`, `load_cases`, `VolumeWriter`, `LabelReader`) is shared by
+the other volumetric sources (``nnunet``, ``datalist``, ``dicom_series``): a case is one or
+more image files (one per channel, or a 4D channel-last file, or a DICOM series, or 2D image
+files read as a volume of one slice) and an optional label. Several channels are stacked
+channel-major: channel c's slices z-k..z+k, then channel c+1's.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
+from medseg.data.dicom_series import read_series
+from medseg.data.orientation import VolumeGeometry
 from medseg.data.preprocess import fg_fraction, normalize, resize_image, resize_mask
-from medseg.data.readers import VOLUME_EXTS, read_volume, volume_format, volume_stem
+from medseg.data.readers import IMAGE_EXTS, VOLUME_EXTS, read_image_2d, read_volume, read_volume_channels, volume_format
+from medseg.data.readers import volume_stem
 from medseg.data.schema import DataConfig
 from medseg.data.sources.base import BadFiles, Cases, LoadedData, Sample, SourceSpec
 from medseg.data.sources.base import distinct_values, finish, listed_files, modality_name, progress_items, register_source
 from medseg.data.sources.base import require_root
-from medseg.data.writers import write_volume_like
+from medseg.data.writers import write_png_mask, write_png_prob, write_volume_geometry, write_volume_like
 from medseg.errors import MedsegError
 
 # CT values are Hounsfield units: air is -1000, nothing else goes that low.
 _CT_MIN_THRESHOLD = -500.0
+_DICOM_MODALITY = {"CT": "ct", "MR": "mr", "PT": "other", "US": "us"}
+
+
+@dataclass
+class VolumeCase:
+    """One volume to load.
+
+    Attributes:
+        name: the volume id (sample ids are ``{name}_z{idx:04d}``; predictions are named by it).
+        images: the image file(s): one per channel (nnU-Net), one file (possibly 4D channel-last),
+            2D image files (a volume of one slice), or -- with `series` -- the series' folder.
+        label: the label file (a volume, or a 2D image for 2D cases), or None.
+        keys: keys looked up in data.cases_csv (the first found gives the case id).
+        case_id: the case id without cases_csv (default: name).
+        series: the files of a DICOM series (then `images` is its folder).
+        modalities: per channel 'ct', 'mr', ... or None to decide from the values (modality: auto).
+    """
+
+    name: str
+    images: list[Path]
+    label: Optional[Path] = None
+    keys: list[str] = field(default_factory=list)
+    case_id: Optional[str] = None
+    series: Optional[list[Path]] = None
+    modalities: Optional[list[Optional[str]]] = None
+
+
+def is_image_2d(path: Path) -> bool:
+    """A 2D image file (PNG, JPG, TIFF, BMP), read as a volume of one slice."""
+    return Path(path).suffix.lower() in IMAGE_EXTS and volume_format(path) is None
+
+
+def _image_2d_channels(path: Path) -> np.ndarray:
+    """(C, 1, H, W) from a 2D image: grey C = 1, colour C = 3."""
+    raw = read_image_2d(path)
+    chw = raw[None] if raw.ndim == 2 else np.moveaxis(raw, -1, 0)
+    return np.ascontiguousarray(chw[:, None])
+
+
+def read_case_image(case: VolumeCase, orientation: str) -> tuple[np.ndarray, Optional[tuple], dict, str, list[Path]]:
+    """The case's image as (C, Z, H, W) float32, reoriented.
+
+    Args:
+        case: the case.
+        orientation: data.orientation.
+
+    Returns:
+        (channels, spacing (z, row, col) or None, the first file's header info, the frame every
+        other file of the case is read in, the file each channel came from).
+
+    Raises:
+        MedsegError: a file unreadable, or the channels differ in shape; names the file.
+    """
+    if case.series is not None:
+        vol, spacing, info = read_series(case.series, orientation=orientation, where=case.images[0])
+        return vol[None], spacing, info, info["orientation"]["frame"], [case.images[0]]
+    chans, sources = [], []
+    spacing, info, frame = None, {}, orientation
+    first: Optional[Path] = None
+    for path in case.images:
+        if is_image_2d(path):
+            c = _image_2d_channels(path)
+            if first is None:
+                info, frame = {"format": "image", "shape": [c.shape[3], c.shape[2]]}, "as_stored"
+        else:
+            c, sp, inf = read_volume_channels(path, orientation=frame)
+            if first is None:
+                spacing, info, frame = sp, inf, inf["orientation"]["frame"]
+        if first is not None and c.shape[1:] != chans[0].shape[1:]:
+            raise MedsegError(f"{path}: channel shape (Z,H,W) {list(c.shape[1:])} differs from "
+                              f"{first.name} {list(chans[0].shape[1:])}")
+        first = first or path
+        chans.append(c)
+        sources.extend([path] * c.shape[0])
+    return np.concatenate(chans, axis=0), spacing, info, frame, sources
+
+
+def read_label(path: Path, frame: str) -> np.ndarray:
+    """A label as (Z, H, W) with its stored values: a volume read in `frame`, or a 2D image as one slice.
+
+    Args:
+        path: the label file.
+        frame: the frame the case's image was read in (read_case_image).
+    """
+    if is_image_2d(path):
+        m = read_image_2d(path, as_mask=True)
+        return (m.max(axis=-1) if m.ndim == 3 else m)[None]  # colour labels: any channel > 0
+    return read_volume(path, dtype=None, orientation=frame)[0]
+
+
+def _context_stack(vol: np.ndarray, z: int, k: int) -> np.ndarray:
+    """(2k+1, H, W) slices z-k..z+k, edge slices repeated beyond the ends."""
+    idx = np.clip(np.arange(z - k, z + k + 1), 0, vol.shape[0] - 1)
+    return vol[idx]
+
+
+def _named(err: MedsegError, case: VolumeCase) -> Path:
+    """The file (or series folder) a read error names, so bad_files.json lists the file at fault."""
+    msg = str(err)
+    for p in sorted([*case.images, *(case.series or [])], key=lambda q: -len(str(q))):
+        if msg.startswith(f"{p}: "):
+            return p
+    return case.images[0]
+
+
+def _auto_modality(vol: np.ndarray) -> str:
+    finite = vol[np.isfinite(vol)] if vol.size else vol
+    # an all-NaN volume is refused by normalize, by name; nanmin would only warn here
+    return "ct" if finite.size and float(finite.min()) < _CT_MIN_THRESHOLD else "mr"
+
+
+def load_cases(cfg: DataConfig, cases_in: list[VolumeCase], bad: BadFiles, source: str, where: Path, progress: bool,
+               label_check=None, n_channels: Optional[int] = None, channels_from: str = "") -> LoadedData:
+    """Read, reorient, normalise and slice volume cases into 2.5D samples (every volumetric source ends here).
+
+    Args:
+        cfg: the data config (orientation, normalize, context_slices, input_size, resize_mode, cases_csv).
+        cases_in: the cases, in the order samples should come.
+        bad: where per-file problems go.
+        source: the registered source name put in LoadedData.
+        where: what an empty result names.
+        progress: show a progress bar.
+        label_check: optional callable (label path, distinct raw values) -> reason or None
+            (e.g. nnU-Net's declared label values).
+        n_channels: the image channels every case must have (nnU-Net's channel_names), or None.
+        channels_from: where `n_channels` comes from, for the message.
+
+    Returns:
+        LoadedData; 3D cases give ``C * (2k + 1)`` channels, 2D cases ``C``.
+    """
+    cases = Cases(cfg)
+    k = cfg.context_slices
+    samples: list[Sample] = []
+    volumes: dict[str, dict] = {}
+    mask_values: set = set()
+    seen_modalities: set[str] = set()
+    in_channels: Optional[int] = None
+    first_case: Optional[str] = None
+    for case in progress_items(cases_in, "Loading volumes", progress):
+        ipath = case.images[0]
+        try:
+            case_id = cases.lookup(case.keys or [case.name], case.case_id or case.name)
+        except MedsegError as e:
+            bad.report(ipath, str(e))
+            continue
+        try:
+            chans, spacing, info, frame, chan_files = read_case_image(case, cfg.orientation)
+        except MedsegError as e:
+            bad.error(_named(e, case), e)
+            continue
+        if n_channels is not None and chans.shape[0] != n_channels:
+            bad.report(ipath, f"gives {chans.shape[0]} image channels, {channels_from} lists {n_channels}")
+            continue
+        flat = info.get("format") == "image"
+        kk = 0 if flat else k
+        n_ch = chans.shape[0] * (2 * kk + 1)
+        if in_channels is not None and n_ch != in_channels:
+            bad.report(ipath, f"gives {n_ch} input channels ({chans.shape[0]} image channels), "
+                              f"case {first_case} gave {in_channels}")
+            continue
+        label = None
+        raw_values = None
+        if case.label is not None:
+            try:
+                label = read_label(case.label, frame)
+            except MedsegError as e:
+                bad.error(case.label, e)
+                continue
+            if label.shape != chans.shape[1:]:
+                bad.report(case.label, f"label shape (Z,H,W) {list(label.shape)} differs from image "
+                                       f"{ipath.name} {list(chans.shape[1:])}")
+                continue
+            if np.issubdtype(label.dtype, np.floating) and np.isnan(label).any():
+                bad.report(case.label, "label holds NaN values")
+                continue
+            raw_values = distinct_values(label)
+            reason = label_check(case.label, raw_values) if label_check is not None else None
+            if reason:
+                bad.report(case.label, reason)
+                continue
+        norm = []
+        try:
+            for c in range(chans.shape[0]):
+                if cfg.modality != "auto":
+                    modality = cfg.modality
+                elif case.modalities and c < len(case.modalities) and case.modalities[c]:
+                    modality = case.modalities[c]
+                elif case.series is not None:
+                    modality = _DICOM_MODALITY.get((info.get("Modality") or "").upper()) or _auto_modality(chans[c])
+                else:
+                    modality = "other" if flat else _auto_modality(chans[c])
+                # each channel (modality) on its own scale: a T1 and a FLAIR share no intensity range
+                norm.append(normalize(chans[c], cfg.normalize, modality, where=str(chan_files[c])))
+                seen_modalities.add(modality)
+        except MedsegError as e:
+            bad.error(chan_files[len(norm)], e)
+            continue
+        if label is not None:
+            mask_values.update(raw_values)
+        in_channels, first_case = n_ch, first_case or case.name
+        Z, H, W = chans.shape[1:]
+        slice_spacing = [spacing[1], spacing[2]] if spacing is not None else None
+        slice_ids = []
+        for z in range(Z):
+            stack = np.concatenate([_context_stack(v, z, kk) for v in norm], axis=0)
+            img, rinfo = resize_image(stack, cfg.input_size, cfg.resize_mode)
+            mask = None
+            meta = {
+                "path": str(ipath), "mask_path": str(case.label) if case.label else None, "orig_shape": [H, W],
+                "resize": rinfo, "spacing": slice_spacing, "volume": case.name, "slice": z, "n_slices": Z,
+                "raw_mask_values": raw_values, "fg_fraction": None, "orientation": frame,
+            }
+            if label is not None:
+                sl = label[z] > 0
+                mask = resize_mask(sl, cfg.input_size, cfg.resize_mode)
+                meta["fg_fraction"] = fg_fraction(sl)
+            sid = f"{case.name}_z{z:04d}"
+            slice_ids.append(sid)
+            samples.append(Sample(sample_id=sid, case_id=case_id, image=img, mask=mask, meta=meta))
+        volumes[case.name] = {
+            "path": str(ipath), "label_path": str(case.label) if case.label else None, "shape": info["shape"],
+            "spacing": list(spacing) if spacing is not None else None, "format": info["format"],
+            "slice_ids": slice_ids, "orientation": frame,
+        }
+        if len(case.images) > 1:
+            volumes[case.name]["channel_paths"] = [str(p) for p in case.images]
+        if case.series is not None:
+            volumes[case.name].update(geometry=info["geometry"], series_uid=info["series_uid"])
+    return finish(
+        samples, bad, where, source, volumes=volumes, in_channels=in_channels or 1,
+        mask_values=sorted(mask_values), modality=modality_name(cfg, seen_modalities),
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# The volumes source: pairs by file name
 
 
 def _list_volumes(root: Path, bad: BadFiles) -> list[Path]:
@@ -76,106 +324,48 @@ def _pair_volumes(cfg: DataConfig, files: list[Path], with_masks: bool, bad: Bad
     return pairs
 
 
-def _context_stack(vol: np.ndarray, z: int, k: int) -> np.ndarray:
-    """(2k+1, H, W) slices z-k..z+k, edge slices repeated beyond the ends."""
-    idx = np.clip(np.arange(z - k, z + k + 1), 0, vol.shape[0] - 1)
-    return vol[idx]
-
-
 def _load_volumes(cfg: DataConfig, with_masks: bool, progress: bool) -> LoadedData:
     root = require_root(cfg)
     bad = BadFiles(cfg.skip_bad)
     pairs = _pair_volumes(cfg, _list_volumes(root, bad), with_masks, bad)
-    cases = Cases(cfg)
-    k = cfg.context_slices
-    samples: list[Sample] = []
-    volumes: dict[str, dict] = {}
-    mask_values: set = set()
-    seen_modalities: set[str] = set()
-    for name, ipath, lpath in progress_items(pairs, "Loading volumes", progress):
-        try:
-            case_id = cases.lookup([name, volume_stem(ipath)], name)
-        except MedsegError as e:
-            bad.report(ipath, str(e))
-            continue
-        try:
-            vol, spacing, info = read_volume(ipath)
-        except MedsegError as e:
-            bad.error(ipath, e)
-            continue
-        label = None
-        raw_values = None
-        if lpath is not None:
-            try:
-                label, _, _ = read_volume(lpath, dtype=None)
-            except MedsegError as e:
-                bad.error(lpath, e)
-                continue
-            if label.shape != vol.shape:
-                bad.report(lpath, f"label shape (Z,H,W) {list(label.shape)} differs from image {ipath.name} {list(vol.shape)}")
-                continue
-            if np.issubdtype(label.dtype, np.floating) and np.isnan(label).any():
-                bad.report(lpath, "label holds NaN values")
-                continue
-            raw_values = distinct_values(label)
-            mask_values.update(raw_values)
-        if cfg.modality != "auto":
-            modality = cfg.modality
-        else:
-            finite = vol[np.isfinite(vol)] if vol.size else vol
-            # an all-NaN volume is refused by normalize below, by name; nanmin would only warn here
-            modality = "ct" if finite.size and float(finite.min()) < _CT_MIN_THRESHOLD else "mr"
-        try:
-            norm = normalize(vol, cfg.normalize, modality, where=str(ipath))
-        except MedsegError as e:
-            bad.error(ipath, e)
-            continue
-        seen_modalities.add(modality)
-        Z, H, W = norm.shape
-        slice_spacing = [spacing[1], spacing[2]] if spacing is not None else None
-        slice_ids = []
-        for z in range(Z):
-            img, rinfo = resize_image(_context_stack(norm, z, k), cfg.input_size, cfg.resize_mode)
-            mask = None
-            meta = {
-                "path": str(ipath), "mask_path": str(lpath) if lpath else None, "orig_shape": [H, W],
-                "resize": rinfo, "spacing": slice_spacing, "volume": name, "slice": z, "n_slices": Z,
-                "raw_mask_values": raw_values, "fg_fraction": None,
-            }
-            if label is not None:
-                sl = label[z] > 0
-                mask = resize_mask(sl, cfg.input_size, cfg.resize_mode)
-                meta["fg_fraction"] = fg_fraction(sl)
-            sid = f"{name}_z{z:04d}"
-            slice_ids.append(sid)
-            samples.append(Sample(sample_id=sid, case_id=case_id, image=img, mask=mask, meta=meta))
-        volumes[name] = {
-            "path": str(ipath), "label_path": str(lpath) if lpath else None, "shape": info["shape"],
-            "spacing": list(spacing) if spacing is not None else None, "format": info["format"],
-            "slice_ids": slice_ids,
-        }
-    return finish(
-        samples, bad, root, "volumes", volumes=volumes, in_channels=2 * k + 1,
-        mask_values=sorted(mask_values), modality=modality_name(cfg, seen_modalities),
-    )
+    cases = [VolumeCase(name=name, images=[ip], label=lp, keys=[name, volume_stem(ip)]) for name, ip, lp in pairs]
+    return load_cases(cfg, cases, bad, "volumes", root, progress)
 
 
-class _LabelReader:
-    """Original-resolution slices of label volumes; the last volume read is kept (slices come in volume order)."""
+class LabelReader:
+    """Original-resolution label slices (boolean), in the orientation the samples were read in.
+
+    The last label read is kept: slices come in volume order.
+    """
 
     def __init__(self):
-        self._path: Optional[str] = None
+        self._key: Optional[tuple] = None
         self._label: Optional[np.ndarray] = None
 
     def __call__(self, sample: Sample) -> np.ndarray:
         path = sample.meta["mask_path"]
-        if path != self._path:
-            self._label, self._path = read_volume(path, dtype=None)[0] > 0, path
+        key = (path, sample.meta.get("orientation", "as_stored"))
+        if key != self._key:
+            self._label, self._key = read_label(Path(path), key[1]) > 0, key
         return self._label[sample.meta["slice"]]
 
 
+def _suffix(path: Path) -> str:
+    name = path.name.lower()
+    for ext in VOLUME_EXTS:
+        if name.endswith(ext):
+            return path.name[-len(ext):]
+    return path.suffix
+
+
 class VolumeWriter:
-    """STEM_prob.<ext> and STEM_mask.<ext> beside each other, in the input volume's geometry."""
+    """Per volume: STEM_prob.<ext> and STEM_mask.<ext> in the input's own orientation and geometry.
+
+    A volume read from a file is written in the file's format with its header; a DICOM series
+    is written as NIfTI with the affine built from its headers (it is not rewritten as DICOM);
+    a 2D case (an image file read as a volume of one slice) as probs/STEM.png and
+    masks/STEM.png, as the ``images`` source writes.
+    """
 
     def __init__(self, output: Path, data_cfg: DataConfig):
         self.output = Path(output)
@@ -183,14 +373,22 @@ class VolumeWriter:
         self.image_suffix = data_cfg.image_suffix
 
     def write(self, loaded: LoadedData, unit: str, indices: list[int], prob: np.ndarray, mask: np.ndarray) -> None:
-        ref = Path(loaded.volumes[unit]["path"])
-        suffix = ".nii.gz" if ref.name.endswith(".nii.gz") else ref.suffix
-        stem = volume_stem(ref)
-        # brain1_image.nrrd -> brain1_prob.nrrd / brain1_mask.nrrd (beside brain1_label.nrrd)
-        if self.image_suffix and stem.endswith(self.image_suffix) and len(stem) > len(self.image_suffix):
-            stem = stem[: -len(self.image_suffix)]
-        write_volume_like(self.output / f"{stem}_prob{suffix}", prob.astype(np.float32), ref, dtype=np.float32)
-        write_volume_like(self.output / f"{stem}_mask{suffix}", mask.astype(np.uint8), ref, dtype=np.uint8)
+        entry = loaded.volumes[unit]
+        ref = Path(entry["path"])
+        frame = entry.get("orientation", "as_stored")
+        if entry.get("format") == "image":
+            write_png_prob(self.output / "probs" / f"{unit}.png", prob[0])
+            write_png_mask(self.output / "masks" / f"{unit}.png", mask[0])
+            return
+        if entry.get("format") == "dicom":
+            geometry = VolumeGeometry.from_json(entry["geometry"])
+            write_volume_geometry(self.output / f"{unit}_prob.nii.gz", prob.astype(np.float32), geometry, np.float32, frame)
+            write_volume_geometry(self.output / f"{unit}_mask.nii.gz", mask.astype(np.uint8), geometry, np.uint8, frame)
+            return
+        suffix = _suffix(ref)
+        stem = unit or volume_stem(ref)
+        write_volume_like(self.output / f"{stem}_prob{suffix}", prob.astype(np.float32), ref, np.float32, frame)
+        write_volume_like(self.output / f"{stem}_mask{suffix}", mask.astype(np.uint8), ref, np.uint8, frame)
 
     def close(self) -> None:
         pass
@@ -203,10 +401,11 @@ def _match_folder(path: Path, like: DataConfig) -> Optional[dict]:
 
 SOURCE = register_source(SourceSpec(
     name="volumes",
-    description="NIfTI/NRRD image + label volume pairs, each axial slice a 2.5D sample with context_slices neighbours",
+    description="NIfTI/NRRD/MHA image + label volume pairs, reoriented, each axial slice a 2.5D sample with "
+                "context_slices neighbours",
     load=_load_volumes,
-    read_raw=lambda path: read_volume(path)[0],
-    mask_reader=_LabelReader,
+    read_raw=lambda path: read_volume_channels(path)[0],
+    mask_reader=LabelReader,
     writer=VolumeWriter,
     match_file=lambda path: {} if volume_format(path) else None,
     match_folder=_match_folder,

@@ -59,6 +59,8 @@ def test_context_slices_value_by_value(tmp_path, rng, cfg_for, fmt, k):
     assert d.source == "volumes" and d.in_channels == 2 * k + 1
     assert [s.sample_id for s in d.samples] == [f"case1_z{z:04d}" for z in range(5)]
     n = XYZ[2]
+    if fmt == "nrrd":  # stored LPS+: the default data.orientation (RAS+) reverses x and y before slicing
+        img, lab = img[::-1, ::-1], lab[::-1, ::-1]
     for s in d.samples:
         z = s.meta["slice"]
         assert s.image.shape == (2 * k + 1, 32, 48)
