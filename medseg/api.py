@@ -29,6 +29,7 @@ from medseg.data.preprocess import to_original
 from medseg.data.sources.images import prepare_image
 from medseg.inference import run_probs
 from medseg.postprocess import PostProcess
+from medseg.runtime import device_scope
 
 Image = Union[np.ndarray, str, Path]
 
@@ -41,12 +42,16 @@ def _flatten(prefix: str, value: Any) -> list[str]:
     return [f"{prefix}={json.dumps(value)}"]
 
 
-def fit(config: Union[str, Path, dict, Config], progress: bool = False, **sections: Any) -> Path:
+def fit(config: Union[str, Path, dict, Config], progress: bool = False, device: Optional[str] = None, **sections: Any) -> Path:
     """Train a model into a new run folder (as `medseg fit`); returns the run folder.
+
+    With train.devices > 1 Lightning starts the other DDP processes by running this script
+    again: guard the call with `if __name__ == "__main__":`.
 
     Args:
         config: a YAML path, a config mapping, or a validated `Config`.
         progress: show progress bars.
+        device: 'cpu', 'cuda', 'cuda:N' or 'auto' (as `medseg fit --device`).
         sections: overrides by section, e.g. `train={"epochs": 5}` or `name="busi"`.
     """
     if isinstance(config, Config):
@@ -56,12 +61,13 @@ def fit(config: Union[str, Path, dict, Config], progress: bool = False, **sectio
     else:
         raw, base = read_yaml(Path(config)), Path(config).resolve().parent
     raw = apply_overrides(raw, [s for k, v in sections.items() for s in _flatten(k, v)])
-    return fit_command(config_from_dict(raw, base), progress=progress)
+    return fit_command(config_from_dict(raw, base), progress=progress, device=device)
 
 
-def evaluate(run: Union[str, Path], **kwargs: Any) -> dict:
-    """Score a run's best checkpoint (as `medseg evaluate`); keyword arguments as `evaluate_run`."""
-    return evaluate_run(Path(run), progress=kwargs.pop("progress", False), **kwargs)
+def evaluate(run: Union[str, Path], device: Optional[str] = None, **kwargs: Any) -> dict:
+    """Score a run's best checkpoint (as `medseg evaluate`) on `device`; keyword arguments as `evaluate_run`."""
+    with device_scope(device):
+        return evaluate_run(Path(run), progress=kwargs.pop("progress", False), **kwargs)
 
 
 def export(run: Union[str, Path], fmt: str = "onnx", out: Optional[Path] = None) -> Path:
@@ -89,9 +95,12 @@ class Predictor:
 
     Args:
         run: the run folder.
+        device: where the network runs: 'auto' (default: CUDA when visible, else the CPU), 'cpu',
+            'cuda' or 'cuda:N'.
     """
 
-    def __init__(self, run: Union[str, Path]):
+    def __init__(self, run: Union[str, Path], device: Optional[str] = None):
+        self.device = device
         self.run = runfs.open_run(Path(run))
         self.cfg = runfs.load_run_config(self.run)
         self.state = runfs.load_state(self.run)
@@ -135,7 +144,8 @@ class Predictor:
             names.append(Path(item).stem if isinstance(item, (str, Path)) else str(i))
         rule = self._rule(raw, threshold)
         use_tta = rule.tta if tta is None else tta
-        probs = run_probs(self.net, np.stack(prepared), self.cfg, self.state, tta=use_tta)
+        with device_scope(self.device):
+            probs = run_probs(self.net, np.stack(prepared), self.cfg, self.state, tta=use_tta)
         out = []
         for p, info, name in zip(probs, infos, names):
             full = to_original(p, info)
@@ -145,9 +155,10 @@ class Predictor:
     def predict_path(self, path: Union[str, Path], output: Optional[Path] = None, raw: bool = False) -> Path:
         """Predict a file or folder as `medseg predict` does (images, volumes, DICOM), into `output` (default: a new temporary folder)."""
         output = Path(output) if output is not None else Path(tempfile.mkdtemp(prefix="medseg-predict-")) / "out"
-        return predict_run(self.run, Path(path), output, raw=raw)
+        with device_scope(self.device):
+            return predict_run(self.run, Path(path), output, raw=raw)
 
 
-def load(run: Union[str, Path]) -> Predictor:
-    """A `Predictor` for a run folder (its best checkpoint, preprocessing and tuned rule)."""
-    return Predictor(run)
+def load(run: Union[str, Path], device: Optional[str] = None) -> Predictor:
+    """A `Predictor` for a run folder (its best checkpoint, preprocessing and tuned rule), on `device` (see `Predictor`)."""
+    return Predictor(run, device)

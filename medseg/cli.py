@@ -29,6 +29,7 @@ console = Console(stderr=True)
 
 SET_HELP = "Override a config key, e.g. --set train.epochs=5 (repeatable; values are YAML)."
 JSON_HELP = "Print one machine-readable JSON result on stdout (the human output stays on stderr)."
+DEVICE_HELP = "Where the network runs: auto (CUDA when a GPU is visible, else the CPU), cpu, cuda or cuda:N."
 
 
 class Part(str, Enum):
@@ -70,6 +71,19 @@ def _print_json(result: Any) -> None:
     typer.echo(json.dumps(jsonable(result), indent=1))
 
 
+def _device_sets(device: Optional[str]) -> list[str]:
+    """--device for a verb that trains or plans: the train.accelerator / train.devices overrides it means."""
+    from medseg.runtime import fit_device_overrides
+
+    return [f"train.{k}={json.dumps(v)}" for k, v in fit_device_overrides(device).items()]
+
+
+def _device_scope(device: Optional[str]):
+    from medseg.runtime import device_scope
+
+    return device_scope(device)
+
+
 def _version(value: bool) -> None:
     if value:
         import medseg
@@ -92,6 +106,7 @@ def fit(
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run (or experiment) in this folder from where it stopped."),
     folds: Optional[int] = typer.Option(None, "--folds", help="Train a K-fold experiment (patient-grouped folds, out-of-fold tuning) instead of one run."),
     fold: Optional[int] = typer.Option(None, "--fold", help="With --resume EXPERIMENT: train only this fold (run folds on several devices at once)."),
+    device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP + " Sets train.accelerator (and train.devices for cuda:N)."),
     no_progress: bool = typer.Option(False, "--no-progress", help="Hide progress bars."),
     json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
 ):
@@ -106,17 +121,25 @@ def fit(
         raise MedsegError("fit --resume: the run's saved config is used; drop CONFIG, --set and --folds")
     if fold is not None and (resume is None or not runfs.is_experiment(resume)):
         raise MedsegError("fit --fold: only with --resume EXPERIMENT (a folder made by fit --folds)")
-    if resume is not None and runfs.is_experiment(resume):
-        from medseg.commands.experiment import resume_experiment
+    from medseg.training.distributed import launch
 
-        run_dir = resume_experiment(resume, fold=fold, console=console, progress=not no_progress)
-    elif folds is not None:
-        from medseg.commands.experiment import fit_experiment
+    # read before training: Lightning's teardown removes WORLD_SIZE from a child's environment
+    follower = launch().rank > 0
+    sets = set_ + _device_sets(device)
+    with _device_scope(device):
+        if resume is not None and runfs.is_experiment(resume):
+            from medseg.commands.experiment import resume_experiment
 
-        run_dir = fit_experiment(load_config(config, set_), folds, console=console, progress=not no_progress)
-    else:
-        cfg = load_config(config, set_) if resume is None else None
-        run_dir = do_fit(cfg, resume=resume, console=console, progress=not no_progress)
+            run_dir = resume_experiment(resume, fold=fold, console=console, progress=not no_progress)
+        elif folds is not None:
+            from medseg.commands.experiment import fit_experiment
+
+            run_dir = fit_experiment(load_config(config, sets), folds, console=console, progress=not no_progress)
+        else:
+            cfg = load_config(config, sets) if resume is None else None
+            run_dir = do_fit(cfg, resume=resume, console=console, progress=not no_progress, device=device)
+    if follower:
+        return  # a DDP rank other than 0 trained its share; rank 0 reports
     console.print(f"[bold green]{'experiment' if runfs.is_experiment(run_dir) else 'run'} folder: {run_dir}")
     if json_out:
         from medseg import runfolder as runfs
@@ -130,6 +153,7 @@ def evaluate(
     data: Optional[Path] = typer.Option(None, "--data", help="YAML with a data: section to evaluate on instead of the run's validation split."),
     sweep: bool = typer.Option(False, "--sweep", help="Also sweep the threshold 0.05..0.95 and report the best."),
     split: Part = typer.Option(Part.val, "--split", help="Which cases of the run's split.json to score (results go to runs/NAME/evaluations/<split>)."),
+    device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP),
     no_progress: bool = typer.Option(False, "--no-progress", help="Hide progress bars."),
     json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
 ):
@@ -147,11 +171,13 @@ def evaluate(
     if runfs.is_experiment(run):
         from medseg.commands.experiment import evaluate_experiment
 
-        s = evaluate_experiment(run, data, part="test", console=console, progress=not no_progress)
+        with _device_scope(device):
+            s = evaluate_experiment(run, data, part="test", console=console, progress=not no_progress)
         if json_out:
             _print_json(s)
         return
-    s = evaluate_run(run, data, sweep=sweep, console=console, progress=not no_progress, part=split.value)
+    with _device_scope(device):
+        s = evaluate_run(run, data, sweep=sweep, console=console, progress=not no_progress, part=split.value)
     if json_out:
         _print_json(s)
     tr = s.get("training_reported")
@@ -169,6 +195,7 @@ def predict(
     threshold: Optional[float] = typer.Option(None, "--threshold", help="Binarisation threshold (default: the run's contract)."),
     tta: bool = typer.Option(False, "--tta", help="Average with horizontally flipped predictions."),
     raw: bool = typer.Option(False, "--raw", help="Ignore the run's tuned post-processing (postprocess.json): threshold only."),
+    device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP),
     json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
 ):
     """Write probability maps and binary masks at the input's own size and geometry.
@@ -181,7 +208,8 @@ def predict(
     if len(paths) < 3:
         raise MedsegError("predict: give RUN [RUN ...] INPUT OUTPUT")
     *runs, input, output = paths
-    out = predict_run(runs if len(runs) > 1 else runs[0], input, output, threshold=threshold, tta=tta, console=console, raw=raw)
+    with _device_scope(device):
+        out = predict_run(runs if len(runs) > 1 else runs[0], input, output, threshold=threshold, tta=tta, console=console, raw=raw)
     console.print(f"[bold green]predictions: {out}")
     if json_out:
         _print_json({"output": str(out), **json.loads((out / "prediction.json").read_text())})
@@ -307,11 +335,13 @@ def report(
     run: Path = typer.Argument(..., help="Run folder."),
     no_predict: bool = typer.Option(False, "--no-predict", help="Do not run the checkpoint (no overlays; threshold curve only from metrics/threshold_sweep.json)."),
     no_doctor: bool = typer.Option(False, "--no-doctor", help="Leave out the doctor's findings."),
+    device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP),
 ):
     """(Re)write the run's report: report.html (self-contained), report.md and report_assets/ in the run folder."""
     from medseg.commands.report import report_run
 
-    report_run(run, console=console, predict=not no_predict, doctor=not no_doctor)
+    with _device_scope(device):
+        report_run(run, console=console, predict=not no_predict, doctor=not no_doctor)
 
 
 @app.command()
@@ -321,11 +351,13 @@ def doctor(
     no_eval: bool = typer.Option(False, "--no-eval", help="Read only the run's files; do not reload the data and run the checkpoint on validation."),
     json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
     fail_on: Optional[Severity] = typer.Option(None, "--fail-on", help="Exit with code 1 when a finding of this severity or worse is found (for CI pipelines)."),
+    device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP),
 ):
     """Diagnose a run: ranked findings with the numbers measured, why they matter, the config key to change and a confidence."""
     from medseg.commands.doctor import doctor_command, failing
 
-    findings = doctor_command(run, json_out=json_file, evaluate=not no_eval, console=console if json_out else Console(), status=console)
+    with _device_scope(device):
+        findings = doctor_command(run, json_out=json_file, evaluate=not no_eval, console=console if json_out else Console(), status=console)
     if json_out:
         _print_json([dict(rank=i, **f.to_dict()) for i, f in enumerate(findings, 1)])
     if fail_on is not None and failing(findings, fail_on.value):
@@ -339,12 +371,14 @@ def plan_cmd(
     set_: list[str] = typer.Option([], "--set", "-s", help=SET_HELP),
     out: Path = typer.Option(Path("plan"), "--out", help="Folder for fingerprint.json, plan.json and the planned config.yaml (existing files are never overwritten)."),
     no_measure: bool = typer.Option(False, "--no-measure", help="Estimate the step cost by a formula instead of timing training steps on this machine."),
+    device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP + " The device fit will train on: its memory and step cost."),
     no_progress: bool = typer.Option(False, "--no-progress", help="Hide progress bars."),
 ):
     """Fingerprint the dataset and plan input size, batch size, sampler, loss, augmentation and epochs, with reasons."""
     from medseg.commands.plan import plan_command
 
-    folder = plan_command(config, set_, out, measure=False if no_measure else None, console=Console(), progress=not no_progress)
+    folder = plan_command(config, set_ + _device_sets(device), out, measure=False if no_measure else None, console=Console(),
+                          progress=not no_progress)
     console.print(f"[bold green]plan: {folder}")
 
 
@@ -353,6 +387,7 @@ def tune(
     run: Path = typer.Argument(..., help="Run folder."),
     force: bool = typer.Option(False, "--force", help="Replace an existing postprocess.json."),
     set_: list[str] = typer.Option([], "--set", "-s", help="Override a postprocess.* key for this tuning, e.g. --set postprocess.min_gain=0.01."),
+    device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP),
     no_progress: bool = typer.Option(False, "--no-progress", help="Hide progress bars."),
     json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
 ):
@@ -372,9 +407,11 @@ def tune(
 
         if set_:
             raise MedsegError("tune --set: not for an experiment (its config.yaml holds the postprocess.* keys)")
-        result = tune_experiment(run, console=console, force=force)
+        with _device_scope(device):
+            result = tune_experiment(run, console=console, force=force)
     else:
-        result = tune_run(run, console=console, force=force, progress=not no_progress, overrides=set_)
+        with _device_scope(device):
+            result = tune_run(run, console=console, force=force, progress=not no_progress, overrides=set_)
     if json_out:
         _print_json({k: v for k, v in result.items() if k != "rows"})
 

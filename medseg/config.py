@@ -134,7 +134,12 @@ class EarlyStopConfig(Section):
 
 class TrainConfig(Section):
     epochs: int = Field(30, ge=1, description="Maximum number of epochs.")
-    batch_size: int = Field(8, ge=1, description="Images per optimiser micro-batch.")
+    batch_size: int = Field(
+        8, ge=1,
+        description="Images per optimiser micro-batch over all devices: under DDP each of W processes takes batch_size / W "
+        "of every batch (it must divide), so the optimisation, the plan and the sampler's composition do not depend on the "
+        "number of devices.",
+    )
     accumulate: int = Field(1, ge=1, description="Gradient accumulation steps (effective batch = batch_size × accumulate).")
     grad_clip: float = Field(1.0, ge=0.0, description="Clip the gradient norm to this value (0: off).")
     precision: Literal["auto", "32", "bf16", "16"] = Field(
@@ -143,7 +148,17 @@ class TrainConfig(Section):
         "has AVX512-BF16 or AMX, else 32.",
     )
     accelerator: Literal["auto", "cpu", "gpu"] = Field("auto", description="Lightning accelerator.")
-    devices: Union[int, Literal["auto"]] = Field(1, description="Devices per node: a number >= 1, or 'auto'; use torchrun for multi-node DDP.")
+    devices: Union[int, Literal["auto"], list[int]] = Field(
+        1,
+        description="Devices per node: a number >= 1, 'auto' (every visible GPU), or a list of GPU indices. More than one "
+        "trains with Lightning's DDP; under torchrun or srun the launcher's processes decide and this is ignored.",
+    )
+    num_nodes: int = Field(1, ge=1, description="Machines in a multi-node DDP fit (torchrun/srun set it from their own world size).")
+    compile: bool = Field(
+        False,
+        description="torch.compile the network for training and validation (Inductor; the first steps compile, which takes "
+        "minutes). Off by default: measure it on your machine (bench/gpu_check.sh) before turning it on.",
+    )
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes (0: load in the main process).")
     monitor: Literal["dice", "iou", "loss"] = Field(
         "dice", description="Validation quantity that picks the best checkpoint and drives early stopping (hard, per the contract)."
@@ -171,7 +186,9 @@ class TrainConfig(Section):
     @classmethod
     def _devices(cls, v):
         if isinstance(v, int) and (isinstance(v, bool) or v < 1):
-            raise ValueError("must be a number of devices >= 1, or 'auto'")
+            raise ValueError("must be a number of devices >= 1, 'auto', or a list of GPU indices")
+        if isinstance(v, list) and (not v or len(set(v)) != len(v) or any(isinstance(i, bool) or i < 0 for i in v)):
+            raise ValueError("a list of devices must name distinct GPU indices >= 0")
         return v
 
 

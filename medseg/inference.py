@@ -103,8 +103,11 @@ def predict_prob_sets(
     needed = list(dict.fromkeys(t for s in sets for t in s))
     device = torch.device(device)
     was_training = [n.training for n in nets]
+    # the nets run where the images go; each returns to where it was (a caller's network is not moved for good)
+    homes = [next(iter(n.parameters()), torch.empty(0)).device for n in nets]
     for n in nets:
         n.eval()
+        n.to(device)
     outs = [np.empty((len(images),) + images.shape[2:], dtype=np.float32) for _ in sets]
     with torch.no_grad():
         for start in range(0, len(images), batch_size):
@@ -123,8 +126,10 @@ def predict_prob_sets(
                 probs[name] = _transform(name, total / len(nets), inverse=True)[:, 0]
             for out, s in zip(outs, sets):
                 out[start : start + len(x)] = (sum(probs[t] for t in s) / len(s)).cpu().numpy()
-    for n, was in zip(nets, was_training):
+    for n, was, home in zip(nets, was_training, homes):
         n.train(was)
+        if home != device:
+            n.to(home)
     return outs
 
 

@@ -7,11 +7,13 @@ inference (`inference`), the step-cost measurement (`planning`) and the CLI's st
 
 from __future__ import annotations
 
+import contextvars
 import os
 import platform
+import re
 import sys
-from contextlib import nullcontext
-from typing import Iterable
+from contextlib import contextmanager, nullcontext
+from typing import Iterable, Iterator, Optional
 
 from medseg.errors import MedsegError
 
@@ -108,8 +110,11 @@ def check_accelerator(cfg) -> None:
     if not cuda_available():
         raise MedsegError("config error: train.accelerator: 'gpu' but no CUDA GPU is visible here; use 'auto' or 'cpu'")
     n = torch.cuda.device_count()
-    if isinstance(cfg.train.devices, int) and cfg.train.devices > n:
-        raise MedsegError(f"config error: train.devices: {cfg.train.devices} GPUs asked for, {n} visible")
+    devices = cfg.train.devices
+    if isinstance(devices, int) and devices > n:
+        raise MedsegError(f"config error: train.devices: {devices} GPUs asked for, {n} visible")
+    if isinstance(devices, list) and max(devices) >= n:
+        raise MedsegError(f"config error: train.devices: GPU {max(devices)} asked for, {n} visible (indices 0..{n - 1})")
 
 
 def training_device(cfg) -> str:
@@ -126,11 +131,71 @@ def device_name(kind: str) -> str:
     return f"CPU, {torch.get_num_threads()} torch threads"
 
 
-def inference_device(cfg=None):
-    """Where `evaluate`, `tune`, `predict`, the report and the doctor run the network: the CPU, today."""
+# The device a verb's `--device` asked for; unset: the run's accelerator decides (`inference_device`).
+_DEVICE: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar("medseg_device", default=None)
+_DEVICE_RE = re.compile(r"^(auto|cpu|gpu|cuda(:\d+)?)$")
+
+
+def parse_device(spec: str) -> str:
+    """A `--device` value checked and normalised: 'auto', 'cpu', 'cuda' or 'cuda:N' ('gpu' means 'cuda')."""
+    text = str(spec).strip().lower()
+    if not _DEVICE_RE.match(text):
+        raise MedsegError(f"--device: '{spec}' is not a device; use auto, cpu, cuda or cuda:N")
+    return "cuda" if text == "gpu" else text
+
+
+@contextmanager
+def device_scope(spec: Optional[str]) -> Iterator[None]:
+    """Run the networks of the enclosed verb on this device (None: the default rule of `inference_device`)."""
+    token = _DEVICE.set(parse_device(spec) if spec else None)
+    try:
+        yield
+    finally:
+        _DEVICE.reset(token)
+
+
+def select_device(spec: Optional[str] = None, accelerator: str = "auto"):
+    """The device-selection seam: the torch device a network runs on, for every verb.
+
+    An explicit device (`spec`, else the enclosing `device_scope`) wins; 'auto' and no device
+    follow the accelerator: CUDA when `cuda_available()` (the local rank's GPU under DDP), else
+    the CPU. Asking for CUDA where there is none is refused in one line.
+
+    Args:
+        spec: 'auto', 'cpu', 'cuda', 'cuda:N' or None.
+        accelerator: the run's `train.accelerator` ('auto', 'cpu' or 'gpu'), used when no device is given.
+    """
     import torch
 
-    return torch.device("cpu")
+    spec = parse_device(spec) if spec else _DEVICE.get()
+    if spec is None or spec == "auto":
+        spec = "cpu" if accelerator == "cpu" else "cuda" if (accelerator == "gpu" or cuda_available()) else "cpu"
+    if spec == "cpu":
+        return torch.device("cpu")
+    if not cuda_available():
+        raise MedsegError(f"--device {spec}: no CUDA GPU is visible here; use --device cpu")
+    if spec == "cuda":
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0) or 0))
+    return torch.device(spec)
+
+
+def inference_device(cfg=None):
+    """Where `evaluate`, `tune`, `predict`, the report and the doctor run the network (see `select_device`)."""
+    return select_device(None, getattr(getattr(cfg, "train", None), "accelerator", "auto"))
+
+
+def fit_device_overrides(spec: Optional[str]) -> dict:
+    """`--device` for fit and plan as config values: {'accelerator': ..., 'devices': ...} (empty for None / 'auto')."""
+    if not spec:
+        return {}
+    spec = parse_device(spec)
+    if spec == "auto":
+        return {}
+    if spec == "cpu":
+        return {"accelerator": "cpu", "devices": 1}
+    if spec == "cuda":
+        return {"accelerator": "gpu"}
+    return {"accelerator": "gpu", "devices": [int(spec.split(":")[1])]}
 
 
 def inference_precision(precision: str, device) -> str:

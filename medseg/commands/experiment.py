@@ -37,6 +37,7 @@ from medseg.metrics.paired import bootstrap_mean_ci
 from medseg.metrics.validation import score_postprocessed, score_validation
 from medseg.planning import plan_run
 from medseg.postprocess import PostProcess, case_dice, tune_over_tta
+from medseg.training import distributed
 
 EXPERIMENT_VERSION = 1
 
@@ -69,6 +70,7 @@ def fit_experiment(cfg: Config, folds: int, console: Optional[Console] = None, p
     """
     console = console or Console(stderr=True)
     runfs.check_output_dir(cfg.output_dir)
+    _one_process(cfg)
     loaded = load_data(cfg.data, with_masks=True, progress=progress)
     base = make_split([s.case_id for s in loaded.samples], cfg.split, cfg.seed)
     pool = set(base["train"]) | set(base["val"])
@@ -103,6 +105,7 @@ def resume_experiment(experiment: Path, fold: Optional[int] = None, console: Opt
     cfg = config_from_dict(read_yaml(experiment / runfs.CONFIG), experiment)
     if fold is not None and not 0 <= fold < doc["k"]:
         raise MedsegError(f"--fold: {fold} is not a fold of {experiment} (0..{doc['k'] - 1})")
+    _one_process(cfg)
     loaded = load_data(cfg.data, with_masks=True, progress=progress)
     known = {s.case_id for s in loaded.samples}
     for f in doc["folds"]:
@@ -111,6 +114,14 @@ def resume_experiment(experiment: Path, fold: Optional[int] = None, console: Opt
             raise MedsegError(f"{experiment / runfs.EXPERIMENT}: fold {f['fold']}'s case '{missing[0]}' is not in the data any more; "
                               "the data changed since the experiment started")
     return _run_folds(experiment, cfg, doc, loaded, console, progress, fold)
+
+
+def _one_process(cfg: Config) -> None:
+    """Folds train one process each: several devices run several folds at once (`fit --resume EXP --fold I`), not DDP."""
+    if distributed.world_size(cfg) > 1:
+        raise MedsegError("fit --folds: an experiment trains each fold in one process; to use several devices run one fold per "
+                          "device (medseg fit --resume EXPERIMENT --fold I, with CUDA_VISIBLE_DEVICES=I), without torchrun "
+                          "and with train.devices: 1")
 
 
 def _run_folds(experiment: Path, cfg: Config, doc: dict, loaded, console: Console, progress: bool, only: Optional[int]) -> Path:

@@ -27,8 +27,8 @@ from medseg.data.sampling import check_sampler_pool, describe_sampler
 from medseg.data.split import make_split, save_split
 from medseg.errors import MedsegError
 from medseg.planning import plan_run
-from medseg.runtime import check_accelerator, machine_description, resolve_precision, tcmalloc_active
-from medseg.training import SegDataModule, SegModule, build_trainer, tracking
+from medseg.runtime import check_accelerator, fit_device_overrides, machine_description, resolve_precision, tcmalloc_active
+from medseg.training import SegDataModule, SegModule, build_trainer, distributed, tracking
 
 
 def _setup_logging(run_dir: Path) -> logging.Logger:
@@ -99,12 +99,20 @@ def _check_same_data(run_dir: Path, split: dict, hashes: dict[str, str]) -> None
         )
 
 
+def with_device(cfg: Config, device: Optional[str]) -> Config:
+    """The config with `--device` applied to train.accelerator / train.devices (unchanged for None or 'auto')."""
+    over = fit_device_overrides(device)
+    return cfg.model_copy(update={"train": cfg.train.model_copy(update=over)}) if over else cfg
+
+
 def fit(cfg: Optional[Config] = None, resume: Optional[Path] = None, console: Optional[Console] = None, progress: bool = True,
-        loaded=None) -> Path:
+        loaded=None, device: Optional[str] = None) -> Path:
     """Train a model; returns the run folder.
 
     Everything that can fail on the user's input (config values, devices, data, split, pretrained
-    weights, a resumed run's checkpoint and data) fails before anything is written.
+    weights, a resumed run's checkpoint and data) fails before anything is written. Under DDP
+    (`training.distributed`) rank 0 does all of this and writes the run folder; the other ranks
+    read it, train their share and return.
 
     Args:
         cfg: the validated config (ignored when resuming: the run's saved config is used).
@@ -112,16 +120,22 @@ def fit(cfg: Optional[Config] = None, resume: Optional[Path] = None, console: Op
         console: where to print.
         progress: show progress bars.
         loaded: the data of `cfg.data` already in memory (an experiment reads it once for all its folds).
+        device: 'cpu', 'cuda', 'cuda:N' or 'auto' (`--device`): overrides train.accelerator and train.devices.
     """
     console = console or Console(stderr=True)
+    started = distributed.launch()
+    if started.rank > 0:
+        return _follow(cfg, resume, started, progress, device)
     saved_state: dict = {}
     if resume is not None:
         run_dir, cfg, saved_state = _open_for_resume(resume, console)
     assert cfg is not None
+    cfg = with_device(cfg, device)
     if resume is None:
         runfs.check_output_dir(cfg.output_dir)
     tracking.require_backend(cfg)  # a missing optional extra fails before any run folder exists
     check_accelerator(cfg)
+    world = distributed.world_size(cfg, started)
     precision = resolve_precision(cfg.train.precision, cfg.train.accelerator)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
@@ -132,9 +146,10 @@ def fit(cfg: Optional[Config] = None, resume: Optional[Path] = None, console: Op
     planned = None
     if resume is None and cfg.plan.enabled:
         # the plan fills the keys the config leaves unset (a resumed run keeps its saved, planned config)
-        planned = plan_run(cfg, loaded, split, progress=progress)
+        planned = plan_run(cfg, loaded, split, progress=progress, world=world)
         cfg, loaded = planned.config, planned.loaded
         print_plan(console, planned.plan)
+    distributed.check_batch_split(cfg, world)  # the planned batch size too
     train = stack_part(loaded, split["train"])
     val = stack_part(loaded, split["val"])
     if len(train.images) == 0 or len(val.images) == 0:
@@ -171,6 +186,7 @@ def fit(cfg: Optional[Config] = None, resume: Optional[Path] = None, console: Op
         "machine": machine_description(),
         "tcmalloc": tcmalloc_active(),
         "channels_last": cfg.train.channels_last,
+        "processes": world,
         "data_hash": combined_hash(hashes),
         "finished": False,
         **({"started": saved_state["started"]} if "started" in saved_state else {"started": _now()}),
@@ -204,11 +220,16 @@ def fit(cfg: Optional[Config] = None, resume: Optional[Path] = None, console: Op
     ckpt = str(last) if resume is not None and last.is_file() else None
     if ckpt:
         log.info("resuming from %s", runfs.LAST_CKPT)
+    handoff = distributed.announce_run(run_dir, cfg.output_dir, started) if world > 1 else None
+    if world > 1:
+        log.info("DDP: %d processes (%s), %d images per process per batch", world, started.launcher or "Lightning's launcher",
+                 cfg.train.batch_size // world)
     t0 = time.time()
-    trainer.fit(module, datamodule=data, ckpt_path=ckpt, weights_only=True)
+    try:
+        trainer.fit(module, datamodule=data, ckpt_path=ckpt, weights_only=True)
+    finally:
+        distributed.retire_handoff(handoff)
     log.info("training finished in %.1f s", time.time() - t0)
-    if not trainer.is_global_zero:
-        return run_dir
 
     if cfg.postprocess.tune and not (run_dir / runfs.POSTPROCESS).exists():
         tune_run(run_dir, console=console, val=val)
@@ -220,6 +241,39 @@ def fit(cfg: Optional[Config] = None, resume: Optional[Path] = None, console: Op
         console.print(f"[yellow]report not written ({type(e).__name__}: {e}); retry with: medseg report {run_dir}")
     tracking.finish(cfg, run_dir, console)  # after the report, which it uploads
     runfs.write_json(run_dir / runfs.STATE, {**state, "finished": True, "finished_at": _now()})
+    return run_dir
+
+
+def _follow(cfg: Optional[Config], resume: Optional[Path], started: "distributed.Launch", progress: bool,
+            device: Optional[str]) -> Path:
+    """A DDP rank other than 0: train the run rank 0 created (or resumes), writing nothing; returns its folder.
+
+    The run's saved config (planned by rank 0), split and data hashes are read, not recomputed,
+    so every rank trains the same plan on the same cases; a rank that reads different data
+    stops in one line.
+    """
+    if resume is not None:
+        run_dir = runfs.open_run(resume)
+    else:
+        assert cfg is not None
+        run_dir = distributed.wait_for_run(cfg.output_dir, started)
+    cfg = with_device(config_from_dict(read_yaml(run_dir / runfs.CONFIG), run_dir), device)
+    precision = resolve_precision(cfg.train.precision, cfg.train.accelerator)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    loaded = load_data(cfg.data, with_masks=True, progress=False)
+    split = runfs.read_json(run_dir / runfs.SPLIT)
+    train = stack_part(loaded, split["train"])
+    val = stack_part(loaded, split["val"])
+    hashes = sample_hashes(train, val)
+    saved = runfs.optional_dict(run_dir / runfs.DATA_HASHES)
+    if saved and saved != hashes:
+        raise MedsegError(f"DDP: rank {started.rank} reads different data than rank 0 ({describe_changes(saved, hashes)}; "
+                          f"{run_dir / runfs.DATA_HASHES}): every rank must see the same data.dir")
+    data = SegDataModule(cfg, train)
+    module = SegModule(cfg, loaded.in_channels, float(train.masks.mean()), data.steps_per_epoch, precision)
+    trainer = build_trainer(cfg, run_dir, precision, val, data.micro_batches, Console(stderr=True, quiet=True), progress=False)
+    last = run_dir / runfs.LAST_CKPT
+    trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume is not None and last.is_file() else None, weights_only=True)
     return run_dir
 
 

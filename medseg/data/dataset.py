@@ -47,7 +47,9 @@ class SeededSampler(Sampler):
     """Shuffles with a per-epoch seed and hands each index its own augmentation seed.
 
     Lightning calls `set_epoch` before each epoch (also after a resume). With several
-    processes (DDP) each rank takes every world_size-th draw.
+    processes (DDP) each rank takes every world_size-th draw: with per-rank batches of
+    batch_size / world_size, the ranks' micro-batches of one step are together the batch one
+    process would draw.
 
     Args:
         n: dataset size.

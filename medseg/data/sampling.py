@@ -68,17 +68,19 @@ class PositiveAwareSampler(Sampler):
     shuffled. A pool that is empty cannot be served: its share goes to the other pool (fit
     rejects a positive target without positive images before this happens).
 
-    With several processes, whole batches are dealt out: batch b goes to rank b % world_size,
-    so every rank's batch has the target composition and the ranks together cover the epoch.
+    With several processes every batch is split: rank r takes its positions r, r + W, ... (W =
+    world_size), so the ranks' micro-batches of one step are together exactly the batch a single
+    process draws (same images, same augmentation seeds) and the composition is the target's
+    over the step, whatever the number of ranks. Positions are shuffled within a batch, so each
+    rank's share has the target composition in expectation.
 
     Args:
         positive: (N,) bool, the image has foreground.
-        batch_size: images per (per-rank) batch; the DataLoader must use the same.
+        batch_size: images per batch over all ranks; each rank's DataLoader takes batch_size / world_size.
         seed: run seed.
         schedule: targets in [0, 1]; one value is a constant target (see `scheduled_target`).
         epochs: the planned number of epochs, over which the schedule is spread.
-        num_samples: draws per epoch over all ranks (default N); a multiple of batch_size * world_size
-            keeps every batch full.
+        num_samples: draws per epoch over all ranks (default N); a multiple of batch_size keeps every batch full.
         rank / world_size: this process and the number of processes.
     """
 
@@ -154,22 +156,17 @@ class PositiveAwareSampler(Sampler):
             batches.append(np.array([next(pos) if p else next(neg) for p in is_pos], np.int64))
         return batches
 
-    def _rank_batches(self) -> list[int]:
-        n_batches = len(self._batch_sizes())
-        return list(range(self.rank, n_batches, self.world_size))
-
     def __iter__(self):
         batches = self.epoch_batches()
         starts = np.concatenate([[0], np.cumsum([len(b) for b in batches])])
         # one augmentation seed per global position, as SeededSampler does
         seeds = np.random.default_rng([self.seed, self.epoch, _STREAM_AUG]).integers(0, 2**31 - 1, size=self.num_samples)
-        for b in self._rank_batches():
-            for j, idx in enumerate(batches[b]):
-                yield int(idx), int(seeds[starts[b] + j])
+        for b, batch in enumerate(batches):
+            for j in range(self.rank, len(batch), self.world_size):
+                yield int(batch[j]), int(seeds[starts[b] + j])
 
     def __len__(self) -> int:
-        sizes = self._batch_sizes()
-        return int(sum(sizes[b] for b in self._rank_batches()))
+        return int(sum(len(range(self.rank, int(size), self.world_size)) for size in self._batch_sizes()))
 
 
 def crop_window(mask: np.ndarray, size: Sequence[int], foreground_share: float, rng: np.random.Generator) -> tuple[int, int]:

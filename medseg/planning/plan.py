@@ -58,7 +58,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -375,22 +374,24 @@ def show_value(v: Any) -> str:
     return v if isinstance(v, str) else json.dumps(list(v) if isinstance(v, tuple) else v)
 
 
-def make_plan(cfg: Config, fp: dict, measure: Optional[bool] = None) -> tuple[Plan, Config]:
+def make_plan(cfg: Config, fp: dict, measure: Optional[bool] = None, world: int = 1) -> tuple[Plan, Config]:
     """Plan the unset keys of `cfg` from the fingerprint `fp`; returns the plan and the planned config.
+
+    Under DDP only rank 0 plans (the other ranks read its plan from the run folder), so the
+    measured step cost can differ between machines without the ranks disagreeing.
 
     Args:
         cfg: the validated config (model_fields_set tells which keys the user set).
         fp: `compute_fingerprint(loaded, split)` (with 'by_split' the training part is used).
         measure: time steps on this machine; None: cfg.plan.measure.
+        world: DDP processes the fit trains with: the batch is split over them, so it is made a
+            multiple of `world` (the memory rule is for one device's whole batch, so each
+            process's share fits; the epoch estimates stay those of one device, an upper bound).
     """
     p = _Planner(cfg)
     notes: list[str] = []
     device = training_device(cfg)
     measure = cfg.plan.measure if measure is None else measure
-    if measure and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        # timings differ between processes; a different batch size or epoch count per rank would hang DDP
-        measure = False
-        notes.append("several processes (WORLD_SIZE > 1): step cost by formula, so every rank plans the same")
     crop = tuple(cfg.sampler.crop_size) if cfg.sampler.crop_size else None
 
     stride = get_model_spec(cfg.model.name).output_stride(cfg.model.channels)
@@ -414,7 +415,10 @@ def make_plan(cfg: Config, fp: dict, measure: Optional[bool] = None) -> tuple[Pl
     cost = measure_cost(planned_cfg, int(fp.get("in_channels") or 1), train_size, tuple(planned_cfg.data.input_size), measure)
     steps = cfg.train.steps_per_epoch
     budget = cfg.train.budget_minutes
-    batch = p.decide("train.batch_size", *plan_batch_size(cost, n_train, n_val, steps, budget))
+    batch, why = plan_batch_size(cost, n_train, n_val, steps, budget)
+    if world > 1 and batch % world:
+        batch, why = -(-batch // world) * world, why + f"; rounded up to a multiple of the {world} DDP processes"
+    batch = p.decide("train.batch_size", batch, why)
 
     per_epoch = epoch_seconds(cost, batch, n_train, n_val, steps)
     cost_text = f"{cost.method} {per_epoch:.1f} s per epoch ({n_train} training, {n_val} validation images, batch {batch})"
@@ -469,7 +473,7 @@ class PlannedRun:
     plan: Plan
 
 
-def plan_run(cfg: Config, loaded, split: dict, measure: Optional[bool] = None, progress: bool = False) -> PlannedRun:
+def plan_run(cfg: Config, loaded, split: dict, measure: Optional[bool] = None, progress: bool = False, world: int = 1) -> PlannedRun:
     """Fingerprint the loaded data, plan, and re-read the data when the plan changed the input size.
 
     Args:
@@ -478,10 +482,11 @@ def plan_run(cfg: Config, loaded, split: dict, measure: Optional[bool] = None, p
         split: case ids per part.
         measure: as `make_plan`.
         progress: progress bar while re-reading.
+        world: DDP processes (as `make_plan`).
     """
     original = original_statistics(loaded, split)
     fp = compute_fingerprint(loaded, split, original=original)
-    plan, planned = make_plan(cfg, fp, measure)
+    plan, planned = make_plan(cfg, fp, measure, world)
     if tuple(planned.data.input_size) != tuple(cfg.data.input_size):
         # the loader resizes while reading, so a new input size means reading the files again
         loaded = load_data(planned.data, with_masks=True, progress=progress)

@@ -6,11 +6,14 @@
 * `callbacks`: validation under the metric contract, the batch-composition audit and the
   `epochs.csv` writer, each a Lightning callback;
 * `trainer.build_trainer`: the one place a `pl.Trainer` is made;
+* `distributed`: DDP: which rank leads and writes the run folder, how the others find it, and
+  Lightning's collectives for the callbacks;
 * `tracking`: TensorBoard / MLflow.
 """
 
+from medseg.training import distributed
 from medseg.training.datamodule import SegDataModule
 from medseg.training.module import WARMUP_MAX_SHARE, WARMUP_PLANNED_SHARE, SegModule, lr_lambda
 from medseg.training.trainer import build_trainer
 
-__all__ = ["WARMUP_MAX_SHARE", "WARMUP_PLANNED_SHARE", "SegDataModule", "SegModule", "build_trainer", "lr_lambda"]
+__all__ = ["distributed", "WARMUP_MAX_SHARE", "WARMUP_PLANNED_SHARE", "SegDataModule", "SegModule", "build_trainer", "lr_lambda"]

@@ -6,19 +6,26 @@
   same inference and the same scorer `medseg evaluate` uses, logged as `val/monitor` (which
   picks the best checkpoint and drives early stopping);
 * `EpochLog`: one row per epoch into metrics/epochs.csv and the loggers;
+* `SameRun`: under DDP, every rank checks it trains the run rank 0 announced;
 * `KillSwitch`: fault injection for the resume tests.
 
 Lightning runs these before the checkpoint and early-stopping callbacks at the end of each
-training epoch, in the order the trainer lists them.
+training epoch, in the order the trainer lists them. Under DDP each rank has seen only its
+share of the batches and validates only its share of the cases: the callbacks gather over
+the ranks (Lightning's `all_gather` and `broadcast`, `training.distributed`), so the row, the
+monitor and the audit are those of the whole epoch, the same on every rank, and equal to a
+single process's up to floating-point summation order.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
@@ -27,12 +34,21 @@ from medseg import runfolder as runfs
 from medseg.config import Config
 from medseg.data.arrays import SplitArrays
 from medseg.data.sampling import audit_warning, composition_columns, epoch_target
+from medseg.data.slices import slices_by_volume
+from medseg.errors import MedsegError
 from medseg.inference import predict_probs
-from medseg.metrics.validation import score_validation
+from medseg.metrics.validation import has_volumes, score_validation
+from medseg.training.distributed import gather_numbers, gather_rows, shard_groups
 
 
 class BatchCompositionAudit(Callback):
     """Per-epoch batch composition columns, and a warning when the realised share is off the target.
+
+    Each micro-batch's counts (images, positive images, foreground pixels, pixels) are kept as
+    the model received them; under DDP the ranks' counts of one step are summed, so the audit
+    is of the whole batch of every step over all ranks. The sorted indices drawn over all ranks
+    give `train_draw_digest`: equal digests mean the same images were drawn (a resumed epoch,
+    or a DDP epoch against a single process).
 
     Args:
         cfg: the resolved config (sampler target and epochs).
@@ -42,22 +58,26 @@ class BatchCompositionAudit(Callback):
     def __init__(self, cfg: Config, warn: Optional[Callable[[str], None]] = None):
         self.cfg = cfg
         self.warn = warn
-        self.pos_img: list[float] = []
-        self.pos_px: list[float] = []
+        self.counts: list[tuple[float, float, float, float]] = []
+        self.indices: list[np.ndarray] = []
         self.columns: dict[str, Any] = {}
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
-        self.pos_img, self.pos_px = [], []
+        self.counts, self.indices = [], []
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        y = batch[1]
-        self.pos_img.append(float((y.flatten(1).amax(1) > 0).float().mean()))
-        self.pos_px.append(float(y.mean()))
+        y, idx = batch[1], batch[2]
+        self.counts.append((float(len(y)), float((y.flatten(1).amax(1) > 0).sum()), float(y.sum()), float(y.numel())))
+        self.indices.append(np.asarray(idx.cpu() if torch.is_tensor(idx) else idx, np.float64).reshape(-1))
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         epoch = int(trainer.current_epoch)
         target = epoch_target(self.cfg.sampler, epoch, self.cfg.train.epochs)
-        self.columns = composition_columns(self.pos_img, self.pos_px, target)
+        counts = gather_numbers(pl_module, np.asarray(self.counts, np.float64).reshape(-1, 4)).sum(axis=0)  # per step, all ranks
+        drawn = gather_numbers(pl_module, np.concatenate(self.indices) if self.indices else np.zeros(0))
+        n = np.maximum(counts[:, 0], 1)
+        self.columns = composition_columns(list(counts[:, 1] / n), list(counts[:, 2] / np.maximum(counts[:, 3], 1)), target)
+        self.columns["train_draw_digest"] = "sha1-" + hashlib.sha1(np.sort(drawn.reshape(-1)).astype(np.int64).tobytes()).hexdigest()[:12]
         warning = audit_warning(epoch, self.columns["batch_pos_image_share_mean"], target)
         if warning and trainer.is_global_zero and self.warn is not None:
             self.warn(warning)
@@ -79,16 +99,39 @@ class ContractValidation(Callback):
         self.metrics: dict[str, float] = {}
         self.seconds = 0.0
 
-    def validate(self, pl_module) -> dict[str, float]:
-        """Hard (per contract) validation metrics of the module's network now."""
-        probs = predict_probs(pl_module.net, self.val.images, self.cfg.eval.batch_size, self.precision, pl_module.device,
+    def _groups(self) -> list[list[int]]:
+        """Validation cases as the scorer groups them: every slice of a volume together, else one image each."""
+        if has_volumes(self.val.meta):
+            return [list(map(int, idx)) for idx in slices_by_volume(self.val.meta).values()]
+        return [[i] for i in range(len(self.val.images))]
+
+    def predict(self, trainer, pl_module) -> Optional[np.ndarray]:
+        """Probabilities of every validation image on rank 0 (None on the others); under DDP each rank predicts its shard."""
+        world = int(getattr(trainer, "world_size", 1) or 1) if trainer is not None else 1
+        if world == 1:
+            return predict_probs(pl_module.net, self.val.images, self.cfg.eval.batch_size, self.precision, pl_module.device,
+                                 self.cfg.train.channels_last)
+        # rank 0's buffers (BatchNorm running statistics) on every rank: the shards are scored by the network
+        # the checkpoint holds, not by each rank's own last update of them
+        buffers = trainer.strategy.broadcast({k: v.detach().cpu() for k, v in pl_module.net.named_buffers()}, src=0)
+        with torch.no_grad():
+            for k, v in pl_module.net.named_buffers():
+                v.copy_(buffers[k].to(v.device))
+        shards = [shard_groups(self._groups(), r, world) for r in range(world)]
+        mine = shards[int(trainer.global_rank)]
+        local = predict_probs(pl_module.net, self.val.images[mine], self.cfg.eval.batch_size, self.precision, pl_module.device,
                               self.cfg.train.channels_last)
+        return gather_rows(pl_module, local, shards, len(self.val.images), chunk=max(1, self.cfg.eval.batch_size))
+
+    def score(self, probs: np.ndarray, pl_module) -> dict[str, float]:
+        """Hard (per contract) validation metrics of these probabilities."""
         with torch.no_grad():
             logits = torch.logit(torch.from_numpy(probs).clamp(1e-6, 1 - 1e-6))[:, None]
             val_loss = float(pl_module.loss_fn(logits, torch.from_numpy(self.val.masks).float()[:, None]))
         scores = score_validation(probs, self.val.masks, self.val.meta, self.cfg.eval.contract, surface=False)
         image = scores.image_summary
-        out = {"dice": scores.summary["dice"], "iou": scores.summary["iou"], "loss": val_loss, "soft_dice": scores.soft_dice}
+        out = {"dice": scores.summary["dice"], "iou": scores.summary["iou"], "loss": val_loss, "soft_dice": scores.soft_dice,
+               "images": float(len(probs))}
         for k in ("dice_nonempty", "fp_rate_empty", "lesion_recall", "n_empty_empty"):
             if k in image:
                 out[k] = image[k]
@@ -96,9 +139,17 @@ class ContractValidation(Callback):
             out["dice_per_volume"] = scores.volume_summary["dice"]
         return out
 
+    def validate(self, pl_module, trainer=None) -> dict[str, float]:
+        """Hard (per contract) validation metrics of the module's network now, the same on every rank."""
+        probs = self.predict(trainer, pl_module)
+        metrics = self.score(probs, pl_module) if probs is not None else {}
+        if trainer is not None and int(getattr(trainer, "world_size", 1) or 1) > 1:
+            metrics = trainer.strategy.broadcast(metrics, src=0)  # scored once, on rank 0
+        return metrics
+
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         t0 = time.time()
-        self.metrics = self.validate(pl_module) if len(self.val.images) else {}
+        self.metrics = self.validate(pl_module, trainer) if len(self.val.images) else {}
         self.seconds = time.time() - t0
         monitor = self.cfg.train.monitor
         value = self.metrics.get(monitor, float("nan"))
@@ -128,6 +179,8 @@ class EpochLog(Callback):
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         stats = pl_module.epoch_stats
+        if trainer.world_size > 1:
+            stats = stats.over_ranks(lambda v: gather_numbers(pl_module, v))
         row: dict[str, Any] = {
             "epoch": int(trainer.current_epoch),
             "step": int(trainer.global_step),
@@ -138,6 +191,8 @@ class EpochLog(Callback):
             **stats.timing_columns(),
             **{f"val_{k}": v for k, v in self.validation.metrics.items()},
             "val_seconds": self.validation.seconds,
+            "processes": int(trainer.world_size),
+            "gpu_peak_gib": self._gpu_peak_gib(trainer, pl_module),
         }
         pl_module.log("train/loss", row["train_loss"])
         self.last_row = row
@@ -149,6 +204,36 @@ class EpochLog(Callback):
         numbers = {k: v for k, v in row.items() if isinstance(v, (int, float)) and k not in ("epoch", "step")}
         for logger in trainer.loggers:
             logger.log_metrics(numbers, step=row["epoch"])
+
+
+    @staticmethod
+    def _gpu_peak_gib(trainer, pl_module):
+        """Peak GPU memory allocated this epoch (GiB, the largest over ranks); None off CUDA."""
+        if pl_module.device.type != "cuda":
+            return None
+        peak = np.asarray([torch.cuda.max_memory_allocated(pl_module.device) / 2**30])
+        torch.cuda.reset_peak_memory_stats(pl_module.device)
+        if trainer.world_size > 1:
+            peak = gather_numbers(pl_module, peak)
+        return float(np.max(peak))
+
+
+class SameRun(Callback):
+    """Under DDP: every rank checks, once the process group exists, that it trains the run folder rank 0 announced.
+
+    Args:
+        run_dir: the run folder this rank was given.
+    """
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = str(Path(run_dir).resolve())
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if trainer.world_size > 1:
+            lead = trainer.strategy.broadcast(self.run_dir, src=0)
+            if lead != self.run_dir:
+                raise MedsegError(f"DDP: rank {trainer.global_rank} was set to train {self.run_dir} but rank 0 trains {lead} "
+                                  "(a stale .medseg-ddp file from an earlier job? remove it and restart every rank)")
 
 
 class KillSwitch(Callback):

@@ -28,9 +28,10 @@ class SegDataModule(pl.LightningDataModule):
 
     Every draw (order, positive share, crops, augmentation) is a function of (seed, epoch,
     position), so a resumed run replays what an uninterrupted run would have drawn. With
-    several processes each rank takes its share of one sequence of draws (Lightning's
-    `global_rank` and `world_size`), so the realised composition is the same whatever the
-    number of ranks.
+    several processes each rank takes batch_size / world_size images of every batch of one
+    sequence of draws (Lightning's `global_rank` and `world_size`): together the ranks train
+    on the batches a single process would, so the composition, the step count and the
+    schedule are the same whatever the number of ranks.
 
     Args:
         cfg: the resolved config.
@@ -49,10 +50,10 @@ class SegDataModule(pl.LightningDataModule):
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
         dataset = build_train_dataset(self.train.images, self.train.masks, build_augment(cfg.augment.preset, cfg.augment.overrides), cfg.sampler)
         sampler = build_train_sampler(
-            cfg.sampler, self.train.masks, bs, cfg.seed, cfg.train.epochs, num_samples=self.micro_batches * bs * world,
+            cfg.sampler, self.train.masks, bs, cfg.seed, cfg.train.epochs, num_samples=self.micro_batches * bs,
             rank=rank, world_size=world,
         )
         return DataLoader(
-            dataset, batch_size=bs, sampler=sampler, num_workers=cfg.train.num_workers, drop_last=True,
+            dataset, batch_size=bs // world, sampler=sampler, num_workers=cfg.train.num_workers, drop_last=True,
             persistent_workers=cfg.train.num_workers > 0,
         )

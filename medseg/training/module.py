@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import lightning.pytorch as pl
 import numpy as np
@@ -73,6 +73,32 @@ class EpochStats:
             "nonfinite_terms": ";".join(sorted(self.nonfinite_terms)),
         }
 
+    def over_ranks(self, gather: Callable[[np.ndarray], np.ndarray]) -> "EpochStats":
+        """The epoch over every DDP rank: losses pooled (each rank's micro-batch is an equal share of the step),
+        images summed; non-finite steps: the most any rank had and the first of any rank (a non-finite
+        loss on one rank poisons every rank's averaged gradient); the terms named are this rank's;
+        timing stays this rank's.
+
+        Args:
+            gather: array -> (world, ...) the same array from every rank (`distributed.gather_numbers`).
+        """
+        keys = sorted(self.terms)
+        vec = np.array([float(np.sum(self.loss)), len(self.loss), self.n_images]
+                       + [float(np.sum(self.terms[k])) for k in keys] + [len(self.terms[k]) for k in keys], np.float64)
+        total = gather(vec).sum(axis=0)
+        bad = gather(np.array([len(self.nonfinite_steps), self.nonfinite_steps[0] if self.nonfinite_steps else np.inf], np.float64))
+        first = float(bad[:, 1].min())
+        steps = [int(first)] * int(bad[:, 0].max()) if np.isfinite(first) else []
+        out = EpochStats()
+        out.t0, out.t_last = self.t0, self.t_last
+        n = max(1, int(total[1]))
+        out.loss = [total[0] / n]
+        out.terms = {k: [total[3 + i] / max(1.0, total[3 + len(keys) + i])] for i, k in enumerate(keys)}
+        out.n_images = int(total[2])
+        out.nonfinite_steps = steps
+        out.nonfinite_terms = set(self.nonfinite_terms)
+        return out
+
     def timing_columns(self) -> dict[str, float]:
         seconds = self.t_last - self.t0
         return {"train_seconds": seconds, "train_images_per_s": self.n_images / max(seconds, 1e-9)}
@@ -99,6 +125,8 @@ class SegModule(pl.LightningModule):
             self.pretrained_info = load_weights(self.net, cfg.model.pretrained, cfg.model.pretrained_min_share, spec.encoder_prefixes)
         if cfg.train.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
+        if cfg.train.compile:
+            self.net.compile()  # in place: the state dict keeps its keys, checkpoints load into an uncompiled net
         self.loss_fn = build_loss(cfg.loss, pos_fraction)
         self.steps_per_epoch = steps_per_epoch
         self.precision_name = precision

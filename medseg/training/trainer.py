@@ -17,8 +17,10 @@ from rich.console import Console
 from medseg import runfolder as runfs
 from medseg.config import Config
 from medseg.data.arrays import SplitArrays
+from medseg.runtime import training_device
 from medseg.training import tracking
-from medseg.training.callbacks import AtomicCheckpointIO, BatchCompositionAudit, ContractValidation, EpochLog, KillSwitch
+from medseg.training.callbacks import AtomicCheckpointIO, BatchCompositionAudit, ContractValidation, EpochLog, KillSwitch, SameRun
+from medseg.training.distributed import trainer_devices, world_size
 
 
 def build_trainer(
@@ -37,6 +39,10 @@ def build_trainer(
     under the metric contract at the end of each training epoch, before the checkpoint and
     early-stopping callbacks read its `val/monitor`.
 
+    More than one process (train.devices, or torchrun / srun) trains with Lightning's DDP; on
+    GPUs BatchNorm is synchronised over the ranks, so its statistics are those of the whole
+    batch, as in a single process.
+
     Args:
         cfg: the resolved config.
         run_dir: the run folder (checkpoints/, logs/, metrics/epochs.csv).
@@ -51,6 +57,7 @@ def build_trainer(
     validation = ContractValidation(cfg, val, precision)
     monitor_mode = "min" if cfg.train.monitor == "loss" else "max"
     callbacks: list[Callback] = [
+        SameRun(run_dir),
         audit,
         validation,
         EpochLog(run_dir, audit, validation),
@@ -76,10 +83,16 @@ def build_trainer(
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     logging.getLogger("lightning.fabric").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated")
+    # under DDP the callbacks log values that are already the same on every rank (gathered or broadcast): no sync needed
+    warnings.filterwarnings("ignore", message=".*when logging on epoch level in distributed setting.*")
+    warnings.filterwarnings("ignore", message=".*torch.distributed.nn.functional.all_gather is deprecated.*")
+    placement = trainer_devices(cfg)
+    distributed = world_size(cfg) > 1
     return pl.Trainer(
         max_epochs=cfg.train.epochs,
         accelerator=cfg.train.accelerator,
-        devices=cfg.train.devices,
+        **placement,
+        sync_batchnorm=distributed and training_device(cfg) == "gpu",  # torch's SyncBatchNorm is GPU-only
         precision=precision,
         gradient_clip_val=cfg.train.grad_clip or None,
         accumulate_grad_batches=cfg.train.accumulate,

@@ -18,12 +18,14 @@ def test_sampler_depends_only_on_seed_and_epoch():
     assert len(a) == 25 and {i for i, _ in a} == set(range(10))
 
 
-def test_sampler_shards_ranks_without_overlap():
-    draws = []
-    for rank in range(3):
-        s = SeededSampler(12, seed=0, num_samples=12, rank=rank, world_size=3)
-        draws.extend(list(s))
-    assert sorted(i for i, _ in draws) == list(range(12))
+def test_sampler_shards_ranks_without_overlap_and_each_step_is_the_single_process_batch():
+    whole = list(SeededSampler(12, seed=0, num_samples=12))
+    ranks = [list(SeededSampler(12, seed=0, num_samples=12, rank=rank, world_size=3)) for rank in range(3)]
+    assert sorted(i for r in ranks for i, _ in r) == list(range(12))
+    bs = 6  # 2 per rank
+    for step in range(2):
+        got = sorted(d for r in ranks for d in r[step * 2 : step * 2 + 2])
+        assert got == sorted(whole[step * bs : (step + 1) * bs])
 
 
 def test_augmentation_is_reproducible_and_keeps_masks_aligned_and_binary():

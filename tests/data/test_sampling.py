@@ -143,22 +143,24 @@ def test_draws_depend_only_on_seed_epoch_and_position():
     assert len(first) == len(a) == 60
 
 
-def test_ranks_split_whole_batches_and_cover_the_epoch_without_overlap():
+def test_ranks_split_every_batch_and_their_micro_batches_make_the_single_process_batch():
     is_pos = positive_images(_masks_with_positives(90, 30))
-    world, bs = 3, 6
-    per_rank = []
-    for rank in range(world):
-        s = PositiveAwareSampler(is_pos, batch_size=bs, seed=4, schedule=[0.5], num_samples=bs * world * 5, rank=rank, world_size=world)
-        s.set_epoch(2)
-        draws = list(s)
-        assert len(draws) == len(s) == bs * 5
-        assert all(int(is_pos[b].sum()) == bs // 2 for b in _batches(s, bs))  # every rank's batch on target
-        per_rank.append(draws)
-    whole = PositiveAwareSampler(is_pos, batch_size=bs, seed=4, schedule=[0.5], num_samples=bs * world * 5)
+    world, bs, n_batches = 3, 6, 5
+    whole = PositiveAwareSampler(is_pos, batch_size=bs, seed=4, schedule=[0.5], num_samples=bs * n_batches)
     whole.set_epoch(2)
     everything = list(whole)
-    # the ranks' draws (index, seed) are exactly the single-process epoch, each position once
-    assert Counter(d for r in per_rank for d in r) == Counter(everything)
+    per_rank = []
+    for rank in range(world):
+        s = PositiveAwareSampler(is_pos, batch_size=bs, seed=4, schedule=[0.5], num_samples=bs * n_batches, rank=rank, world_size=world)
+        s.set_epoch(2)
+        draws = list(s)
+        assert len(draws) == len(s) == bs // world * n_batches
+        per_rank.append(draws)
+    for b in range(n_batches):
+        # step b: the ranks' micro-batches (bs / world each) are together single-process batch b, seeds included
+        step = [d for r in per_rank for d in r[b * (bs // world) : (b + 1) * (bs // world)]]
+        assert Counter(step) == Counter(everything[b * bs : (b + 1) * bs])
+        assert int(is_pos[[i for i, _ in step]].sum()) == bs // 2  # the step's batch on target
     assert len({seed for r in per_rank for _, seed in r}) == len(everything)
 
 

@@ -199,12 +199,18 @@ def test_budget_sets_epochs_monotonically(tmp_path):
     assert plan.entry("train.epochs").set_by == "default" and planned.train.epochs == 30
 
 
-def test_several_processes_plan_by_formula(tmp_path, monkeypatch):
+def test_a_ddp_plan_splits_its_batch_evenly_over_the_processes(tmp_path):
     data = make_blob_folder(tmp_path / "d", n=8)
-    cfg = config_from_dict(tiny_config(data, tmp_path / "runs", plan={"enabled": True, "measure": True}))
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    plan, _ = P.make_plan(cfg, fingerprint_of(cfg))
-    assert plan.cost.method == "formula" and any("WORLD_SIZE" in n for n in plan.notes)
+    raw = tiny_config(data, tmp_path / "runs", plan={"enabled": True, "measure": False})
+    raw["train"].pop("batch_size", None)
+    cfg = config_from_dict(raw)
+    alone, _ = P.make_plan(cfg, fingerprint_of(cfg))
+    single = alone.entry("train.batch_size").value
+    plan, planned = P.make_plan(cfg, fingerprint_of(cfg), world=3)
+    assert planned.train.batch_size % 3 == 0 and single <= planned.train.batch_size < single + 3
+    assert "multiple of the 3 DDP processes" in plan.entry("train.batch_size").reason
+    # a power-of-two world divides the planned power-of-two batch: nothing changes
+    assert P.make_plan(cfg, fingerprint_of(cfg), world=2)[1].train.batch_size == single
 
 
 def test_measured_cost_times_this_machine_and_restores_the_random_state(tmp_path):
