@@ -9,8 +9,9 @@ where networks ran: the training step (the device of the module's parameters) an
 `inference.predict_prob_sets` (the one function every verb's inference goes through: fit's
 validation, evaluate, tune, predict, doctor, report). The check fails (exit 1) when a verb ran
 a network on the CPU, ran none, or exited non-zero. It prints, per precision, training and
-inference images/s and the peak GPU memory of each verb; with --busi, also a BUSI fit at
-512² (15-minute budget by default) and its test Dice. Results also go to OUT/gpu_check.json.
+inference images/s and the peak GPU memory of each verb; then training images/s with
+channels_last off and with torch.compile (the options are measured, not assumed); with --busi,
+also a BUSI fit at 512² (15-minute budget by default) and its test Dice. Results also go to OUT/gpu_check.json.
 """
 
 from __future__ import annotations
@@ -106,6 +107,19 @@ def run_verb(rec: Recorder, verb: str, *args) -> dict:
     return out
 
 
+def judge(label: str, verbs: list[dict], device: str) -> list[str]:
+    """What failed: a verb that exited non-zero, ran no network, or ran one anywhere but `device`."""
+    out = []
+    for v in verbs:
+        if v["rc"] != 0:
+            out.append(f"{label} {v['verb']}: exit {v['rc']}")
+        elif not v["devices"]:
+            out.append(f"{label} {v['verb']}: ran no network")
+        elif v["devices"] != [device]:
+            out.append(f"{label} {v['verb']}: ran a network on {v['devices']} (expected {device})")
+    return out
+
+
 def timed_inference(run: Path, images: Path, cfg, repeats: int = 2) -> float:
     """Inference images/s of the run's network on the GPU at its eval batch size (warm, load excluded)."""
     import torch
@@ -138,6 +152,7 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--busi", type=Path, default=None, help="BUSI folder (../shared/data/busi): also a real 512² fit")
     ap.add_argument("--busi-minutes", type=float, default=15.0)
+    ap.add_argument("--no-options", action="store_true", help="skip the channels_last-off and torch.compile training rows")
     ap.add_argument("--dry-run-cpu", action="store_true", help="check the script itself on a machine without a GPU (expects the CPU)")
     a = ap.parse_args(argv)
 
@@ -191,15 +206,37 @@ def main(argv=None) -> int:
             row["val_dice"] = runfs.read_json(run / runfs.SUMMARY).get("dice")
             print(f"  train {row['train_images_per_s']:.1f} img/s (peak {row['train_peak_gib']:.2f} GiB), "
                   f"inference {row['infer_images_per_s']:.1f} img/s, val Dice {row['val_dice']:.3f}", flush=True)
-        for v in verbs:
-            if v["rc"] != 0:
-                failures.append(f"{precision} {v['verb']}: exit {v['rc']}")
-            elif not v["devices"]:
-                failures.append(f"{precision} {v['verb']}: ran no network")
-            elif v["devices"] != [DEVICE]:
-                failures.append(f"{precision} {v['verb']}: ran a network on {v['devices']}")
+        failures += judge(precision, verbs, DEVICE)
         rec.devices.clear()
         results["runs"].append(row)
+
+    # the memory format and torch.compile are measured, not assumed: the same bf16 (else fp16) fit with one option changed
+    if not a.no_options:
+        print("\noptions (training only):", flush=True)
+        results["options"] = []
+        for label, over in (("channels_last off", {"channels_last": False}), ("torch.compile", {"compile": True})):
+            cfg = {"name": f"option-{label.split()[0]}", "output_dir": str(out / "runs"), "seed": 0,
+                   "data": {"source": "images", "root": str(data), "input_size": [a.size, a.size]},
+                   "train": {"epochs": a.epochs, "batch_size": a.batch, "precision": precisions[0], "accelerator": ACCELERATOR, **over},
+                   "postprocess": {"tune": False}}
+            path = out / f"option-{label.split()[0]}.yaml"
+            path.write_text(yaml.safe_dump(cfg))
+            run = out / "runs" / cfg["name"]
+            if run.exists():
+                import shutil
+
+                shutil.rmtree(run)
+            v = run_verb(rec, "fit", path, "--device", DEVICE, "--no-progress")
+            row = {"option": label, "precision": precisions[0], "verb": v}
+            failures += judge(f"option {label}", [v], DEVICE)
+            if v["rc"] == 0:
+                from medseg import runfolder as runfs
+
+                epochs = runfs.read_csv(run / runfs.EPOCHS_CSV)
+                row["train_images_per_s"] = float(np.median([e["train_images_per_s"] for e in epochs[1:] or epochs]))
+                print(f"  {label}: train {row['train_images_per_s']:.1f} img/s (epoch 0, which compiles, left out)", flush=True)
+            rec.devices.clear()
+            results["options"].append(row)
 
     if a.busi and a.busi.exists():
         print("\nBUSI split v2 at 512²:", flush=True)
@@ -216,9 +253,7 @@ def main(argv=None) -> int:
             verbs = [run_verb(rec, "fit", path, "--device", DEVICE, "--no-progress"),
                      run_verb(rec, "evaluate", run, "--split", "test", "--device", DEVICE, "--no-progress")]
             results["busi"] = {"verbs": verbs}
-            for v in verbs:
-                if v["rc"] != 0 or v["devices"] != [DEVICE]:
-                    failures.append(f"busi {v['verb']}: exit {v['rc']}, networks on {v['devices']}")
+            failures += judge("busi", verbs, DEVICE)
             with contextlib.suppress(Exception):
                 from medseg import runfolder as runfs
 
