@@ -18,7 +18,8 @@ all training patients. The test images are never used to choose anything.
 
     .venv/bin/python -u bench/experiments/ensemble_vs_long.py ../shared/data/busi --out runs/bench-ensemble
 
-Writes OUT/results.json and OUT/results.md.
+Writes OUT/results.json and OUT/results.md. Rerun the same command after a kill: finished runs
+are reused and an unfinished run or experiment is resumed where it stopped.
 """
 
 from __future__ import annotations
@@ -120,7 +121,15 @@ def main(argv=None) -> None:
         cfg_path = out / f"{name}.yaml"
         cfg_path.write_text(yaml.safe_dump({**base, "name": name, "train": {"budget_minutes": minutes}}))
         if folder.exists():
-            log(f"{folder} exists: reused")
+            # a killed earlier invocation: finish what it started (so the ~3 h can span sessions)
+            from medseg import runfolder as runfs
+
+            done = (folder / runfs.POSTPROCESS).exists() if k else runfs.is_finished(folder)
+            if done:
+                log(f"{folder} exists and is finished: reused")
+            else:
+                walls[name] = sh(["fit", "--resume", folder, "--no-progress"], logfile)
+                log(f"{name}: resumed, {walls[name] / 60:.1f} min more")
             continue
         walls[name] = sh(["fit", cfg_path, "--no-progress", *(["--folds", k] if k else [])], logfile)
         log(f"{name}: {walls[name] / 60:.1f} min")
