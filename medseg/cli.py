@@ -142,8 +142,6 @@ def fit(
         return  # a DDP rank other than 0 trained its share; rank 0 reports
     console.print(f"[bold green]{'experiment' if runfs.is_experiment(run_dir) else 'run'} folder: {run_dir}")
     if json_out:
-        from medseg import runfolder as runfs
-
         _print_json({"run": str(run_dir), "summary": runfs.read_json(run_dir / runfs.SUMMARY)})
 
 

@@ -21,6 +21,28 @@ from medseg.metrics.validation import score_postprocessed, score_validation
 MATCH_TOLERANCE = 1e-4
 
 
+def other_data_arrays(cfg, data_config: Path, in_channels: int, progress: bool = True):
+    """Every case of `--data other.yaml`: its data keys over the run's, read with the run's preprocessing.
+
+    Args:
+        cfg: the run's (or experiment's) Config.
+        data_config: a YAML with a data: section (or the data keys at its top level).
+        in_channels: what the model expects; other data with another channel count is refused.
+        progress: show a progress bar while reading.
+    """
+    raw = read_yaml(Path(data_config))
+    data_raw = raw.get("data", raw)
+    if not isinstance(data_raw, dict):
+        raise MedsegError(f"{data_config}: 'data' must be a mapping of data keys (source, root, ...), got {type(data_raw).__name__}")
+    merged = cfg.model_dump(mode="json")
+    merged["data"] = {**merged["data"], **data_raw}
+    other = config_from_dict(merged, Path(data_config).resolve().parent)
+    loaded = load_data(other.data, with_masks=True, progress=progress)
+    if loaded.in_channels != in_channels:
+        raise MedsegError(f"{data_config}: data has {loaded.in_channels} channels, the model expects {in_channels}")
+    return stack_part(loaded, sorted({s.case_id for s in loaded.samples}))
+
+
 def evaluate_run(
     run_dir: Path,
     data_config: Optional[Path] = None,
@@ -53,17 +75,7 @@ def evaluate_run(
     if own and (data_config is not None or part != "val" or runfs.is_finished(run_dir, state)):
         raise MedsegError(f"{run_dir}: only fit writes a run's own metrics, on its validation cases, before the run finishes")
     if data_config is not None:
-        raw = read_yaml(Path(data_config))
-        data_raw = raw.get("data", raw)
-        if not isinstance(data_raw, dict):
-            raise MedsegError(f"{data_config}: 'data' must be a mapping of data keys (source, root, ...), got {type(data_raw).__name__}")
-        merged = cfg.model_dump(mode="json")
-        merged["data"] = {**merged["data"], **data_raw}
-        other = config_from_dict(merged, Path(data_config).resolve().parent)
-        loaded = load_data(other.data, with_masks=True, progress=progress)
-        if loaded.in_channels != state["in_channels"]:
-            raise MedsegError(f"{data_config}: data has {loaded.in_channels} channels, the model expects {state['in_channels']}")
-        val = stack_part(loaded, sorted({s.case_id for s in loaded.samples}))
+        val = other_data_arrays(cfg, data_config, state["in_channels"], progress)
     elif part != "val" or val is None:
         val = runfs.load_split_part(run_dir, cfg, part=part, loaded=loaded, progress=progress)
     net, info = runfs.load_network(run_dir, cfg, state["in_channels"])

@@ -23,6 +23,7 @@ from rich.table import Table
 
 import medseg
 from medseg import runfolder as runfs
+from medseg.commands.evaluate import other_data_arrays
 from medseg.commands.fit import fit
 from medseg.commands.console import print_plan, print_tuning
 from medseg.config import Config, config_from_dict, dump_config, read_yaml
@@ -387,14 +388,7 @@ def evaluate_experiment(experiment: Path, data_config: Optional[Path] = None, pa
     runs, nets, cfg, state, _ = ensemble_members([experiment])
     contract = cfg.eval.contract
     if data_config is not None:
-        raw = read_yaml(Path(data_config))
-        data_raw = raw.get("data", raw)
-        if not isinstance(data_raw, dict):
-            raise MedsegError(f"{data_config}: 'data' must be a mapping of data keys (source, root, ...)")
-        merged = cfg.model_dump(mode="json")
-        merged["data"] = {**merged["data"], **data_raw}
-        loaded = load_data(config_from_dict(merged, Path(data_config).resolve().parent).data, with_masks=True, progress=progress)
-        part_arrays = stack_part(loaded, sorted({s.case_id for s in loaded.samples}))
+        part_arrays = other_data_arrays(cfg, data_config, state["in_channels"], progress)
         name = Path(data_config).stem
     else:
         if part != "test" or not doc["test"]:
