@@ -37,8 +37,8 @@ from tests.conftest import make_blob_folder, tiny_config, write_config
 
 # the single-process and DDP runs take the same steps on the same images; what differs is the
 # summation order inside gloo's all-reduce and the convolutions' batch splits
-LOSS_RTOL = 1e-3  # measured: 1.5e-5
-DICE_ATOL = 0.01  # measured: 0.0013 (3 epochs, seed 0)
+LOSS_RTOL = 1e-3  # measured: 1.1e-4 train, 2.6e-4 val (bench/ddp_agreement.py)
+DICE_ATOL = 0.01  # measured: 1.3e-3 (3 epochs, seed 0)
 
 
 
