@@ -28,7 +28,7 @@ from typing import Any, Optional
 import numpy as np
 
 from medseg.data.orientation import VolumeGeometry, reorientation
-from medseg.data.readers import one_line
+from medseg.data.readers import dicom_str, one_line
 from medseg.errors import MedsegError
 
 # direction cosines of two slices of one series agree to this (they are written with ~6 digits)
@@ -65,14 +65,6 @@ class Series:
 
 def _fail(where: Any, reason: str) -> MedsegError:
     return MedsegError(f"{where}: {one_line(reason, limit=300)}")
-
-
-def _str(ds: Any, key: str) -> Optional[str]:
-    v = ds.get(key, None)
-    if v is None:
-        return None
-    s = str(v).strip()
-    return s or None
 
 
 def looks_like_dicom(path: Path) -> bool:
@@ -127,9 +119,9 @@ def find_series(files: list[Path]) -> tuple[dict[str, Series], list[tuple[Path, 
     for path in files:
         try:
             ds = pydicom.dcmread(str(path), stop_before_pixels=True)
-            if (_str(ds, "Modality") or "").upper() in NOT_IMAGES:
+            if (dicom_str(ds, "Modality") or "").upper() in NOT_IMAGES:
                 continue
-            uid = _str(ds, "SeriesInstanceUID")
+            uid = dicom_str(ds, "SeriesInstanceUID")
             has_geometry = "ImagePositionPatient" in ds and "ImageOrientationPatient" in ds
         except Exception as e:  # noqa: BLE001 — pydicom raises many types for damaged files
             problems.append((path, f"cannot read DICOM header ({type(e).__name__}: {one_line(e)})"))
@@ -142,9 +134,9 @@ def find_series(files: list[Path]) -> tuple[dict[str, Series], list[tuple[Path, 
             continue
         s = series.get(uid)
         if s is None:
-            s = series[uid] = Series(uid=uid, folder=path.parent, patient_id=_str(ds, "PatientID"),
-                                     modality=_str(ds, "Modality"), series_number=_str(ds, "SeriesNumber"),
-                                     description=_str(ds, "SeriesDescription"))
+            s = series[uid] = Series(uid=uid, folder=path.parent, patient_id=dicom_str(ds, "PatientID"),
+                                     modality=dicom_str(ds, "Modality"), series_number=dicom_str(ds, "SeriesNumber"),
+                                     description=dicom_str(ds, "SeriesDescription"))
         s.files.append(path)
     return series, problems
 
@@ -288,9 +280,9 @@ def _slice(ds: Any, path: Path) -> dict:
     except (TypeError, ValueError):
         thickness = 1.0
     return {
-        "path": path, "uid": _str(ds, "SeriesInstanceUID"), "pixels": img,
+        "path": path, "uid": dicom_str(ds, "SeriesInstanceUID"), "pixels": img,
         "ipp": _floats(ds, "ImagePositionPatient", 3, path), "iop": iop,
         "spacing": _floats(ds, "PixelSpacing", 2, path), "thickness": thickness,
-        "photometric": _str(ds, "PhotometricInterpretation"), "modality": _str(ds, "Modality"),
-        "patient_id": _str(ds, "PatientID"),
+        "photometric": dicom_str(ds, "PhotometricInterpretation"), "modality": dicom_str(ds, "Modality"),
+        "patient_id": dicom_str(ds, "PatientID"),
     }

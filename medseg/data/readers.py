@@ -471,7 +471,8 @@ def read_volume(
 # DICOM
 
 
-def _dicom_str(ds: Any, key: str) -> Optional[str]:
+def dicom_str(ds: Any, key: str) -> Optional[str]:
+    """A DICOM element as stripped text (None when absent or blank)."""
     v = ds.get(key, None)
     if v is None:
         return None
@@ -528,7 +529,7 @@ def _dicom_image(ds: Any, path: Path) -> tuple[np.ndarray, dict]:
     intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
     if slope != 1.0 or intercept != 0.0:
         img = img * np.float32(slope) + np.float32(intercept)
-    photometric = _dicom_str(ds, "PhotometricInterpretation")
+    photometric = dicom_str(ds, "PhotometricInterpretation")
     if photometric == "MONOCHROME1" and img.size:
         img = (img.max() + img.min()) - img
     spacing = ds.get("PixelSpacing", None) or ds.get("ImagerPixelSpacing", None)
@@ -537,10 +538,10 @@ def _dicom_image(ds: Any, path: Path) -> tuple[np.ndarray, dict]:
     except (TypeError, ValueError):
         pixel_spacing = None
     info = {
-        "SOPInstanceUID": _dicom_str(ds, "SOPInstanceUID"),
-        "PatientID": _dicom_str(ds, "PatientID"),
+        "SOPInstanceUID": dicom_str(ds, "SOPInstanceUID"),
+        "PatientID": dicom_str(ds, "PatientID"),
         "PixelSpacing": pixel_spacing,
-        "Modality": _dicom_str(ds, "Modality"),
+        "Modality": dicom_str(ds, "Modality"),
         "PhotometricInterpretation": photometric,
     }
     return img.astype(np.float32, copy=False), info
