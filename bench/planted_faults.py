@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import csv
 import json
 import sys
 import time
@@ -78,36 +79,72 @@ def _pairs(root: Path) -> list[tuple[str, Path, Path]]:
     return [(p.stem, p, masks[p.stem]) for p in sorted((root / "images").iterdir()) if p.is_file() and p.stem in masks]
 
 
+CASES = "cases.csv"
+GROUP_COLUMN = "patient"
+
+
+def read_groups(root: Path) -> Optional[dict[str, str]]:
+    """{image stem: patient} from root/cases.csv (BUSI split v2's pseudo-patients), or None when there is none."""
+    path = Path(root) / CASES
+    if not path.is_file():
+        return None
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or GROUP_COLUMN not in rows[0]:
+        return None
+    return {r["case"]: r[GROUP_COLUMN] for r in rows}
+
+
 def derive_folder(
     src: Path,
     dst: Path,
     image_fn: Callable[[str, np.ndarray], np.ndarray] = lambda stem, a: a,
     copies: Callable[[str], list[str]] = lambda stem: [stem],
     mask_fn: Callable[[np.ndarray], np.ndarray] = lambda m: m,
+    group_fn: Callable[[str, str], str] = lambda out, patient: patient,
 ) -> Path:
     """Write dst/images + dst/masks as PNG from src, transforming images and masks and writing extra copies.
+
+    When src has a cases.csv (patient groups), dst gets one too, so the derived run's split is
+    grouped by patient as the healthy run's is.
 
     Args:
         src / dst: data roots (images/ + masks/).
         image_fn: (stem, image array) -> image array to write.
         copies: stem -> the stems to write this pair under (the first is the original).
         mask_fn: mask array -> mask array to write.
+        group_fn: (written stem, source patient) -> the patient it is filed under.
     """
     for sub in ("images", "masks"):
         (dst / sub).mkdir(parents=True, exist_ok=True)
+    groups = read_groups(src)
+    rows = []
     for stem, ipath, mpath in _pairs(src):
         img, mask = _read(ipath), _read(mpath)
         for out in copies(stem):
             _write(dst / "images" / f"{out}.png", image_fn(stem, img))
             _write(dst / "masks" / f"{out}.png", mask_fn(mask))
+            if groups is not None:
+                rows.append({"case": out, GROUP_COLUMN: group_fn(out, groups[stem])})
+    if groups is not None:
+        with open(dst / CASES, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=["case", GROUP_COLUMN])
+            w.writeheader()
+            w.writerows(rows)
     return dst
 
 
 def duplicated_into_train(src: Path, dst: Path) -> Path:
-    """Every third image also saved under a second name: the split puts many twins on both sides."""
+    """Every third image also saved under a second name: the split puts many twins on both sides.
+
+    With patient groups the copy is filed under a patient of its own (a duplicate exported
+    under another patient id, the way near-copies reach a dataset), so a grouped split can put
+    the twins on opposite sides.
+    """
     stems = [s for s, _, _ in _pairs(src)]
     twin = set(stems[::3])
-    return derive_folder(src, dst, copies=lambda s: [s, f"copy_{s}"] if s in twin else [s])
+    return derive_folder(src, dst, copies=lambda s: [s, f"copy_{s}"] if s in twin else [s],
+                         group_fn=lambda out, patient: f"copy_{patient}" if out.startswith("copy_") else patient)
 
 
 def masks_0_255(src: Path, dst: Path) -> Path:
@@ -116,11 +153,17 @@ def masks_0_255(src: Path, dst: Path) -> Path:
 
 
 def shifted_val(src: Path, dst: Path) -> Path:
-    """Validation images (every fourth case, fixed in split_file.json) darkened to half their intensity."""
+    """Validation images (every fourth case, fixed in split_file.json) darkened to half their intensity.
+
+    With patient groups the cases are patients: every fourth patient validates, all its images darkened.
+    """
     stems = [s for s, _, _ in _pairs(src)]
-    val = set(stems[1::4])
-    derive_folder(src, dst, image_fn=lambda s, a: (a.astype(np.float32) * 0.5).astype(a.dtype) if s in val else a)
-    (dst / "split_file.json").write_text(json.dumps({"train": [s for s in stems if s not in val], "val": sorted(val)}))
+    groups = read_groups(src)
+    case_of = (lambda s: groups[s]) if groups is not None else (lambda s: s)
+    cases = sorted({case_of(s) for s in stems})
+    val = set(cases[1::4])
+    derive_folder(src, dst, image_fn=lambda s, a: (a.astype(np.float32) * 0.5).astype(a.dtype) if case_of(s) in val else a)
+    (dst / "split_file.json").write_text(json.dumps({"train": [c for c in cases if c not in val], "val": sorted(val)}))
     return dst
 
 
@@ -288,6 +331,9 @@ def base_config(data_root: Path, out_dir: Path, input_size: int = 256, epochs: i
     }
     if "plan" in Config.model_fields:
         cfg["plan"] = {"enabled": False}
+    if read_groups(data_root) is not None:
+        # split by patient (BUSI split v2's pseudo-patients): near-copies of one lesion stay on one side
+        cfg["data"].update(cases_csv=str(Path(data_root) / CASES), group_column=GROUP_COLUMN)
     return cfg
 
 
@@ -316,6 +362,8 @@ def plant(fault: Fault, base: dict, work: Path) -> Path:
     if fault.prepare is not None:
         root = fault.prepare(Path(base["data"]["root"]), work / "data" / fault.name)
         cfg["data"]["root"] = str(root)
+        if (root / CASES).is_file():
+            cfg["data"]["cases_csv"] = str(root / CASES)
     fault.configure(cfg)
     if cfg.get("split", {}).get("file"):
         cfg["split"]["file"] = str(Path(cfg["data"]["root"]) / cfg["split"]["file"])

@@ -363,6 +363,23 @@ def doctor(
         raise typer.Exit(1)
 
 
+@app.command()
+def cache(
+    config: Path = typer.Argument(..., help="YAML config: its data section is prepared into the cache (data.cache_dir, or --dir)."),
+    set_: list[str] = typer.Option([], "--set", "-s", help=SET_HELP),
+    dir_: Optional[Path] = typer.Option(None, "--dir", help="The cache folder (overrides data.cache_dir); fit, evaluate, tune, predict, doctor and report read it when data.cache_dir names it."),
+    no_masks: bool = typer.Option(False, "--no-masks", help="Cache the images alone, as predict reads them (an input folder without masks)."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="Hide progress bars."),
+    json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
+):
+    """Prepare a dataset once (read, normalise, resize) into the on-disk cache; a killed build continues, changed files are redone."""
+    from medseg.commands.cache import cache_command
+
+    result = cache_command(config, set_, cache_dir=dir_, with_masks=not no_masks, progress=not no_progress, console=console)
+    if json_out:
+        _print_json(result.to_dict())
+
+
 @app.command("plan")
 def plan_cmd(
     config: Path = typer.Argument(..., help="YAML config: its data and split are fingerprinted, its unset keys planned."),

@@ -464,6 +464,7 @@ def resolve_paths(cfg: Config, base: Path) -> Config:
     cfg.data.root = fix(cfg.data.root)
     cfg.data.rle_csv = fix(cfg.data.rle_csv)
     cfg.data.cases_csv = fix(cfg.data.cases_csv)
+    cfg.data.cache_dir = fix(cfg.data.cache_dir)
     cfg.split.file = fix(cfg.split.file)
     cfg.model.pretrained = fix(cfg.model.pretrained)
     return cfg

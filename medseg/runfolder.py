@@ -416,6 +416,28 @@ SPLITS = "splits"
 OOF = "oof"
 
 
+def check_cache_dir(cache_dir: Optional[Path], output_dir: Optional[Path] = None, name: Optional[str] = None) -> None:
+    """Refuse a data.cache_dir inside a run or experiment folder (a finished run is never changed; the cache is shared).
+
+    Args:
+        cache_dir: data.cache_dir (None: no cache, nothing to check).
+        output_dir, name: where `fit` is about to create runs/NAME (or NAME-2, ...): the cache may not go there either.
+    """
+    if cache_dir is None:
+        return
+    cache_dir = Path(cache_dir).resolve()
+    for p in (cache_dir, *cache_dir.parents):
+        if ((p / CONFIG).is_file() and (p / STATE).is_file()) or is_experiment(p):
+            raise MedsegError(f"config error: data.cache_dir: {cache_dir} lies inside the run folder {p}; "
+                              "put the cache beside the runs, not in one")
+    if output_dir is not None and name:
+        out = Path(output_dir).resolve()
+        rel = cache_dir.relative_to(out).parts if cache_dir.is_relative_to(out) else ()
+        if rel and (rel[0] == name or (rel[0].startswith(f"{name}-") and rel[0][len(name) + 1:].isdigit())):
+            raise MedsegError(f"config error: data.cache_dir: {cache_dir} would lie inside the run folder {out / rel[0]}; "
+                              "put the cache beside the runs, not in one")
+
+
 def is_experiment(path: Path) -> bool:
     return (Path(path) / EXPERIMENT).is_file()
 

@@ -133,6 +133,7 @@ def fit(cfg: Optional[Config] = None, resume: Optional[Path] = None, console: Op
     cfg = with_device(cfg, device)
     if resume is None:
         runfs.check_output_dir(cfg.output_dir)
+    runfs.check_cache_dir(cfg.data.cache_dir, cfg.output_dir, cfg.name)
     tracking.require_backend(cfg)  # a missing optional extra fails before any run folder exists
     check_accelerator(cfg)
     world = distributed.world_size(cfg, started)

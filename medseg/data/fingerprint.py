@@ -72,14 +72,17 @@ def _fg(sample) -> float:
 
 def _per_sample(sample) -> dict:
     """The facts of one loaded sample that the fingerprint aggregates."""
-    areas = lesion_areas(sample.mask) if sample.mask is not None else None
+    # read once: a sample from the on-disk cache reads its arrays on each use
+    mask = np.asarray(sample.mask) if sample.mask is not None else None
+    image = np.asarray(sample.image)
+    areas = lesion_areas(mask) if mask is not None else None
     return {
         "case_id": sample.case_id,
         "fg": _fg(sample),
         "areas": areas,
-        "fg_input": float((sample.mask > 0).mean()) if areas else None,
-        "mean": float(sample.image.mean()),
-        "std": float(sample.image.std()),
+        "fg_input": float((mask > 0).mean()) if areas else None,
+        "mean": float(image.mean()),
+        "std": float(image.std()),
     }
 
 

@@ -89,6 +89,12 @@ class DataConfig(Section):
     skip_bad: bool = Field(
         False, description="Skip unreadable/unmatched/mismatched files (listed in the run's bad_files.json) instead of failing."
     )
+    cache_dir: Optional[Path] = Field(
+        None, description="Folder of the preprocessed cache (`medseg cache`): each image or volume is prepared once "
+        "(read, normalised, resized) and kept there, one entry per data config; every verb then reads the prepared "
+        "arrays from it, on use, instead of decoding and resizing the source files again. A changed source file is "
+        "prepared again. Never inside a run folder. null: no cache.",
+    )
 
     @field_validator("input_size")
     @classmethod

@@ -72,3 +72,43 @@ def test_rank_beyond_baseline_sets_aside_the_unfaulted_runs_own_findings():
     ]
     add_baseline_ranks(results)
     assert results[1]["rank_beyond_baseline"] == 1 and results[1]["baseline"] == ["data.duplicates"]
+
+
+def test_planted_faults_keep_patient_groups_on_grouped_data(tmp_path):
+    """On data with a cases.csv (BUSI v2) the healthy run and every derived folder split by patient."""
+    import csv
+    import json
+
+    from bench.planted_faults import base_config, duplicated_into_train, read_groups, shifted_val
+    from medseg.config import config_from_dict
+    from medseg.data import load_data
+    from medseg.data.split import make_split
+    from tests.conftest import make_blob_folder
+
+    src = make_blob_folder(tmp_path / "src", n=12, size=32)
+    with open(src / "cases.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["case", "class", "patient"])
+        for i in range(12):
+            w.writerow([f"case{i:03d}", "x", f"p{i // 2}"])  # two images per patient
+    base = base_config(src, tmp_path / "runs", input_size=32)
+    assert base["data"]["cases_csv"] == str(src / "cases.csv") and base["data"]["group_column"] == "patient"
+    cfg = config_from_dict(base, src)
+    loaded = load_data(cfg.data)
+    split = make_split([s.case_id for s in loaded.samples], cfg.split, cfg.seed)
+    assert not set(split["train"]) & set(split["val"]) and set(split["train"]) | set(split["val"]) <= {f"p{i}" for i in range(6)}
+
+    twins = read_groups(duplicated_into_train(src, tmp_path / "twins"))
+    copies = {k: v for k, v in twins.items() if k.startswith("copy_")}
+    assert copies and all(v == "copy_" + twins[k[len("copy_"):]] for k, v in copies.items())
+
+    shifted = shifted_val(src, tmp_path / "shifted")
+    doc = json.loads((shifted / "split_file.json").read_text())
+    assert doc["val"] == ["p1", "p5"] and sorted(doc["train"] + doc["val"]) == [f"p{i}" for i in range(6)]
+    from PIL import Image
+    import numpy as np
+
+    for stem, patient in read_groups(shifted).items():
+        a = np.asarray(Image.open(shifted / "images" / f"{stem}.png"), dtype=float)
+        b = np.asarray(Image.open(src / "images" / f"{stem}.png"), dtype=float)
+        assert (a.mean() < 0.6 * b.mean()) == (patient in doc["val"])

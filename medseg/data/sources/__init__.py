@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from medseg.data.cache import open_store
 from medseg.data.readers import IMAGE_EXTS, VOLUME_EXTS
 from medseg.data.schema import DataConfig
 # registration order is the order `infer_input` asks them in: dicom_series before siim, so a CT/MR
@@ -43,7 +44,7 @@ __all__ = [
 ]
 
 
-def load_data(cfg: DataConfig, with_masks: bool = True, progress: bool = False) -> LoadedData:
+def load_data(cfg: DataConfig, with_masks: bool = True, progress: bool = False, store=None) -> LoadedData:
     """Read, normalise and resize a dataset described by a `DataConfig`.
 
     Args:
@@ -51,6 +52,9 @@ def load_data(cfg: DataConfig, with_masks: bool = True, progress: bool = False) 
         with_masks: read masks/labels/RLE (training, evaluation); False for prediction,
             where no mask is needed and sample.mask is None.
         progress: show a rich progress bar while reading.
+        store: where prepared units go (`medseg.data.cache`); default: the on-disk cache under
+            data.cache_dir when it is set (units prepared earlier are read from it, on use),
+            else memory.
 
     Returns:
         LoadedData with the samples and facts about them.
@@ -60,7 +64,9 @@ def load_data(cfg: DataConfig, with_masks: bool = True, progress: bool = False) 
             data.skip_bad, per-file problems are listed in LoadedData.bad instead, but an
             empty result is still an error.
     """
-    return get_source(cfg.source).load(cfg, with_masks, progress)
+    if store is None:
+        store = open_store(cfg, with_masks)
+    return get_source(cfg.source).load(cfg, with_masks, progress, store)
 
 
 def infer_input(path: Path, like: DataConfig) -> DataConfig:

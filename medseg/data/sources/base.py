@@ -42,8 +42,10 @@ class Sample:
             slices; the ImageId for SIIM.
         case_id: the split unit (patient): from cases_csv, the DICOM PatientID (SIIM), else
             the volume name / image stem.
-        image: float32 (C, H, W), normalised and resized to data.input_size.
-        mask: uint8 (H, W) in {0, 1} at data.input_size, or None when loaded without masks.
+        image: float32 (C, H, W), normalised and resized to data.input_size: an ndarray, or
+            from the on-disk cache a `cache.LazyArray` that reads it when used.
+        mask: uint8 (H, W) in {0, 1} at data.input_size (ndarray or `LazyArray`), or None when
+            loaded without masks.
         meta: JSON-serialisable facts (path, mask_path, orig_shape, resize, spacing, ...).
     """
 
@@ -244,7 +246,9 @@ class SourceSpec:
     Attributes:
         name: the value of ``data.source``.
         description: one line for docs and errors.
-        load: (data config, with_masks, progress) -> LoadedData.
+        load: (data config, with_masks, progress, store) -> LoadedData; it prepares one unit (an
+            image, a DICOM, a volume) at a time, asks ``store.restore(name, files)`` first and
+            hands each prepared unit to ``store.put`` (`medseg.data.cache`).
         read_raw: a file's raw intensities, unnormalised (the fingerprint's raw statistics).
         mask_reader: makes a callable sample -> boolean mask at original resolution (reads the
             files again; it may cache, e.g. a volume or an RLE table).
@@ -256,7 +260,7 @@ class SourceSpec:
 
     name: str
     description: str
-    load: Callable[[DataConfig, bool, bool], LoadedData]
+    load: Callable[[DataConfig, bool, bool, Any], LoadedData]
     read_raw: Callable[[str], np.ndarray]
     mask_reader: Callable[[], Callable[[Sample], np.ndarray]]
     writer: Callable[[Path, DataConfig], PredictionWriter]

@@ -11,6 +11,7 @@ from typing import Optional
 
 import numpy as np
 
+from medseg.data.cache import repeat_channels
 from medseg.data.preprocess import binarize_mask, fg_fraction, normalize, resize_image, resize_mask
 from medseg.data.readers import IMAGE_EXTS, read_image_2d
 from medseg.data.schema import DataConfig
@@ -64,7 +65,45 @@ def _mask_2d(arr: np.ndarray) -> np.ndarray:
     return arr.max(axis=-1) if arr.ndim == 3 else arr
 
 
-def _load_images(cfg: DataConfig, with_masks: bool, progress: bool) -> LoadedData:
+def _prepare_image(cfg: DataConfig, path: Path, mask_path: Optional[Path], modality: str, bad: BadFiles, store,
+                   files: list[Path]) -> Optional[dict]:
+    """Read, normalise and resize one image (and its mask) into the store; None when it is bad (reported)."""
+    try:
+        raw = read_image_2d(path)
+    except MedsegError as e:
+        bad.error(path, e)
+        return None
+    H, W = raw.shape[:2]
+    mask = None
+    meta_mask: dict = {"mask_path": None, "raw_mask_values": None, "fg_fraction": None}
+    if mask_path is not None:
+        try:
+            m = _mask_2d(read_image_2d(mask_path, as_mask=True))
+        except MedsegError as e:
+            bad.error(mask_path, e)
+            return None
+        if m.shape != (H, W):
+            bad.report(mask_path, f"mask size {m.shape[0]}x{m.shape[1]} differs from image {path.name} size {H}x{W}")
+            return None
+        if np.isnan(m).any():
+            bad.report(mask_path, "mask holds NaN values")
+            return None
+        fg, rule = binarize_mask(m)
+        meta_mask = {"mask_path": str(mask_path), "raw_mask_values": distinct_values(m), "fg_fraction": fg_fraction(fg),
+                     "mask_rule": rule}
+        mask = resize_mask(fg, cfg.input_size, cfg.resize_mode)
+    chw, colour = _image_channels(raw, cfg.color)
+    try:
+        norm = normalize(chw, cfg.normalize, modality, where=str(path))
+    except MedsegError as e:
+        bad.error(path, e)
+        return None
+    img, info = resize_image(norm, cfg.input_size, cfg.resize_mode)
+    meta = {"path": str(path), **meta_mask, "orig_shape": [H, W], "resize": info, "spacing": None}
+    return store.put(path.stem, {"image": img, "mask": mask}, {"colour": bool(colour), "meta": meta}, files)
+
+
+def _load_images(cfg: DataConfig, with_masks: bool, progress: bool, store) -> LoadedData:
     root = require_root(cfg)
     bad = BadFiles(cfg.skip_bad)
     image_dups: set[str] = set()
@@ -91,7 +130,7 @@ def _load_images(cfg: DataConfig, with_masks: bool, progress: bool) -> LoadedDat
     cases = Cases(cfg)
     modality = cfg.modality if cfg.modality != "auto" else "other"
 
-    prepared = []  # (stem, image (C,H,W) resized, any_colour, mask, meta)
+    prepared = []  # (stem, case_id, image (C,h,w) resized, any_colour, mask, meta)
     for stem in progress_items(sorted(images), "Loading images", progress):
         path = images[stem]
         mask_path = masks.get(stem)
@@ -103,39 +142,13 @@ def _load_images(cfg: DataConfig, with_masks: bool, progress: bool) -> LoadedDat
         except MedsegError as e:
             bad.report(path, str(e))
             continue
-        try:
-            raw = read_image_2d(path)
-        except MedsegError as e:
-            bad.error(path, e)
-            continue
-        H, W = raw.shape[:2]
-        mask = None
-        meta_mask: dict = {"mask_path": None, "raw_mask_values": None, "fg_fraction": None}
-        if with_masks:
-            try:
-                m = _mask_2d(read_image_2d(mask_path, as_mask=True))
-            except MedsegError as e:
-                bad.error(mask_path, e)
+        files = [path, mask_path] if with_masks else [path]
+        unit = store.restore(stem, files)
+        if unit is None:
+            unit = _prepare_image(cfg, path, mask_path if with_masks else None, modality, bad, store, files)
+            if unit is None:
                 continue
-            if m.shape != (H, W):
-                bad.report(mask_path, f"mask size {m.shape[0]}x{m.shape[1]} differs from image {path.name} size {H}x{W}")
-                continue
-            if np.isnan(m).any():
-                bad.report(mask_path, "mask holds NaN values")
-                continue
-            fg, rule = binarize_mask(m)
-            meta_mask = {"mask_path": str(mask_path), "raw_mask_values": distinct_values(m), "fg_fraction": fg_fraction(fg),
-                         "mask_rule": rule}
-            mask = resize_mask(fg, cfg.input_size, cfg.resize_mode)
-        chw, colour = _image_channels(raw, cfg.color)
-        try:
-            norm = normalize(chw, cfg.normalize, modality, where=str(path))
-        except MedsegError as e:
-            bad.error(path, e)
-            continue
-        img, info = resize_image(norm, cfg.input_size, cfg.resize_mode)
-        meta = {"path": str(path), **meta_mask, "orig_shape": [H, W], "resize": info, "spacing": None}
-        prepared.append((stem, case_id, img, colour, mask, meta))
+        prepared.append((stem, case_id, unit["arrays"]["image"], unit["colour"], unit["arrays"]["mask"], unit["meta"]))
 
     # colour decision needs every image: 3 channels if asked, or (auto) if any image is colour
     rgb = cfg.color == "rgb" or (cfg.color == "auto" and any(p[3] for p in prepared))
@@ -144,7 +157,7 @@ def _load_images(cfg: DataConfig, with_masks: bool, progress: bool) -> LoadedDat
     mask_values: set = set()
     for stem, case_id, img, _, mask, meta in prepared:
         if img.shape[0] != in_channels:
-            img = np.repeat(img, in_channels, axis=0)  # grey image in an RGB dataset
+            img = repeat_channels(img, in_channels)  # grey image in an RGB dataset
         if meta["raw_mask_values"] is not None:
             mask_values.update(meta["raw_mask_values"])
         samples.append(Sample(sample_id=stem, case_id=case_id, image=img, mask=mask, meta=meta))

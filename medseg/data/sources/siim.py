@@ -24,7 +24,55 @@ from medseg.errors import MedsegError
 _DICOM_MODALITY = {"CR": "xray", "DX": "xray", "DR": "xray", "RG": "xray", "CT": "ct", "MR": "mr", "US": "us"}
 
 
-def _load_siim(cfg: DataConfig, with_masks: bool, progress: bool) -> LoadedData:
+def _prepare_dicom(cfg: DataConfig, path: Path, rles: dict, with_masks: bool, bad: BadFiles, store,
+                   files: list) -> Optional[dict]:
+    """Read one DICOM, decode its RLE rows, normalise and resize into the store; None when it is bad (reported).
+
+    An ImageId with no RLE row is prepared without a mask; the loader reports it.
+    """
+    try:
+        raw, dinfo = read_dicom(path)
+    except MedsegError as e:
+        bad.error(path, e)
+        return None
+    # the competition names each file <SOPInstanceUID>.dcm; fall back to the tag
+    image_id = path.stem
+    uid = dinfo.get("SOPInstanceUID")
+    if with_masks and image_id not in rles and uid and uid in rles:
+        image_id = uid
+    H, W = raw.shape
+    mask = None
+    meta_mask: dict = {"mask_path": None, "raw_mask_values": None, "fg_fraction": None}
+    if with_masks and image_id in rles:
+        try:
+            m = np.zeros((H, W), dtype=np.uint8)
+            for r in rles[image_id]:
+                m |= rle_decode(r, H, W)  # one row per lesion: OR them
+        except ValueError as e:
+            bad.report(cfg.rle_csv, f"ImageId {image_id} ({path.name}, {H}x{W}): {e}")
+            return None
+        meta_mask = {"mask_path": str(cfg.rle_csv), "raw_mask_values": distinct_values(m), "fg_fraction": fg_fraction(m)}
+        mask = resize_mask(m, cfg.input_size, cfg.resize_mode)
+    if cfg.modality != "auto":
+        modality = cfg.modality
+    else:
+        modality = _DICOM_MODALITY.get((dinfo.get("Modality") or "").upper(), "other")
+    try:
+        norm = normalize(raw[None], cfg.normalize, modality, where=str(path))
+    except MedsegError as e:
+        bad.error(path, e)
+        return None
+    img, info = resize_image(norm, cfg.input_size, cfg.resize_mode)
+    meta = {
+        "path": str(path), **meta_mask, "orig_shape": [H, W], "resize": info,
+        "spacing": dinfo.get("PixelSpacing"), "image_id": image_id,
+        "patient_id": dinfo.get("PatientID"), "sop_instance_uid": uid,
+    }
+    record = {"image_id": image_id, "patient_id": dinfo.get("PatientID"), "modality": modality, "meta": meta}
+    return store.put(str(path), {"image": img, "mask": mask}, record, files)
+
+
+def _load_siim(cfg: DataConfig, with_masks: bool, progress: bool, store) -> LoadedData:
     root = require_root(cfg)
     bad = BadFiles(cfg.skip_bad)
     if root.is_file():
@@ -44,61 +92,32 @@ def _load_siim(cfg: DataConfig, with_masks: bool, progress: bool) -> LoadedData:
     seen_modalities: set[str] = set()
     samples: list[Sample] = []
     mask_values: set = set()
+    rle_files = [cfg.rle_csv] if with_masks else []
     for path in progress_items(files, "Loading DICOMs", progress):
-        try:
-            raw, dinfo = read_dicom(path)
-        except MedsegError as e:
-            bad.error(path, e)
-            continue
-        # the competition names each file <SOPInstanceUID>.dcm; fall back to the tag
-        image_id = path.stem
-        uid = dinfo.get("SOPInstanceUID")
-        if with_masks and image_id not in rles and uid and uid in rles:
-            image_id = uid
+        unit = store.restore(str(path), [path, *rle_files])
+        if unit is None:
+            unit = _prepare_dicom(cfg, path, rles, with_masks, bad, store, [path, *rle_files])
+            if unit is None:
+                continue
+        image_id, meta = unit["image_id"], unit["meta"]
         if image_id in seen_ids:
             bad.report(path, f"ImageId {image_id} also read from {seen_ids[image_id]}")
             continue
         seen_ids[image_id] = path
         try:
-            case_id = cases.lookup([image_id, path.stem], dinfo.get("PatientID") or image_id)
+            case_id = cases.lookup([image_id, path.stem], unit["patient_id"] or image_id)
         except MedsegError as e:
             bad.report(path, str(e))
             continue
-        H, W = raw.shape
-        mask = None
-        meta_mask: dict = {"mask_path": None, "raw_mask_values": None, "fg_fraction": None}
         if with_masks:
             if image_id not in rles:
                 bad.report(path, f"ImageId {image_id} has no row in {cfg.rle_csv}")
                 continue
             used.add(image_id)
-            try:
-                m = np.zeros((H, W), dtype=np.uint8)
-                for r in rles[image_id]:
-                    m |= rle_decode(r, H, W)  # one row per lesion: OR them
-            except ValueError as e:
-                bad.report(cfg.rle_csv, f"ImageId {image_id} ({path.name}, {H}x{W}): {e}")
-                continue
-            meta_mask = {"mask_path": str(cfg.rle_csv), "raw_mask_values": distinct_values(m), "fg_fraction": fg_fraction(m)}
-            mask_values.update(meta_mask["raw_mask_values"])
-            mask = resize_mask(m, cfg.input_size, cfg.resize_mode)
-        if cfg.modality != "auto":
-            modality = cfg.modality
-        else:
-            modality = _DICOM_MODALITY.get((dinfo.get("Modality") or "").upper(), "other")
-        try:
-            norm = normalize(raw[None], cfg.normalize, modality, where=str(path))
-        except MedsegError as e:
-            bad.error(path, e)
-            continue
-        seen_modalities.add(modality)
-        img, info = resize_image(norm, cfg.input_size, cfg.resize_mode)
-        meta = {
-            "path": str(path), **meta_mask, "orig_shape": [H, W], "resize": info,
-            "spacing": dinfo.get("PixelSpacing"), "image_id": image_id,
-            "patient_id": dinfo.get("PatientID"), "sop_instance_uid": uid,
-        }
-        samples.append(Sample(sample_id=image_id, case_id=case_id, image=img, mask=mask, meta=meta))
+            mask_values.update(meta["raw_mask_values"])
+        seen_modalities.add(unit["modality"])
+        samples.append(Sample(sample_id=image_id, case_id=case_id, image=unit["arrays"]["image"],
+                              mask=unit["arrays"]["mask"], meta=meta))
     if with_masks:
         # rows of images skipped as bad are not "missing": their DICOM exists
         present = set(seen_ids) | {p.stem for p in files}

@@ -21,6 +21,7 @@ from typing import Optional
 
 import numpy as np
 
+from medseg.data.cache import context_image, mask_slice
 from medseg.data.dicom_series import read_series
 from medseg.data.orientation import VolumeGeometry
 from medseg.data.preprocess import fg_fraction, normalize, resize_image, resize_mask
@@ -125,12 +126,6 @@ def read_label(path: Path, frame: str) -> np.ndarray:
     return read_volume(path, dtype=None, orientation=frame)[0]
 
 
-def _context_stack(vol: np.ndarray, z: int, k: int) -> np.ndarray:
-    """(2k+1, H, W) slices z-k..z+k, edge slices repeated beyond the ends."""
-    idx = np.clip(np.arange(z - k, z + k + 1), 0, vol.shape[0] - 1)
-    return vol[idx]
-
-
 def _named(err: MedsegError, case: VolumeCase) -> Path:
     """The file (or series folder) a read error names, so bad_files.json lists the file at fault."""
     msg = str(err)
@@ -146,8 +141,97 @@ def _auto_modality(vol: np.ndarray) -> str:
     return "ct" if finite.size and float(finite.min()) < _CT_MIN_THRESHOLD else "mr"
 
 
+def _prepare_case(cfg: DataConfig, case: VolumeCase, bad: BadFiles, store, files: list, refused) -> Optional[dict]:
+    """Read, reorient, normalise and resize one volume case into the store, slice by slice; None when it is bad (reported).
+
+    The volume is kept once, as (Z, C, h, w) prepared slices (and a (Z, h, w) mask); each 2.5D
+    sample is assembled from it (`cache.context_image`) rather than stored as its own stack.
+    """
+    ipath = case.images[0]
+    try:
+        chans, spacing, info, frame, chan_files = read_case_image(case, cfg.orientation)
+    except MedsegError as e:
+        bad.error(_named(e, case), e)
+        return None
+    flat = info.get("format") == "image"
+    why = refused(case, chans.shape[0], flat, None)
+    if why is not None:
+        bad.report(*why)
+        return None
+    label = None
+    raw_values = None
+    if case.label is not None:
+        try:
+            label = read_label(case.label, frame)
+        except MedsegError as e:
+            bad.error(case.label, e)
+            return None
+        if label.shape != chans.shape[1:]:
+            bad.report(case.label, f"label shape (Z,H,W) {list(label.shape)} differs from image "
+                                   f"{ipath.name} {list(chans.shape[1:])}")
+            return None
+        if np.issubdtype(label.dtype, np.floating) and np.isnan(label).any():
+            bad.report(case.label, "label holds NaN values")
+            return None
+        raw_values = distinct_values(label)
+        why = refused(case, chans.shape[0], flat, raw_values)
+        if why is not None:
+            bad.report(*why)
+            return None
+    norm = []
+    modalities = []
+    try:
+        for c in range(chans.shape[0]):
+            if cfg.modality != "auto":
+                modality = cfg.modality
+            elif case.modalities and c < len(case.modalities) and case.modalities[c]:
+                modality = case.modalities[c]
+            elif case.series is not None:
+                modality = _DICOM_MODALITY.get((info.get("Modality") or "").upper()) or _auto_modality(chans[c])
+            else:
+                modality = "other" if flat else _auto_modality(chans[c])
+            # each channel (modality) on its own scale: a T1 and a FLAIR share no intensity range
+            norm.append(normalize(chans[c], cfg.normalize, modality, where=str(chan_files[c])))
+            modalities.append(modality)
+    except MedsegError as e:
+        bad.error(chan_files[len(norm)], e)
+        return None
+    del chans
+    Z, H, W = norm[0].shape
+    slice_spacing = [spacing[1], spacing[2]] if spacing is not None else None
+    prepared, masks, slices = [], [], []
+    for z in range(Z):
+        # each slice resized once; its 2.5D neighbours come from the prepared volume
+        img, rinfo = resize_image(np.stack([v[z] for v in norm]), cfg.input_size, cfg.resize_mode)
+        prepared.append(img)
+        meta = {
+            "path": str(ipath), "mask_path": str(case.label) if case.label else None, "orig_shape": [H, W],
+            "resize": rinfo, "spacing": slice_spacing, "volume": case.name, "slice": z, "n_slices": Z,
+            "raw_mask_values": raw_values, "fg_fraction": None, "orientation": frame,
+        }
+        if label is not None:
+            sl = label[z] > 0
+            masks.append(resize_mask(sl, cfg.input_size, cfg.resize_mode))
+            meta["fg_fraction"] = fg_fraction(sl)
+        slices.append(meta)
+    del norm
+    volume = {
+        "path": str(ipath), "label_path": str(case.label) if case.label else None, "shape": info["shape"],
+        "spacing": list(spacing) if spacing is not None else None, "format": info["format"],
+        "slice_ids": [f"{case.name}_z{z:04d}" for z in range(Z)], "orientation": frame,
+    }
+    if len(case.images) > 1:
+        volume["channel_paths"] = [str(p) for p in case.images]
+    if case.series is not None:
+        volume.update(geometry=info["geometry"], series_uid=info["series_uid"])
+    record = {"n_image_channels": len(modalities), "flat": flat, "raw_values": raw_values, "modalities": modalities,
+              "slices": slices, "volume": volume}
+    arrays = {"image": np.stack(prepared), "mask": np.stack(masks) if label is not None else None}
+    return store.put(case.name, arrays, record, files)
+
+
 def load_cases(cfg: DataConfig, cases_in: list[VolumeCase], bad: BadFiles, source: str, where: Path, progress: bool,
-               label_check=None, n_channels: Optional[int] = None, channels_from: str = "") -> LoadedData:
+               store, label_check=None, n_channels: Optional[int] = None, channels_from: str = "") -> LoadedData:
     """Read, reorient, normalise and slice volume cases into 2.5D samples (every volumetric source ends here).
 
     Args:
@@ -157,6 +241,7 @@ def load_cases(cfg: DataConfig, cases_in: list[VolumeCase], bad: BadFiles, sourc
         source: the registered source name put in LoadedData.
         where: what an empty result names.
         progress: show a progress bar.
+        store: where each prepared case goes (`medseg.data.cache`: memory or the on-disk cache).
         label_check: optional callable (label path, distinct raw values) -> reason or None
             (e.g. nnU-Net's declared label values).
         n_channels: the image channels every case must have (nnU-Net's channel_names), or None.
@@ -171,8 +256,23 @@ def load_cases(cfg: DataConfig, cases_in: list[VolumeCase], bad: BadFiles, sourc
     volumes: dict[str, dict] = {}
     mask_values: set = set()
     seen_modalities: set[str] = set()
-    in_channels: Optional[int] = None
-    first_case: Optional[str] = None
+    state = {"in_channels": None, "first_case": None}
+
+    def refused(case: VolumeCase, n_image_channels: int, flat: bool, raw_values) -> Optional[tuple[Path, str]]:
+        """(file, reason) when the case does not fit the others or the source's declarations, else None."""
+        ipath = case.images[0]
+        if n_channels is not None and n_image_channels != n_channels:
+            return ipath, f"gives {n_image_channels} image channels, {channels_from} lists {n_channels}"
+        n_ch = n_image_channels * (2 * (0 if flat else k) + 1)
+        if state["in_channels"] is not None and n_ch != state["in_channels"]:
+            return ipath, (f"gives {n_ch} input channels ({n_image_channels} image channels), "
+                           f"case {state['first_case']} gave {state['in_channels']}")
+        if raw_values is not None and label_check is not None:
+            reason = label_check(case.label, raw_values)
+            if reason:
+                return case.label, reason
+        return None
+
     for case in progress_items(cases_in, "Loading volumes", progress):
         ipath = case.images[0]
         try:
@@ -180,91 +280,31 @@ def load_cases(cfg: DataConfig, cases_in: list[VolumeCase], bad: BadFiles, sourc
         except MedsegError as e:
             bad.report(ipath, str(e))
             continue
-        try:
-            chans, spacing, info, frame, chan_files = read_case_image(case, cfg.orientation)
-        except MedsegError as e:
-            bad.error(_named(e, case), e)
-            continue
-        if n_channels is not None and chans.shape[0] != n_channels:
-            bad.report(ipath, f"gives {chans.shape[0]} image channels, {channels_from} lists {n_channels}")
-            continue
-        flat = info.get("format") == "image"
-        kk = 0 if flat else k
-        n_ch = chans.shape[0] * (2 * kk + 1)
-        if in_channels is not None and n_ch != in_channels:
-            bad.report(ipath, f"gives {n_ch} input channels ({chans.shape[0]} image channels), "
-                              f"case {first_case} gave {in_channels}")
-            continue
-        label = None
-        raw_values = None
-        if case.label is not None:
-            try:
-                label = read_label(case.label, frame)
-            except MedsegError as e:
-                bad.error(case.label, e)
+        files = [*case.images, *(case.series or []), *([case.label] if case.label is not None else [])]
+        unit = store.restore(case.name, files)
+        if unit is None:
+            unit = _prepare_case(cfg, case, bad, store, files, refused)
+            if unit is None:
                 continue
-            if label.shape != chans.shape[1:]:
-                bad.report(case.label, f"label shape (Z,H,W) {list(label.shape)} differs from image "
-                                       f"{ipath.name} {list(chans.shape[1:])}")
+        else:
+            why = refused(case, unit["n_image_channels"], unit["flat"], unit["raw_values"])
+            if why is not None:
+                bad.report(*why)
                 continue
-            if np.issubdtype(label.dtype, np.floating) and np.isnan(label).any():
-                bad.report(case.label, "label holds NaN values")
-                continue
-            raw_values = distinct_values(label)
-            reason = label_check(case.label, raw_values) if label_check is not None else None
-            if reason:
-                bad.report(case.label, reason)
-                continue
-        norm = []
-        try:
-            for c in range(chans.shape[0]):
-                if cfg.modality != "auto":
-                    modality = cfg.modality
-                elif case.modalities and c < len(case.modalities) and case.modalities[c]:
-                    modality = case.modalities[c]
-                elif case.series is not None:
-                    modality = _DICOM_MODALITY.get((info.get("Modality") or "").upper()) or _auto_modality(chans[c])
-                else:
-                    modality = "other" if flat else _auto_modality(chans[c])
-                # each channel (modality) on its own scale: a T1 and a FLAIR share no intensity range
-                norm.append(normalize(chans[c], cfg.normalize, modality, where=str(chan_files[c])))
-                seen_modalities.add(modality)
-        except MedsegError as e:
-            bad.error(chan_files[len(norm)], e)
-            continue
-        if label is not None:
-            mask_values.update(raw_values)
-        in_channels, first_case = n_ch, first_case or case.name
-        Z, H, W = chans.shape[1:]
-        slice_spacing = [spacing[1], spacing[2]] if spacing is not None else None
-        slice_ids = []
-        for z in range(Z):
-            stack = np.concatenate([_context_stack(v, z, kk) for v in norm], axis=0)
-            img, rinfo = resize_image(stack, cfg.input_size, cfg.resize_mode)
-            mask = None
-            meta = {
-                "path": str(ipath), "mask_path": str(case.label) if case.label else None, "orig_shape": [H, W],
-                "resize": rinfo, "spacing": slice_spacing, "volume": case.name, "slice": z, "n_slices": Z,
-                "raw_mask_values": raw_values, "fg_fraction": None, "orientation": frame,
-            }
-            if label is not None:
-                sl = label[z] > 0
-                mask = resize_mask(sl, cfg.input_size, cfg.resize_mode)
-                meta["fg_fraction"] = fg_fraction(sl)
-            sid = f"{case.name}_z{z:04d}"
-            slice_ids.append(sid)
-            samples.append(Sample(sample_id=sid, case_id=case_id, image=img, mask=mask, meta=meta))
-        volumes[case.name] = {
-            "path": str(ipath), "label_path": str(case.label) if case.label else None, "shape": info["shape"],
-            "spacing": list(spacing) if spacing is not None else None, "format": info["format"],
-            "slice_ids": slice_ids, "orientation": frame,
-        }
-        if len(case.images) > 1:
-            volumes[case.name]["channel_paths"] = [str(p) for p in case.images]
-        if case.series is not None:
-            volumes[case.name].update(geometry=info["geometry"], series_uid=info["series_uid"])
+        kk = 0 if unit["flat"] else k
+        if unit["raw_values"] is not None:
+            mask_values.update(unit["raw_values"])
+        seen_modalities.update(unit["modalities"])
+        state["in_channels"] = unit["n_image_channels"] * (2 * kk + 1)
+        state["first_case"] = state["first_case"] or case.name
+        vol, labels = unit["arrays"]["image"], unit["arrays"]["mask"]
+        for z, meta in enumerate(unit["slices"]):
+            mask = mask_slice(labels, z) if labels is not None else None
+            samples.append(Sample(sample_id=f"{case.name}_z{z:04d}", case_id=case_id, image=context_image(vol, z, kk),
+                                  mask=mask, meta=meta))
+        volumes[case.name] = unit["volume"]
     return finish(
-        samples, bad, where, source, volumes=volumes, in_channels=in_channels or 1,
+        samples, bad, where, source, volumes=volumes, in_channels=state["in_channels"] or 1,
         mask_values=sorted(mask_values), modality=modality_name(cfg, seen_modalities),
     )
 
@@ -324,12 +364,12 @@ def _pair_volumes(cfg: DataConfig, files: list[Path], with_masks: bool, bad: Bad
     return pairs
 
 
-def _load_volumes(cfg: DataConfig, with_masks: bool, progress: bool) -> LoadedData:
+def _load_volumes(cfg: DataConfig, with_masks: bool, progress: bool, store) -> LoadedData:
     root = require_root(cfg)
     bad = BadFiles(cfg.skip_bad)
     pairs = _pair_volumes(cfg, _list_volumes(root, bad), with_masks, bad)
     cases = [VolumeCase(name=name, images=[ip], label=lp, keys=[name, volume_stem(ip)]) for name, ip, lp in pairs]
-    return load_cases(cfg, cases, bad, "volumes", root, progress)
+    return load_cases(cfg, cases, bad, "volumes", root, progress, store)
 
 
 class LabelReader:
