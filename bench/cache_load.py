@@ -5,7 +5,9 @@ For one data config, each step in its own process (so its peak RSS is its own):
 * ``memory``: `load_data` from the source files, everything in memory (medseg without a cache);
 * ``build``: `load_data` into an empty cache (`medseg cache`), then the entry's size on disk;
 * ``read``: `load_data` from the finished cache (what every later verb does), arrays not read;
-* ``read+stack``: the same, then `stack_part` of every case (what `fit` does today);
+* ``read+stack``: the same, then `stack_part` of every case (what `fit` does: from the cache the
+  images stay on disk, a `SampleStack`; the masks are stacked in memory);
+* ``read+stack+epoch``: the same, then every image read once through the stack (an epoch's reads);
 * ``memory+stack``: the in-memory load, then `stack_part` of every case.
 
     .venv/bin/python bench/cache_load.py ../shared/data/busi --size 256 --out /tmp/cache-bench
@@ -45,11 +47,17 @@ def step(kind: str, root: str, size: int, cache: str) -> dict:
     out = {"kind": kind, "samples": len(loaded.samples), "load_s": seconds_load}
     if store is not None:
         out.update(built=store.built, reused=store.reused, disk_mib=store.disk_bytes() / 2**20)
-    if kind.endswith("+stack"):
+    if "+stack" in kind:
         t1 = time.perf_counter()
         part = stack_part(loaded, sorted({s.case_id for s in loaded.samples}))
         out["stack_s"] = time.perf_counter() - t1
         out["stacked_mib"] = (part.images.nbytes + part.masks.nbytes) / 2**20
+    if kind.endswith("+epoch"):
+        t2 = time.perf_counter()
+        total = 0.0
+        for i in range(len(part.images)):
+            total += float(part.images[i][0, 0, 0])
+        out["epoch_read_s"] = time.perf_counter() - t2
     out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return out
 
@@ -68,7 +76,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(cache, ignore_errors=True)
     rows = []
-    for kind in ("memory", "build", "read", "read+stack", "memory+stack"):
+    for kind in ("memory", "build", "read", "read+stack", "read+stack+epoch", "memory+stack"):
         proc = subprocess.run([sys.executable, __file__, args.root, "--size", str(args.size), "--out", str(args.out),
                                "--step", kind], capture_output=True, text=True, check=True)
         rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
@@ -76,13 +84,14 @@ def main() -> None:
     machine = f"{platform.machine()} {subprocess.run(['nproc'], capture_output=True, text=True, check=False).stdout.strip()} cores"
     (args.out / "results.json").write_text(json.dumps({"root": args.root, "size": args.size, "machine": machine,
                                                         "date": time.strftime("%Y-%m-%d"), "rows": rows}, indent=1))
-    print("\n| step | load s | stack s | peak RSS MiB | units built / read back | cache on disk MiB |")
-    print("|---|---|---|---|---|---|")
+    print("\n| step | load s | stack s | read every image s | peak RSS MiB | units built / read back | cache on disk MiB |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
         units = f"{r['built']} / {r['reused']}" if "built" in r else "-"
         disk = f"{r['disk_mib']:.0f}" if "disk_mib" in r else "-"
         stack = f"{r['stack_s']:.2f}" if "stack_s" in r else "-"
-        print(f"| {r['kind']} | {r['load_s']:.1f} | {stack} | {r['peak_rss_mib']:.0f} | {units} | {disk} |")
+        epoch = f"{r['epoch_read_s']:.2f}" if "epoch_read_s" in r else "-"
+        print(f"| {r['kind']} | {r['load_s']:.1f} | {stack} | {epoch} | {r['peak_rss_mib']:.0f} | {units} | {disk} |")
 
 
 if __name__ == "__main__":

@@ -7,14 +7,76 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from medseg.data.cache import LazyArray
 from medseg.data.sources import LoadedData
+
+
+class SampleStack:
+    """The images of a split part as one (N, C, H, W) array that reads each sample from the cache when indexed.
+
+    What training and validation index the images with works: an int (one image), a slice or
+    an index list/array (stacked), iteration, ``len``, ``shape``, ``dtype``; ``np.asarray``
+    reads them all. The network inputs of a cached dataset then live on disk, not in memory.
+
+    Args:
+        items: one array per sample (`cache.LazyArray`s), all of one shape.
+        dtype: the dtype an indexed read returns.
+    """
+
+    def __init__(self, items: list, dtype=np.float32):
+        self.items, self.dtype = list(items), np.dtype(dtype)
+        self.shape = (len(self.items), *tuple(self.items[0].shape)) if self.items else (0,)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape)) * self.dtype.itemsize
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def _one(self, i: int) -> np.ndarray:
+        return np.asarray(self.items[i], dtype=self.dtype)
+
+    def __getitem__(self, key):
+        rest: tuple = ()
+        if isinstance(key, tuple):
+            key, rest = key[0], key[1:]
+        if isinstance(key, (int, np.integer)):
+            out = self._one(int(key))
+            return out[rest] if rest else out
+        if isinstance(key, slice):
+            idx = list(range(*key.indices(len(self))))
+        else:
+            arr = np.asarray(key)
+            idx = list(np.flatnonzero(arr) if arr.dtype == bool else arr.astype(int).ravel())
+        out = np.stack([self._one(int(i)) for i in idx]) if idx else np.zeros((0, *self.shape[1:]), self.dtype)
+        return out[(slice(None), *rest)] if rest else out
+
+    def __iter__(self):
+        for i in range(len(self)):
+            yield self._one(i)
+
+    def __array__(self, dtype=None, copy=None):
+        a = self[:]
+        return a if dtype is None else a.astype(dtype, copy=False)
+
+    def __repr__(self) -> str:
+        return f"SampleStack(shape={self.shape}, dtype={self.dtype})"
 
 
 @dataclass
 class SplitArrays:
-    """Stacked arrays of one split part, with the samples' meta in the same order."""
+    """Arrays of one split part, with the samples' meta in the same order.
 
-    images: np.ndarray
+    ``images`` is an ndarray for data in memory and a `SampleStack` (read on use) for data from
+    the on-disk cache; ``masks`` is always an ndarray (uint8, a quarter of a grey float image).
+    """
+
+    images: "np.ndarray | SampleStack"
     masks: np.ndarray
     meta: list[dict]
 
@@ -30,7 +92,10 @@ def stack_part(loaded: LoadedData, case_ids: list[str]) -> SplitArrays:
     chosen = [s for s in loaded.samples if s.case_id in wanted]
     if not chosen:
         return SplitArrays(np.zeros((0, loaded.in_channels, 1, 1), np.float32), np.zeros((0, 1, 1), np.uint8), [])
-    images = np.stack([s.image for s in chosen]).astype(np.float32, copy=False)
+    if all(isinstance(s.image, LazyArray) for s in chosen):
+        images = SampleStack([s.image for s in chosen])  # from the cache: read when indexed
+    else:
+        images = np.stack([s.image for s in chosen]).astype(np.float32, copy=False)
     masks = np.stack([s.mask for s in chosen]).astype(np.uint8, copy=False)
     meta = []
     for s in chosen:

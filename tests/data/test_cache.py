@@ -244,3 +244,51 @@ def test_arrays_with_objects_are_refused(tmp_path):
     np.save(p, np.array([{"a": 1}], dtype=object), allow_pickle=True)
     with pytest.raises(ValueError, match="not a plain"):
         npy_layout(p)
+
+
+def test_sample_stack_indexes_like_the_array_it_stands_for(tmp_path):
+    from medseg.data.arrays import SampleStack
+    from medseg.data.cache import npy_layout
+
+    ref = np.random.default_rng(0).normal(size=(7, 2, 5, 4)).astype(np.float32)
+    items = []
+    for i in range(7):
+        p = tmp_path / f"{i}.npy"
+        np.save(p, ref[i])
+        items.append(StoredArray(p, *npy_layout(p)))
+    stack = SampleStack(items)
+    assert stack.shape == ref.shape and len(stack) == 7 and stack.nbytes == ref.nbytes
+    for key in [3, np.int64(2), slice(1, 5), slice(None, None, 2), [4, 1, 1], np.array([0, 6]), ref[:, 0, 0, 0] > 0,
+                (2, 1), (slice(0, 3), 0), slice(5, 2)]:
+        np.testing.assert_array_equal(stack[key], ref[key])
+    np.testing.assert_array_equal(np.asarray(stack), ref)
+    np.testing.assert_array_equal(np.stack(list(stack)), ref)
+
+
+def test_validation_from_the_cache_scores_as_from_memory(blobs, tmp_path, cfg_for):
+    """The same network on a split part stacked in memory and read from the cache: metrics equal to 1e-6."""
+    import torch
+
+    from medseg.data.arrays import SampleStack, stack_part
+    from medseg.inference import predict_probs
+    from medseg.metrics import MetricContract
+    from medseg.metrics.validation import score_validation
+    from medseg.models import create_model
+
+    cfg = cfg_for(blobs)
+    ids = sorted({s.case_id for s in load_data(cfg).samples})[:6]
+    memory = stack_part(load_data(cfg), ids)
+    cached = stack_part(load_data(cfg.model_copy(update={"cache_dir": tmp_path / "cache"})), ids)
+    assert isinstance(cached.images, SampleStack) and isinstance(memory.images, np.ndarray)
+    np.testing.assert_array_equal(cached.masks, memory.masks)
+    assert cached.meta == memory.meta
+    torch.manual_seed(0)
+    net = create_model("unet", 1, channels=[8, 16])
+    p_mem = predict_probs(net, memory.images, batch_size=4)
+    p_cache = predict_probs(net, cached.images, batch_size=4)
+    np.testing.assert_allclose(p_cache, p_mem, rtol=0, atol=1e-6)
+    a = score_validation(p_mem, memory.masks, memory.meta, MetricContract())
+    b = score_validation(p_cache, cached.masks, cached.meta, MetricContract())
+    for key, value in a.image_summary.items():
+        if isinstance(value, float):
+            assert abs(value - b.image_summary[key]) <= 1e-6 or (np.isnan(value) and np.isnan(b.image_summary[key])), key
