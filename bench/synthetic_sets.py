@@ -100,29 +100,9 @@ def siim_case(index: int, seed: int = 0, side: int = 1024) -> tuple[np.ndarray, 
     return np.clip(img, 0, 4095).astype(np.uint16), mask
 
 
-def write_dicom(path: Path, pixels: np.ndarray, uid: str, patient: str) -> None:
-    """A minimal Part-10 CR DICOM (16-bit unsigned, uncompressed, 0.14 mm pixels as SIIM's)."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian
-
-    cr_storage = "1.2.840.10008.5.1.4.1.1.1"
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = cr_storage
-    meta.MediaStorageSOPInstanceUID = uid
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID, ds.PatientID, ds.Modality = cr_storage, uid, patient, "CR"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-    ds.PixelSpacing = ["0.14", "0.14"]
-    ds.PixelData = np.ascontiguousarray(pixels.astype("<u2")).tobytes()
-    ds.save_as(str(path), enforce_file_format=True)
-
-
 def write_siim(out: Path, cases: int, seed: int = 0, side: int = 1024) -> Path:
     from medseg.data.rle import rle_encode
+    from tests.data.conftest import write_dicom  # the checkout's own minimal DICOM writer
 
     (out / "dicom").mkdir(parents=True, exist_ok=True)
     rows = ["ImageId, EncodedPixels"]
@@ -133,7 +113,7 @@ def write_siim(out: Path, cases: int, seed: int = 0, side: int = 1024) -> Path:
         img, mask = siim_case(i, seed, side)
         if not path.exists():
             tmp = path.with_name(f".{path.name}.tmp")
-            write_dicom(tmp, img, uid, patient=f"P{i:05d}")
+            write_dicom(tmp, img, uid, patient=f"P{i:05d}", modality="CR", spacing=(0.14, 0.14))
             tmp.rename(path)
         rows.append(f"{uid}, {rle_encode(mask) if mask.any() else '-1'}")
         print(f"\rsiim {i + 1}/{cases} ({time.perf_counter() - t0:.0f} s)", end="", file=sys.stderr, flush=True)

@@ -2,32 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import sys
 
 import pytest
 
 from medseg import runfolder as runfs
 from medseg.data.cache import DiskStore
 from tests.conftest import make_blob_folder, tiny_config, write_config
-
-
-def cli(*args) -> tuple[int, str, str]:
-    from medseg import cli as medseg_cli
-
-    out, err = io.StringIO(), io.StringIO()
-    argv, sys.argv = sys.argv, ["medseg", *map(str, args)]
-    code = 0
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            medseg_cli.main()
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 0
-    finally:
-        sys.argv = argv
-    return code, out.getvalue(), err.getvalue()
+from tests.test_cli_conventions import cli
 
 
 def one_error_line(err: str) -> str:
