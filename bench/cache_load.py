@@ -38,7 +38,7 @@ def step(kind: str, root: str, size: int, cache: str) -> dict:
     from medseg.data.schema import DataConfig
 
     cfg = DataConfig(root=Path(root), input_size=(size, size))
-    if kind != "memory" and kind != "memory+stack":
+    if not kind.startswith("memory"):
         cfg = cfg.model_copy(update={"cache_dir": Path(cache)})
     t0 = time.perf_counter()
     store = DiskStore(cfg.cache_dir, cfg, True) if cfg.cache_dir else None

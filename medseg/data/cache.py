@@ -382,8 +382,8 @@ class DiskStore:
             apath = self.units / f"{stem}.{key}.npy"
             _atomic_write_bytes(apath, lambda f, a=arr: np.save(f, a, allow_pickle=False))
             shapes[key] = {"shape": list(arr.shape), "dtype": str(arr.dtype)}
-            shape, dtype, offset = npy_layout(apath)
-            stored[key] = StoredArray(apath, shape, dtype, offset)
+            # the data is the file's tail: no need to read the header back
+            stored[key] = StoredArray(apath, arr.shape, arr.dtype, apath.stat().st_size - arr.nbytes)
         full = {**record, "name": name, "cache_format": CACHE_FORMAT, "array_shapes": shapes, "files": file_stats(files)}
         text = json.dumps(full, default=_json_default).encode()
         _atomic_write_bytes(self.units / f"{stem}.json", lambda f: f.write(text))

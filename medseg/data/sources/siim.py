@@ -92,11 +92,11 @@ def _load_siim(cfg: DataConfig, with_masks: bool, progress: bool, store) -> Load
     seen_modalities: set[str] = set()
     samples: list[Sample] = []
     mask_values: set = set()
-    rle_files = [cfg.rle_csv] if with_masks else []
     for path in progress_items(files, "Loading DICOMs", progress):
-        unit = store.restore(str(path), [path, *rle_files])
+        # the RLE CSV is part of the cache entry's key (`cache.entry_key`): a unit depends on its DICOM alone
+        unit = store.restore(str(path), [path])
         if unit is None:
-            unit = _prepare_dicom(cfg, path, rles, with_masks, bad, store, [path, *rle_files])
+            unit = _prepare_dicom(cfg, path, rles, with_masks, bad, store, [path])
             if unit is None:
                 continue
         image_id, meta = unit["image_id"], unit["meta"]
