@@ -369,13 +369,15 @@ def cache(
     set_: list[str] = typer.Option([], "--set", "-s", help=SET_HELP),
     dir_: Optional[Path] = typer.Option(None, "--dir", help="The cache folder (overrides data.cache_dir); fit, evaluate, tune, predict, doctor and report read it when data.cache_dir names it."),
     no_masks: bool = typer.Option(False, "--no-masks", help="Cache the images alone, as predict reads them (an input folder without masks)."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Processes preparing units in parallel (default: the usable cores, at most 8; 1: this process alone)."),
     no_progress: bool = typer.Option(False, "--no-progress", help="Hide progress bars."),
     json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
 ):
     """Prepare a dataset once (read, normalise, resize) into the on-disk cache; a killed build continues, changed files are redone."""
     from medseg.commands.cache import cache_command
 
-    result = cache_command(config, set_, cache_dir=dir_, with_masks=not no_masks, progress=not no_progress, console=console)
+    result = cache_command(config, set_, cache_dir=dir_, with_masks=not no_masks, progress=not no_progress, console=console,
+                           workers=workers)
     if json_out:
         _print_json(result.to_dict())
 

@@ -11,7 +11,7 @@ import difflib
 import re
 import typing
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
@@ -159,7 +159,13 @@ class TrainConfig(Section):
         description="torch.compile the network for training and validation (Inductor; the first steps compile, which takes "
         "minutes). Off by default: measure it on your machine (bench/gpu_check.sh) before turning it on.",
     )
-    num_workers: int = Field(0, ge=0, description="DataLoader worker processes (0: load in the main process).")
+    num_workers: Union[Annotated[int, Field(ge=0)], Literal["auto"]] = Field(
+        "auto",
+        description="DataLoader worker processes (0: load in the main process). Workers start from a server process, "
+        "never by forking the trainer, so they do not hang; each gets the dataset pickled (from the cache: paths; in "
+        "memory: a copy of the arrays). auto: 0 when training on the CPU (on 2 cores the step uses every core and "
+        "workers gave 1.01x, BENCHMARKS.md §9b), min(4, cores - 1) on a GPU.",
+    )
     monitor: Literal["dice", "iou", "loss"] = Field(
         "dice", description="Validation quantity that picks the best checkpoint and drives early stopping (hard, per the contract)."
     )
@@ -207,6 +213,13 @@ class PlanConfig(Section):
     max_side: Optional[int] = Field(
         None, ge=32, description="Largest planned input side in pixels; null: 256 when training on CPU, 1024 on a GPU."
     )
+    patches: Literal["auto", "never"] = Field(
+        "never",
+        description="auto: when keeping the smallest lesions visible needs a larger input than max_side, train on "
+        "max_side crops of images kept that large (up to 1024 px on CPU, 2048 on a GPU, never above the original) "
+        "and predict with sliding windows of the crop size (sampler.crop_size, eval.sliding_window); never: always "
+        "resize whole images to the planned input size (BENCHMARKS.md §9d: patches did not pay at a 15-minute CPU budget).",
+    )
 
 
 class TrackingConfig(Section):
@@ -225,9 +238,33 @@ class TrackingConfig(Section):
         return v
 
 
+class SlidingWindowConfig(Section):
+    roi_size: Optional[tuple[int, int]] = Field(
+        None,
+        description="Window (height, width) at network input size; images larger than it are predicted window by "
+        "window (MONAI sliding_window_inference) and the windows blended. null: every image in one pass. Set it to "
+        "sampler.crop_size when training on crops of large images (the patches mode).",
+    )
+    overlap: float = Field(0.5, ge=0.0, lt=1.0, description="Share of a window its neighbour overlaps (nnU-Net: 0.5).")
+    mode: Literal["gaussian", "constant"] = Field(
+        "gaussian", description="Blending: gaussian weights the window centre (nnU-Net's importance), constant averages."
+    )
+    sigma_scale: float = Field(0.125, gt=0.0, description="gaussian: sigma as a share of the window size (nnU-Net: 1/8).")
+
+    @field_validator("roi_size")
+    @classmethod
+    def _positive(cls, v):
+        if v is not None and min(v) < 1:
+            raise ValueError("eval.sliding_window.roi_size: both sides must be at least 1 pixel")
+        return v
+
+
 class EvalConfig(Section):
     contract: MetricContract = Field(default_factory=MetricContract, description="The metric contract for every reported number.")
-    batch_size: int = Field(16, ge=1, description="Images per inference batch.")
+    batch_size: int = Field(16, ge=1, description="Images per inference batch (windows per batch with a sliding window).")
+    sliding_window: SlidingWindowConfig = Field(
+        default_factory=SlidingWindowConfig, description="Window-by-window inference of images larger than the window."
+    )
 
 
 class PostprocessConfig(Section):

@@ -63,6 +63,7 @@ def predict_probs(
     device: torch.device | str = "cpu",
     channels_last: bool = False,
     tta: Union[bool, None, Sequence[str]] = False,
+    window=None,
 ) -> np.ndarray:
     """Sigmoid probabilities (N, H, W) float32 for images (N, C, H, W), one network or the mean of several.
 
@@ -77,8 +78,11 @@ def predict_probs(
         tta: test-time augmentation: False (none), True (horizontal flip), or transform names
             from `DIHEDRAL`; each transformed prediction is mapped back and the probabilities are
             averaged (in probability space, not logits).
+        window: `config.SlidingWindowConfig` (or None): with a roi_size, each image is predicted
+            window by window (`monai.inferers.sliding_window_inference`, `batch_size` windows per
+            pass) and the windows blended; TTA transforms the whole image, then slides.
     """
-    return predict_prob_sets(net, images, [tta_set(tta)], batch_size, precision, device, channels_last)[0]
+    return predict_prob_sets(net, images, [tta_set(tta)], batch_size, precision, device, channels_last, window)[0]
 
 
 def predict_prob_sets(
@@ -89,6 +93,7 @@ def predict_prob_sets(
     precision: str = "32-true",
     device: torch.device | str = "cpu",
     channels_last: bool = False,
+    window=None,
 ) -> list[np.ndarray]:
     """`predict_probs` for several TTA sets at once: each transform runs once per batch and feeds every set holding it.
 
@@ -120,7 +125,7 @@ def predict_prob_sets(
                 total = None
                 for n in nets:
                     with autocast_for(precision, device):
-                        logits = _forward(n, xt)
+                        logits = _windowed(n, xt, window, batch_size, swap=name in _SWAPS_AXES)
                     p = torch.sigmoid(logits.float())
                     total = p if total is None else total + p
                 probs[name] = _transform(name, total / len(nets), inverse=True)[:, 0]
@@ -134,7 +139,7 @@ def predict_prob_sets(
 
 
 def run_probs(net, images: np.ndarray, cfg, state: dict, tta: Union[bool, None, Sequence[str]] = False) -> np.ndarray:
-    """`predict_probs` with a run's settings: its eval batch size, trained precision and memory format.
+    """`predict_probs` with a run's settings: its eval batch size, trained precision, memory format and sliding window.
 
     Every verb that runs a saved network calls this, so the device and precision rule
     (`runtime.inference_device`, `runtime.inference_precision`) is the same for all of them.
@@ -148,7 +153,8 @@ def run_probs(net, images: np.ndarray, cfg, state: dict, tta: Union[bool, None, 
     """
     device = inference_device(cfg)
     precision = inference_precision(str(state.get("precision", "32-true")), device)
-    return predict_probs(net, images, cfg.eval.batch_size, precision, device, cfg.train.channels_last, tta=tta)
+    return predict_probs(net, images, cfg.eval.batch_size, precision, device, cfg.train.channels_last, tta=tta,
+                         window=cfg.eval.sliding_window)
 
 
 def _forward(net: "nn.Module", x: "torch.Tensor") -> "torch.Tensor":
@@ -158,8 +164,27 @@ def _forward(net: "nn.Module", x: "torch.Tensor") -> "torch.Tensor":
     return y
 
 
+# transforms after which an image's height and width are swapped (a non-square window swaps too)
+_SWAPS_AXES = ("rot90", "rot270", "transpose", "antitranspose")
+
+
+def _windowed(net: "nn.Module", x: "torch.Tensor", window, batch_size: int, swap: bool = False) -> "torch.Tensor":
+    """The network's logits of x: in one pass, or window by window when `window.roi_size` is set."""
+    roi = getattr(window, "roi_size", None)
+    if roi is None:
+        return _forward(net, x)
+    from monai.inferers import sliding_window_inference
+
+    roi = tuple(int(r) for r in (roi[::-1] if swap else roi))
+    return sliding_window_inference(
+        x, roi_size=roi, sw_batch_size=max(1, int(batch_size)), predictor=lambda t: _forward(net, t),
+        overlap=float(window.overlap), mode=window.mode, sigma_scale=float(window.sigma_scale),
+    )
+
+
 def run_prob_sets(net, images: np.ndarray, cfg, state: dict, sets: Sequence[Sequence[str]]) -> list[np.ndarray]:
     """`predict_prob_sets` with a run's settings (see `run_probs`)."""
     device = inference_device(cfg)
     precision = inference_precision(str(state.get("precision", "32-true")), device)
-    return predict_prob_sets(net, images, sets, cfg.eval.batch_size, precision, device, cfg.train.channels_last)
+    return predict_prob_sets(net, images, sets, cfg.eval.batch_size, precision, device, cfg.train.channels_last,
+                             cfg.eval.sliding_window)

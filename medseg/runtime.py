@@ -225,6 +225,14 @@ def synchronize(device) -> None:
         torch.cuda.synchronize()
 
 
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask, e.g. a container's or a scheduler's share)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 def machine_description() -> str:
     """The machine in a line for state.json."""
     import torch

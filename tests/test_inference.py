@@ -76,3 +76,57 @@ def test_tta_values():
     assert tta_set(False) == ("identity",) and tta_set(True) == FLIP and tta_set(["hflip", "hflip"]) == ("hflip",)
     with pytest.raises(ValueError, match="unknown TTA transform 'spin'"):
         tta_set(["spin"])
+
+
+# ---------------------------------------------------------------------------------------
+# Sliding windows (eval.sliding_window)
+
+
+class ConvNet(nn.Module):
+    """3x3 convolutions with zero padding: a window's border pixels see its edge, so stitching order matters."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.a, self.b = nn.Conv2d(2, 4, 3, padding=1), nn.Conv2d(4, 1, 3, padding=1)
+
+    def forward(self, x):
+        return self.b(torch.tanh(self.a(x)))
+
+
+def _window(roi, overlap=0.5, mode="gaussian"):
+    from medseg.config import SlidingWindowConfig
+
+    return SlidingWindowConfig(roi_size=roi, overlap=overlap, mode=mode)
+
+
+@pytest.mark.parametrize("mode", ["gaussian", "constant"])
+def test_an_image_the_size_of_one_window_predicts_as_without_windows(mode):
+    x = np.random.default_rng(1).normal(size=(3, 2, 24, 32)).astype(np.float32)
+    net = ConvNet()
+    plain = predict_probs(net, x)
+    windowed = predict_probs(net, x, batch_size=2, window=_window((24, 32), mode=mode))
+    np.testing.assert_allclose(windowed, plain, rtol=0, atol=1e-6)
+
+
+def test_windows_that_tile_the_image_give_the_tiles_own_predictions():
+    """Constant blending without overlap: each pixel is the prediction of the one tile holding it (computed here tile by tile)."""
+    x = np.random.default_rng(2).normal(size=(2, 2, 48, 64)).astype(np.float32)
+    net = ConvNet()
+    got = predict_probs(net, x, batch_size=3, window=_window((24, 32), overlap=0.0, mode="constant"))
+    want = np.zeros((2, 48, 64), np.float32)
+    for y in (0, 24):
+        for xx in (0, 32):
+            want[:, y : y + 24, xx : xx + 32] = predict_probs(net, np.ascontiguousarray(x[:, :, y : y + 24, xx : xx + 32]))
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+    assert np.abs(got - predict_probs(net, x)).max() > 1e-4  # the tiles' borders differ from one pass: the windows are real
+
+
+def test_gaussian_windows_with_overlap_blend_and_tta_turns_a_non_square_window():
+    x = np.random.default_rng(3).normal(size=(2, 2, 40, 56)).astype(np.float32)
+    net = PixelNet()  # a 1x1 network: every window agrees, so any blend of them equals one pass
+    plain = predict_probs(net, x)
+    for tta in (False, list(DIHEDRAL)):
+        got = predict_probs(net, x, window=_window((16, 24), overlap=0.5), tta=tta)
+        assert got.shape == plain.shape
+        np.testing.assert_allclose(got, plain, rtol=0, atol=1e-5)

@@ -6,6 +6,8 @@ import math
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
+
 from rich.console import Console
 
 from medseg import runfolder as runfs
@@ -15,10 +17,12 @@ from medseg.data import load_data
 from medseg.data.arrays import describe_changes, sample_hashes, stack_part
 from medseg.errors import MedsegError
 from medseg.inference import run_probs
-from medseg.metrics import sweep_cases, threshold_sweep
-from medseg.metrics.validation import score_postprocessed, score_validation
+from medseg.metrics.sweep import SweepCounter
+from medseg.metrics.validation import PostprocessedScorer, ValidationScorer, case_chunks
 
 MATCH_TOLERANCE = 1e-4
+# images per streamed chunk, in eval batches (as training's validation)
+CHUNK_BATCHES = 4
 
 
 def other_data_arrays(cfg, data_config: Path, in_channels: int, progress: bool = True):
@@ -79,13 +83,26 @@ def evaluate_run(
     elif part != "val" or val is None:
         val = runfs.load_split_part(run_dir, cfg, part=part, loaded=loaded, progress=progress)
     net, info = runfs.load_network(run_dir, cfg, state["in_channels"])
+    pp = runfs.load_postprocess(run_dir)
     # only now, with the data and the checkpoint known good, is anything written
     if own:
         out_dir = run_dir / runfs.METRICS
     else:
         out_dir = runfs.create_evaluation(run_dir, Path(data_config).stem if data_config is not None else part)
-    probs = run_probs(net, val.images, cfg, state)
-    scores = score_validation(probs, val.masks, val.meta, contract, surface=True)
+    # streamed: one chunk of whole cases (a few batches of images, or a volume) at a time
+    scorer = ValidationScorer(contract, surface=True)
+    pp_scorer = PostprocessedScorer(contract, pp.apply) if pp is not None else None
+    sweeper = SweepCounter(contract) if sweep else None
+    for idx in case_chunks(val.meta, CHUNK_BATCHES * max(1, cfg.eval.batch_size)):
+        images, masks, meta = val.images[idx], np.asarray(val.masks[idx]), [val.meta[i] for i in idx]
+        probs = run_probs(net, images, cfg, state)
+        scorer.add(probs, masks, meta)
+        if pp_scorer is not None:
+            # the deployed pipeline (tuned on validation); the raw numbers stay the contract's
+            pp_scorer.add(run_probs(net, images, cfg, state, tta=pp.tta) if pp.tta else probs, masks, meta)
+        if sweeper is not None:
+            sweeper.add_chunk(probs, masks, meta)
+    scores = scorer.result()
     summary = dict(scores.summary)
     summary["best_epoch"] = info["epoch"]
     summary["checkpoint"] = runfs.BEST_CKPT
@@ -93,11 +110,8 @@ def evaluate_run(
     summary["soft_dice"] = scores.soft_dice
     if scores.volume_summary is not None:
         summary["per_volume"] = {**scores.volume_summary, "rows": scores.volume_rows}
-    pp = runfs.load_postprocess(run_dir)
-    if pp is not None:
-        # the deployed pipeline (tuned on validation); the raw numbers above stay the contract's
-        pp_probs = run_probs(net, val.images, cfg, state, tta=pp.tta) if pp.tta else probs
-        pp_summary, pp_rows = score_postprocessed(pp_probs, val.masks, val.meta, contract, pp.apply)
+    if pp_scorer is not None:
+        pp_summary, pp_rows = pp_scorer.result()
         summary["postprocessed"] = {**pp_summary, "rule": pp.to_json(), "rule_text": pp.describe()}
         runfs.write_csv(out_dir / runfs.CASES_PP_NAME, pp_rows)
     if data_config is None and part == "val":
@@ -115,7 +129,7 @@ def evaluate_run(
     if scores.volume_rows:
         runfs.write_csv(out_dir / runfs.VOLUMES_NAME, scores.volume_rows)
     if sweep:
-        sw = threshold_sweep(*sweep_cases(probs, val.masks, val.meta, contract), contract)
+        sw = sweeper.result()
         runfs.write_json(out_dir / runfs.SWEEP_NAME, sw)
         runfs.write_csv(out_dir / runfs.SWEEP_CSV_NAME, sw["rows"])
         summary["threshold_sweep"] = {k: v for k, v in sw.items() if k != "rows"}

@@ -58,7 +58,7 @@ def data_notes(fingerprint: dict, train) -> list[tuple[int, str]]:
     elif not fingerprint.get("mask_values_binary01", True):
         shown = ", ".join(str(v) for v in values[:8]) + (", ..." if len(values) > 8 else "")
         out.append((logging.INFO, f"mask values seen: {shown} — anything > 0 is treated as foreground"))
-    if len(train.masks) and not train.masks.any():
+    if len(train.masks) and not train.positive.any():
         out.append((logging.WARNING, "every training mask is empty: the network can only learn to predict nothing (check data.masks_dir)"))
     return out
 
@@ -155,12 +155,12 @@ def fit(cfg: Optional[Config] = None, resume: Optional[Path] = None, console: Op
     val = stack_part(loaded, split["val"])
     if len(train.images) == 0 or len(val.images) == 0:
         raise MedsegError("split: the training or validation set has no images")
-    check_sampler_pool(cfg.sampler, cfg.train.epochs, train.masks)
+    check_sampler_pool(cfg.sampler, cfg.train.epochs, train.positive)
     hashes = sample_hashes(train, val)
     if resume is not None:
         _check_same_data(run_dir, split, hashes)
     fingerprint = planned.fingerprint if planned else compute_fingerprint(loaded, split)
-    pos_fraction = float(train.masks.mean())
+    pos_fraction = train.foreground_fraction
     data = SegDataModule(cfg, train)
     module = SegModule(cfg, loaded.in_channels, pos_fraction, data.steps_per_epoch, precision)  # loads model.pretrained
 
@@ -209,7 +209,7 @@ def fit(cfg: Optional[Config] = None, resume: Optional[Path] = None, console: Op
     log.info("run %s: %d train / %d val images, precision %s, tcmalloc %s, channels_last %s", run_dir, len(train.images),
              len(val.images), precision, "on" if state["tcmalloc"] else "off (install libtcmalloc-minimal4 for ~30% faster CPU steps)",
              cfg.train.channels_last)
-    log.info(describe_sampler(cfg.sampler, train.masks))
+    log.info(describe_sampler(cfg.sampler, train.positive))
 
     def warn(message: str) -> None:
         # a training warning goes into the run's train.log and onto the console
@@ -271,7 +271,7 @@ def _follow(cfg: Optional[Config], resume: Optional[Path], started: "distributed
         raise MedsegError(f"DDP: rank {started.rank} reads different data than rank 0 ({describe_changes(saved, hashes)}; "
                           f"{run_dir / runfs.DATA_HASHES}): every rank must see the same data.dir")
     data = SegDataModule(cfg, train)
-    module = SegModule(cfg, loaded.in_channels, float(train.masks.mean()), data.steps_per_epoch, precision)
+    module = SegModule(cfg, loaded.in_channels, train.foreground_fraction, data.steps_per_epoch, precision)
     trainer = build_trainer(cfg, run_dir, precision, val, data.micro_batches, Console(stderr=True, quiet=True), progress=False)
     last = run_dir / runfs.LAST_CKPT
     trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume is not None and last.is_file() else None, weights_only=True)

@@ -7,16 +7,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from medseg.data.cache import LazyArray
+from medseg.data.cache import LazyArray, foreground_pixels
 from medseg.data.sources import LoadedData
 
 
 class SampleStack:
-    """The images of a split part as one (N, C, H, W) array that reads each sample from the cache when indexed.
+    """The images (N, C, H, W) or masks (N, H, W) of a split part as one array that reads each sample from the cache when indexed.
 
     What training and validation index the images with works: an int (one image), a slice or
     an index list/array (stacked), iteration, ``len``, ``shape``, ``dtype``; ``np.asarray``
-    reads them all. The network inputs of a cached dataset then live on disk, not in memory.
+    reads them all. The samples of a cached dataset then live on disk, not in memory.
 
     Args:
         items: one array per sample (`cache.LazyArray`s), all of one shape.
@@ -72,13 +72,31 @@ class SampleStack:
 class SplitArrays:
     """Arrays of one split part, with the samples' meta in the same order.
 
-    ``images`` is an ndarray for data in memory and a `SampleStack` (read on use) for data from
-    the on-disk cache; ``masks`` is always an ndarray (uint8, a quarter of a grey float image).
+    ``images`` (float32) and ``masks`` (uint8) are ndarrays for data in memory and
+    `SampleStack`s (read on use) for data from the on-disk cache. ``fg`` holds each mask's
+    foreground pixels, so what needs only "which images are positive" or "how much
+    foreground" (the sampler, its audit, fit's checks, the loss's prior) reads no mask.
     """
 
     images: "np.ndarray | SampleStack"
-    masks: np.ndarray
+    masks: "np.ndarray | SampleStack"
     meta: list[dict]
+    fg: np.ndarray = None  # (N,) int64
+
+    def __post_init__(self):
+        if self.fg is None:
+            self.fg = np.array([foreground_pixels(m) for m in self.masks], np.int64).reshape(-1)
+
+    @property
+    def positive(self) -> np.ndarray:
+        """(N,) bool: the mask has foreground."""
+        return self.fg > 0
+
+    @property
+    def foreground_fraction(self) -> float:
+        """Foreground pixels over all mask pixels (NaN for no sample)."""
+        pixels = int(np.prod(self.masks.shape)) if len(self.masks) else 0
+        return float(self.fg.sum() / pixels) if pixels else float("nan")
 
 
 def stack_part(loaded: LoadedData, case_ids: list[str]) -> SplitArrays:
@@ -96,7 +114,11 @@ def stack_part(loaded: LoadedData, case_ids: list[str]) -> SplitArrays:
         images = SampleStack([s.image for s in chosen])  # from the cache: read when indexed
     else:
         images = np.stack([s.image for s in chosen]).astype(np.float32, copy=False)
-    masks = np.stack([s.mask for s in chosen]).astype(np.uint8, copy=False)
+    if all(isinstance(s.mask, LazyArray) for s in chosen):
+        masks = SampleStack([s.mask for s in chosen], np.uint8)
+    else:
+        masks = np.stack([s.mask for s in chosen]).astype(np.uint8, copy=False)
+    fg = np.array([foreground_pixels(s.mask) for s in chosen], np.int64)
     meta = []
     for s in chosen:
         m = {"sample_id": s.sample_id, "case_id": s.case_id, **s.meta}
@@ -109,7 +131,7 @@ def stack_part(loaded: LoadedData, case_ids: list[str]) -> SplitArrays:
             z, r, c = loaded.volumes[vol]["spacing"]
             m["volume_spacing"] = [z, r / sy, c / sx]
         meta.append(m)
-    return SplitArrays(images, masks, meta)
+    return SplitArrays(images, masks, meta, fg)
 
 
 def sample_hashes(*parts: SplitArrays) -> dict[str, str]:

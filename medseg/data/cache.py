@@ -11,7 +11,9 @@ Layout, one entry per (data config, with or without masks, cache format)::
     CACHE_DIR/<source>-<key>/
       entry.json             what the key was made of (config, format), for people
       units/<h>.json         one unit's record: its samples' meta, what the loader derived, the
-                             size and mtime of every file it was made from
+                             size and mtime of every file it was made from, and the foreground
+                             pixels of each mask (per slice for a volume), so the sampler, its
+                             audit and fit's checks need no mask read
       units/<h>.<name>.npy   its arrays: an image (C, h, w) / mask (h, w); a volume once as
                              (Z, C, h, w) / (Z, h, w) -- 2.5D stacks are assembled at read time
 
@@ -44,7 +46,7 @@ from medseg.data.schema import DataConfig
 from medseg.errors import MedsegError
 
 # Bump when what a unit holds or how it is prepared changes: old entries are then not read.
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 UNITS = "units"
 ENTRY = "entry.json"
 # keys that do not change what a unit holds: where the cache is, and whether bad files raise
@@ -125,9 +127,10 @@ class StoredArray(LazyArray):
         repeat: each channel (axis 0) repeated this many times when read.
     """
 
-    def __init__(self, path: Path, shape: tuple[int, ...], dtype: np.dtype, offset: int, repeat: int = 1):
+    def __init__(self, path: Path, shape: tuple[int, ...], dtype: np.dtype, offset: int, repeat: int = 1, fg=None):
         self.path, self._shape, self.dtype, self.offset, self.repeat = Path(path), tuple(shape), np.dtype(dtype), offset, repeat
         self.shape = (self._shape[0] * repeat, *self._shape[1:]) if repeat > 1 else self._shape
+        self.fg = fg  # a mask's foreground pixels (a list per slice for a volume), recorded when it was stored
 
     def read(self) -> np.ndarray:
         count = int(np.prod(self._shape))
@@ -173,6 +176,7 @@ class StoredSlice(LazyArray):
     def __init__(self, volume: StoredArray, z: int):
         self.volume, self.z = volume, z
         self.shape, self.dtype = volume.shape[1:], volume.dtype
+        self.fg = volume.fg[z] if volume.fg is not None else None
 
     def read(self) -> np.ndarray:
         return self.volume.rows(self.z, self.z + 1)[0]
@@ -204,6 +208,19 @@ def context_image(volume: Any, z: int, k: int):
 def mask_slice(masks: Any, z: int):
     """Slice z of a (Z, h, w) mask volume, in memory or on disk."""
     return StoredSlice(masks, z) if isinstance(masks, StoredArray) else masks[z]
+
+
+def foreground_pixels(mask: Any) -> int:
+    """Foreground pixels of a mask: recorded with a stored one (no read), else counted."""
+    fg = getattr(mask, "fg", None)
+    return int(fg) if fg is not None else int(np.count_nonzero(np.asarray(mask)))
+
+
+def _foreground_record(key: str, arr: np.ndarray):
+    # masks only (every source names them "mask"): per slice for a (Z, h, w) volume
+    if key != "mask":
+        return None
+    return np.count_nonzero(arr.reshape(len(arr), -1), axis=1).tolist() if arr.ndim == 3 else int(np.count_nonzero(arr))
 
 
 def repeat_channels(image: Any, times: int):
@@ -241,6 +258,7 @@ class MemoryStore:
         self.built, self.reused = 0, 0
 
     def restore(self, name: str, files: Iterable[Any] = ()) -> Optional[dict]:
+        """None: every unit is prepared (a `DiskStore` may answer a record, or `SKIP`)."""
         return None
 
     def put(self, name: str, arrays: dict[str, Optional[np.ndarray]], record: dict, files: Iterable[Any] = ()) -> dict:
@@ -356,7 +374,7 @@ class DiskStore:
                 return None
             if list(shape) != spec["shape"] or str(dtype) != spec["dtype"] or apath.stat().st_size != offset + int(np.prod(shape)) * dtype.itemsize:
                 return None
-            arrays[key] = StoredArray(apath, shape, dtype, offset)
+            arrays[key] = StoredArray(apath, shape, dtype, offset, fg=spec.get("fg"))
         self.reused += 1
         out = {k: v for k, v in record.items() if k not in ("files", "array_shapes", "cache_format", "name")}
         out["arrays"] = arrays
@@ -381,9 +399,10 @@ class DiskStore:
             arr = np.ascontiguousarray(arr)
             apath = self.units / f"{stem}.{key}.npy"
             _atomic_write_bytes(apath, lambda f, a=arr: np.save(f, a, allow_pickle=False))
-            shapes[key] = {"shape": list(arr.shape), "dtype": str(arr.dtype)}
+            fg = _foreground_record(key, arr)
+            shapes[key] = {"shape": list(arr.shape), "dtype": str(arr.dtype), "fg": fg}
             # the data is the file's tail: no need to read the header back
-            stored[key] = StoredArray(apath, arr.shape, arr.dtype, apath.stat().st_size - arr.nbytes)
+            stored[key] = StoredArray(apath, arr.shape, arr.dtype, apath.stat().st_size - arr.nbytes, fg=fg)
         full = {**record, "name": name, "cache_format": CACHE_FORMAT, "array_shapes": shapes, "files": file_stats(files)}
         text = json.dumps(full, default=_json_default).encode()
         _atomic_write_bytes(self.units / f"{stem}.json", lambda f: f.write(text))
@@ -393,6 +412,32 @@ class DiskStore:
     def disk_bytes(self) -> int:
         """Bytes the entry holds on disk."""
         return sum(p.stat().st_size for p in self.entry.rglob("*") if p.is_file())
+
+
+# `restore`'s answer for a unit another builder prepares: the source skips it (no sample, no error)
+SKIP = {"skip": True}
+
+
+class ShardStore(DiskStore):
+    """A `DiskStore` that prepares only its share of the units: one of several parallel builders (`medseg cache --workers`).
+
+    Units are dealt out by a hash of their name, so builders need no coordination; a unit
+    another shard owns is answered with `SKIP`. Run a plain load after the builders: it reads
+    every unit back (and prepares any a builder could not, reporting bad files as usual).
+
+    Args:
+        cache_dir / cfg / with_masks: as `DiskStore`.
+        shard / shards: this builder and the number of builders.
+    """
+
+    def __init__(self, cache_dir: Path, cfg: DataConfig, with_masks: bool, shard: int, shards: int):
+        super().__init__(cache_dir, cfg, with_masks)
+        self.shard, self.shards = int(shard), int(shards)
+
+    def restore(self, name: str, files: Iterable[Any] = ()) -> Optional[dict]:
+        if int(self._stem(name), 16) % self.shards != self.shard:
+            return SKIP
+        return super().restore(name, files)
 
 
 def open_store(cfg: DataConfig, with_masks: bool):

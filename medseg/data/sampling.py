@@ -226,36 +226,49 @@ class CropDataset(SegDataset):
 # Wiring for fit, and the epoch audit
 
 
-def check_sampler_pool(sampler_cfg, epochs: int, masks: np.ndarray) -> None:
-    """Fail before training when the config asks for positives the training set lacks."""
+def check_sampler_pool(sampler_cfg, epochs: int, positive: np.ndarray) -> None:
+    """Fail before training when the config asks for positives the training set lacks.
+
+    Args:
+        positive: (N,) bool, the training image has foreground (`SplitArrays.positive`).
+    """
     targets = list(sampler_cfg.schedule or []) + ([sampler_cfg.positive_share] if sampler_cfg.positive_share is not None else [])
-    if any(t > 0 for t in targets) and not positive_images(masks).any():
+    if any(t > 0 for t in targets) and not np.asarray(positive, bool).any():
         key = "sampler.schedule" if sampler_cfg.schedule else "sampler.positive_share"
         raise MedsegError(f"config error: {key}: asks for positive images but the training set has no image with foreground")
 
 
 def build_train_dataset(images: np.ndarray, masks: np.ndarray, augment, sampler_cfg) -> SegDataset:
-    """The training dataset: full images, or crops when sampler.crop_size is set."""
+    """The training dataset: full images, or crops when sampler.crop_size is set.
+
+    Args:
+        images / masks: ndarrays, or `SampleStack`s that read each sample from the cache when drawn.
+    """
     if sampler_cfg.crop_size is None or tuple(sampler_cfg.crop_size) == tuple(masks.shape[1:]):
         return SegDataset(images, masks, augment)
     return CropDataset(images, masks, augment, sampler_cfg.crop_size, sampler_cfg.foreground_crop_share)
 
 
 def build_train_sampler(
-    sampler_cfg, masks: np.ndarray, batch_size: int, seed: int, epochs: int, num_samples: int, rank: int = 0, world_size: int = 1
+    sampler_cfg, positive: np.ndarray, batch_size: int, seed: int, epochs: int, num_samples: int, rank: int = 0, world_size: int = 1
 ) -> Sampler:
-    """SeededSampler (natural order) when no target is set, else PositiveAwareSampler."""
+    """SeededSampler (natural order) when no target is set, else PositiveAwareSampler.
+
+    Args:
+        positive: (N,) bool per training image (`SplitArrays.positive`: from the cache's
+            records, no mask read).
+    """
     schedule = sampler_cfg.schedule or ([sampler_cfg.positive_share] if sampler_cfg.positive_share is not None else None)
     if schedule is None:
-        return SeededSampler(len(masks), seed, num_samples=num_samples, rank=rank, world_size=world_size)
+        return SeededSampler(len(positive), seed, num_samples=num_samples, rank=rank, world_size=world_size)
     return PositiveAwareSampler(
-        positive_images(masks), batch_size, seed, schedule, epochs=epochs, num_samples=num_samples, rank=rank, world_size=world_size
+        positive, batch_size, seed, schedule, epochs=epochs, num_samples=num_samples, rank=rank, world_size=world_size
     )
 
 
-def describe_sampler(sampler_cfg, masks: np.ndarray) -> str:
+def describe_sampler(sampler_cfg, positive: np.ndarray) -> str:
     """One line for the run log: the natural positive share and what the sampler does with it."""
-    natural = float(positive_images(masks).mean()) if len(masks) else float("nan")
+    natural = float(np.mean(positive)) if len(positive) else float("nan")
     if sampler_cfg.schedule:
         what = f"positive share scheduled {sampler_cfg.schedule} (piecewise constant over the epochs)"
     elif sampler_cfg.positive_share is not None:

@@ -21,22 +21,28 @@ from medseg.errors import MedsegError
 from medseg.inference import run_probs
 from medseg.metrics import MetricContract
 from medseg.metrics.lesions import label_components
-from medseg.metrics.sweep import sweep_cases, threshold_sweep
-from medseg.metrics.validation import ValidationScores, score_validation
+from medseg.metrics.sweep import SweepCounter
+from medseg.metrics.validation import ValidationScorer, ValidationScores, case_chunks
 
 # Side of the thumbnails compared for duplicates: small enough that noise averages out and
 # re-encoding or slight resizing does not matter, large enough to tell two anatomies apart.
 THUMB_SIDE = 16
+# validation images per streamed chunk, in eval batches (as evaluate and training's validation)
+CHUNK_BATCHES = 4
 
 
 @dataclass
 class EvalEvidence:
     """The best checkpoint re-run on the validation images (hard metrics under the contract).
 
+    The validation images are predicted and scored a chunk of whole cases at a time (no
+    probability map of the whole set is kept); what the checks need of the probabilities is
+    summarised as they stream.
+
     Attributes:
-        probs: (N, H, W) validation probabilities (NaN replaced by 0 when `probs_finite` is False).
-        masks: (N, H, W) bool validation masks at input size.
-        val_ids / train_ids: sample ids in the same order as the arrays.
+        prob_max: the highest validation probability (NaN counted as 0).
+        mid_probability_share: share of validation pixels with probability strictly between 0.01 and 0.99.
+        val_ids / train_ids: sample ids in validation / training order.
         probs_finite: the network produced only finite probabilities.
         hard_rows: `case_metrics` rows at the contract threshold, kind hard.
         hard_summary: their summary (per-image or global reduction as the contract says).
@@ -54,8 +60,8 @@ class EvalEvidence:
             (`scores.summary` is the contract's summary: per volume for a per-volume contract).
     """
 
-    probs: np.ndarray
-    masks: np.ndarray
+    prob_max: float
+    mid_probability_share: float
     val_ids: list[str]
     train_ids: list[str]
     probs_finite: bool
@@ -207,6 +213,13 @@ def found_lesion_dice(pred: np.ndarray, truth: np.ndarray) -> list[float]:
     return out
 
 
+def _distinct(masks) -> np.ndarray:
+    """The distinct values of a stack of masks; one mask at a time for a stack read from the cache."""
+    if isinstance(masks, np.ndarray):
+        return np.unique(masks) if masks.size else np.zeros(0)
+    return np.unique(np.concatenate([np.unique(m) for m in masks])) if len(masks) else np.zeros(0)
+
+
 def gather_eval(ev: RunEvidence, loaded=None) -> EvalEvidence:
     """Reload the data, predict the validation images with the best checkpoint, collect statistics.
 
@@ -229,33 +242,41 @@ def gather_eval(ev: RunEvidence, loaded=None) -> EvalEvidence:
         raise MedsegError(f"{ev.run_dir / runfs.SPLIT}: none of the validation cases is in the data any more")
     in_channels = int(ev.state.get("in_channels", loaded.in_channels))
     net, info = runfs.load_network(ev.run_dir, cfg, in_channels)
-    # the same inference (device, precision, batching) as evaluate and training's validation
-    probs = run_probs(net, val.images, cfg, ev.state)
-    finite = bool(np.isfinite(probs).all())
-    probs = np.nan_to_num(probs, nan=0.0, posinf=1.0, neginf=0.0)
-    masks = val.masks > 0
     hard = MetricContract(**ev.contract).model_copy(update={"kind": "hard"})
-    scores = score_validation(probs, masks, val.meta, hard, surface=False)
-    lesion_dice: list[float] = []
-    for p, m in zip(probs, masks):
-        lesion_dice.extend(found_lesion_dice(p >= hard.threshold, m))
+    scorer, counter = ValidationScorer(hard, surface=False), SweepCounter(hard)
+    finite, lesion_dice, prob_max, mid, pixels = True, [], 0.0, 0, 0
+    for idx in case_chunks(val.meta, CHUNK_BATCHES * max(1, cfg.eval.batch_size)):
+        meta = [val.meta[i] for i in idx]
+        masks = np.asarray(val.masks[idx]) > 0
+        # the same inference (device, precision, batching) as evaluate and training's validation
+        probs = run_probs(net, val.images[idx], cfg, ev.state)
+        finite = finite and bool(np.isfinite(probs).all())
+        probs = np.nan_to_num(probs, nan=0.0, posinf=1.0, neginf=0.0)
+        scorer.add(probs, masks, meta)
+        counter.add_chunk(probs, masks, meta)
+        for p, m in zip(probs, masks):
+            lesion_dice.extend(found_lesion_dice(p >= hard.threshold, m))
+        prob_max = max(prob_max, float(probs.max()))
+        mid += int(np.count_nonzero((probs > 0.01) & (probs < 0.99)))
+        pixels += probs.size
+    scores = scorer.result()
     return EvalEvidence(
-        probs=probs,
-        masks=masks,
+        prob_max=prob_max,
+        mid_probability_share=mid / max(pixels, 1),
         val_ids=[m["sample_id"] for m in val.meta],
         train_ids=[m["sample_id"] for m in train.meta],
         probs_finite=finite,
         hard_rows=scores.image_rows,
         hard_summary=scores.image_summary,
         soft_dice=scores.soft_dice,
-        sweep=threshold_sweep(*sweep_cases(probs, masks, val.meta, hard), hard),
+        sweep=counter.result(),
         found_lesion_dice=lesion_dice,
         thumbs_train=thumbnails(train.images),
         thumbs_val=thumbnails(val.images),
         intensity_train=intensity_stats(train.images),
         intensity_val=intensity_stats(val.images),
-        mask_values=sorted({float(v) for m in (train.masks, val.masks) if m.size for v in np.unique(m)}),
-        train_positive_share=float((train.masks.reshape(len(train.masks), -1).max(1) > 0).mean()) if len(train.masks) else float("nan"),
+        mask_values=sorted({float(v) for m in (train.masks, val.masks) for v in _distinct(m)}),
+        train_positive_share=float(train.positive.mean()) if len(train.masks) else float("nan"),
         best_epoch=int(info["epoch"]),
         scores=scores,
     )

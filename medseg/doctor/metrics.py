@@ -64,7 +64,7 @@ def soft_contract(ev: RunEvidence) -> Finding | None:
 def _predicts_something(ev: RunEvidence, sw: dict) -> bool:
     """The flat curve is not just 'nothing predicted at any threshold' (that is a model problem)."""
     if ev.eval is not None:
-        return bool((ev.eval.probs >= min(r["threshold"] for r in sw["rows"])).any())
+        return ev.eval.prob_max >= min(r["threshold"] for r in sw["rows"])
     return any(finite(r.get("recall")) and r["recall"] > 0 for r in sw.get("rows", []))
 
 
@@ -76,8 +76,7 @@ def flat_sweep(ev: RunEvidence) -> Finding | None:
     value = sw.get("best_value")
     mid = 0.0
     if ev.eval is not None:
-        p = ev.eval.probs
-        mid = float(((p > 0.01) & (p < 0.99)).mean())
+        mid = ev.eval.mid_probability_share
     return Finding(
         id="metrics.threshold_blind", family="metrics", severity="serious", confidence=0.85, impact=0.85,
         title=f"validation Dice is {value:.4f} at every threshold from {sw['rows'][0]['threshold']:.2f} to {sw['rows'][-1]['threshold']:.2f}",

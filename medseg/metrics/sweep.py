@@ -40,11 +40,54 @@ def case_counts(prob: np.ndarray, truth: np.ndarray, thresholds: np.ndarray) -> 
     return _counts_above(pos, thresholds), _counts_above(neg, thresholds), n_pos, t.size - n_pos
 
 
+def _thresholds(thresholds: Sequence[float]) -> np.ndarray:
+    thr = np.unique(np.round(np.asarray(thresholds, dtype=float), 10))
+    if thr.size == 0 or thr.min() <= 0 or thr.max() >= 1:
+        raise ValueError("thresholds must lie in (0, 1)")
+    return thr
+
+
+DEFAULT_THRESHOLDS = np.arange(0.05, 0.951, 0.05)
+
+
+class SweepCounter:
+    """`threshold_sweep` case by case: add cases (or chunks of whole cases with `add_chunk`), then `result()`.
+
+    Only each case's (tp, fp) at every threshold and its pixel counts are kept, so a sweep over
+    a large validation set holds no probabilities.
+
+    Args:
+        contract / thresholds / metric: as `threshold_sweep`.
+    """
+
+    def __init__(self, contract: MetricContract, thresholds: Sequence[float] = DEFAULT_THRESHOLDS, metric: str = "dice"):
+        if metric not in SWEEP_METRICS:
+            raise ValueError(f"metric must be one of {', '.join(SWEEP_METRICS)} (got {metric!r})")
+        self.contract, self.metric = contract, metric
+        self.thr = _thresholds(thresholds)
+        self.counts: list[tuple] = []
+
+    def add(self, prob: np.ndarray, truth: np.ndarray) -> None:
+        """One case: its probability map and binary truth (2D or 3D)."""
+        self.counts.append(case_counts(prob, truth, self.thr))
+
+    def add_chunk(self, probs: Sequence[np.ndarray], truths: Sequence[np.ndarray], meta: Sequence[dict] | None) -> None:
+        """Per-slice arrays of whole cases (every slice of a volume in the chunk), grouped as `sweep_cases` groups them."""
+        for p, t in zip(*sweep_cases(probs, truths, meta, self.contract)):
+            self.add(p, t)
+
+    def result(self) -> dict:
+        """The sweep of every case added (see `threshold_sweep` for the fields)."""
+        if not self.counts:
+            raise ValueError("need matching, non-empty lists of predictions and truths (got no case)")
+        return _sweep_from_counts(self.counts, self.thr, self.contract, self.metric)
+
+
 def threshold_sweep(
     probs: Sequence[np.ndarray],
     truths: Sequence[np.ndarray],
     contract: MetricContract,
-    thresholds: Sequence[float] = np.arange(0.05, 0.951, 0.05),
+    thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
     metric: str = "dice",
 ) -> dict:
     """Dice, IoU, precision, recall and fp_rate_empty at each threshold; the best threshold.
@@ -67,15 +110,15 @@ def threshold_sweep(
         flat (the metric varies by less than 1e-6 across thresholds) and warning (why the
         result is suspect, or None), plus contract, contract_text, metrics_version.
     """
-    if metric not in SWEEP_METRICS:
-        raise ValueError(f"metric must be one of {', '.join(SWEEP_METRICS)} (got {metric!r})")
-    if len(probs) != len(truths) or not probs:
+    if len(probs) != len(truths) or not len(probs):
         raise ValueError(f"need matching, non-empty lists of predictions and truths (got {len(probs)} and {len(truths)})")
-    thr = np.unique(np.round(np.asarray(thresholds, dtype=float), 10))
-    if thr.size == 0 or thr.min() <= 0 or thr.max() >= 1:
-        raise ValueError("thresholds must lie in (0, 1)")
+    counter = SweepCounter(contract, thresholds, metric)
+    for p, t in zip(probs, truths):
+        counter.add(p, t)
+    return counter.result()
 
-    counts = [case_counts(p, t, thr) for p, t in zip(probs, truths)]
+
+def _sweep_from_counts(counts: list[tuple], thr: np.ndarray, contract: MetricContract, metric: str) -> dict:
     tp = np.stack([c[0] for c in counts]).astype(float)  # (cases, thresholds)
     fp = np.stack([c[1] for c in counts]).astype(float)
     n_pos = np.array([c[2] for c in counts], dtype=float)[:, None]

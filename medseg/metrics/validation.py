@@ -62,12 +62,86 @@ class ValidationScores:
 
 def volume_metrics(probs: np.ndarray, masks: np.ndarray, meta: Sequence[dict], contract: MetricContract, surface: bool = True) -> dict:
     """Stack 2D slice predictions back into volumes and score each volume: {rows, summary}."""
+    rows = _volume_rows(probs, masks, meta, contract, surface)
+    return {"rows": rows, "summary": summarize(rows, contract)}
+
+
+def _volume_rows(probs, masks, meta, contract: MetricContract, surface: bool) -> list[dict]:
     rows = []
     for vol, idx in slices_by_volume(meta).items():
         spacing = meta[idx[0]].get("volume_spacing")
-        r = case_metrics(probs[idx], masks[idx], contract, spacing=tuple(spacing) if spacing else None, surface=surface)
+        m = np.stack([np.asarray(masks[i]) for i in idx])  # one read per slice, also for masks from the cache
+        r = case_metrics(np.asarray(probs)[idx], m, contract, spacing=tuple(spacing) if spacing else None, surface=surface)
         rows.append({"volume": vol, "n_slices": len(idx), **r})
-    return {"rows": rows, "summary": summarize(rows, contract)}
+    return rows
+
+
+def case_chunks(meta: Sequence[dict], images_per_chunk: int) -> list[list[int]]:
+    """Sample indices in chunks of whole cases, for validation that streams: every slice of a volume in one chunk.
+
+    Images are taken ``images_per_chunk`` at a time; a volume is one chunk whatever its size
+    (it is scored as one case). Chunks come in the order `score_validation` lists cases.
+    """
+    if has_volumes(meta):
+        return [list(map(int, idx)) for idx in slices_by_volume(meta).values()]
+    n, step = len(meta), max(1, int(images_per_chunk))
+    return [list(range(i, min(i + step, n))) for i in range(0, n, step)]
+
+
+class ValidationScorer:
+    """`score_validation` case by case: add chunks of whole cases, then `result()`.
+
+    Validation then holds one chunk's probabilities at a time (memory does not grow with the
+    validation set), and gives the numbers `score_validation` gives for all at once: the same
+    rows in the same order, the same reductions.
+
+    Args:
+        contract / surface / soft: as `score_validation`.
+    """
+
+    def __init__(self, contract: MetricContract, surface: bool = False, soft: bool = True):
+        self.contract, self.surface, self.soft = contract, surface, soft
+        self.image_rows: list[dict] = []
+        self.volume_rows: list[dict] = []
+        self.soft_rows: list[dict] = []
+        self.volumes = False
+
+    def add(self, probs: np.ndarray, masks, meta: Sequence[dict]) -> None:
+        """Score one chunk: (n, H, W) probabilities, their masks (ndarray or a cached stack) and meta.
+
+        Every slice of a volume in the chunk must be in it (`case_chunks`).
+        """
+        soft_c = image_contract(self.contract).model_copy(update={"kind": "soft"})
+        for p, m, info in zip(probs, masks, meta):
+            m = np.asarray(m)
+            spacing = tuple(info["spacing_input"]) if info.get("spacing_input") else None
+            r = case_metrics(p, m, self.contract, spacing=spacing, surface=self.surface)
+            self.image_rows.append({"case": info["sample_id"], "case_id": info.get("case_id"), **r})
+            if self.soft:
+                self.soft_rows.append(case_metrics(p, m, soft_c, surface=False))
+        if has_volumes(meta):
+            self.volumes = True
+            self.volume_rows.extend(_volume_rows(probs, masks, meta, self.contract, self.surface))
+
+    def merge(self, other: "ValidationScorer") -> None:
+        """Append another scorer's rows (another DDP rank's shard)."""
+        self.image_rows += other.image_rows
+        self.volume_rows += other.volume_rows
+        self.soft_rows += other.soft_rows
+        self.volumes = self.volumes or other.volumes
+
+    def result(self) -> ValidationScores:
+        per_image = image_contract(self.contract)
+        out = ValidationScores(image_rows=self.image_rows, image_summary=summarize(self.image_rows, per_image))
+        out.summary = out.image_summary
+        if self.volumes:
+            out.volume_rows, out.volume_summary = self.volume_rows, summarize(self.volume_rows, self.contract)
+            if self.contract.reduction == "per_volume":
+                out.summary = out.volume_summary
+        if self.soft:
+            soft_c = per_image.model_copy(update={"kind": "soft"})
+            out.soft_dice = float(summarize(self.soft_rows, soft_c)["dice"])
+        return out
 
 
 def score_validation(
@@ -82,30 +156,16 @@ def score_validation(
 
     Args:
         probs: (N, H, W) probabilities in [0, 1].
-        masks: (N, H, W) binary truths.
+        masks: (N, H, W) binary truths (an ndarray, or a `SampleStack` read from the cache).
         meta: per-image dicts with `sample_id` (and `case_id`, `spacing_input`, `volume`,
             `slice`, `volume_spacing` where known), as `data.arrays.stack_part` makes them.
         contract: the metric contract.
         surface: also compute HD95/ASD (the slow part; Dice and the rest do not depend on it).
         soft: also compute the soft Dice.
     """
-    rows = []
-    for p, m, info in zip(probs, masks, meta):
-        spacing = tuple(info["spacing_input"]) if info.get("spacing_input") else None
-        r = case_metrics(p, m, contract, spacing=spacing, surface=surface)
-        rows.append({"case": info["sample_id"], "case_id": info.get("case_id"), **r})
-    per_image = image_contract(contract)
-    out = ValidationScores(image_rows=rows, image_summary=summarize(rows, per_image))
-    out.summary = out.image_summary
-    if has_volumes(meta):
-        vol = volume_metrics(probs, masks, meta, contract, surface=surface)
-        out.volume_rows, out.volume_summary = vol["rows"], vol["summary"]
-        if contract.reduction == "per_volume":
-            out.summary = vol["summary"]
-    if soft:
-        soft_c = per_image.model_copy(update={"kind": "soft"})
-        out.soft_dice = float(summarize([case_metrics(p, m, soft_c, surface=False) for p, m in zip(probs, masks)], soft_c)["dice"])
-    return out
+    scorer = ValidationScorer(contract, surface=surface, soft=soft)
+    scorer.add(probs, masks, meta)
+    return scorer.result()
 
 
 def dice_from_counts(counts: Sequence[tuple], contract: MetricContract) -> float:
@@ -121,6 +181,31 @@ def dice_from_counts(counts: Sequence[tuple], contract: MetricContract) -> float
         return float(overlap_scores(*c.sum(axis=0), empty_empty=bool(ee.all()), empty_score=contract.empty_score())["dice"])
     dice = np.asarray(overlap_scores(c[:, 0], c[:, 1], c[:, 2], c[:, 3], ee, contract.empty_score())["dice"], dtype=np.float64)
     return float(np.nanmean(dice)) if np.isfinite(dice).any() else math.nan
+
+
+class PostprocessedScorer:
+    """`score_postprocessed` chunk by chunk: add chunks of whole cases (`case_chunks`), then `result()`.
+
+    Args:
+        contract / apply: as `score_postprocessed`.
+    """
+
+    def __init__(self, contract: MetricContract, apply: Callable[[np.ndarray], np.ndarray]):
+        self.hard = contract.model_copy(update={"kind": "hard", "threshold": 0.5})
+        self.contract, self.apply = contract, apply
+        self.rows: list[dict] = []
+        self.n_images = 0
+
+    def add(self, probs: np.ndarray, masks, meta: Sequence[dict]) -> None:
+        cases_p, cases_m = sweep_cases(probs, [np.asarray(m) for m in masks], meta, self.contract)
+        for p, m in zip(cases_p, cases_m):
+            self.rows.append({"case_index": len(self.rows), **case_metrics(self.apply(p).astype(np.float32), m, self.hard, surface=True)})
+        self.n_images += len(probs)
+
+    def result(self) -> tuple[dict, list[dict]]:
+        summary = summarize(self.rows, image_contract(self.hard))
+        summary["cases"] = "volumes" if len(self.rows) != self.n_images else "images"
+        return summary, self.rows
 
 
 def score_postprocessed(
@@ -140,13 +225,9 @@ def score_postprocessed(
         contract: the run's contract (its reduction and empty policy; the masks are already binary).
         apply: probability map of one case -> its final boolean mask (`PostProcess.apply`).
     """
-    hard_contract = contract.model_copy(update={"kind": "hard", "threshold": 0.5})
-    cases_p, cases_m = sweep_cases(probs, masks, meta, contract)
-    rows = [{"case_index": i, **case_metrics(apply(p).astype(np.float32), m, hard_contract, surface=True)}
-            for i, (p, m) in enumerate(zip(cases_p, cases_m))]
-    summary = summarize(rows, image_contract(hard_contract))
-    summary["cases"] = "volumes" if len(cases_p) != len(probs) else "images"
-    return summary, rows
+    scorer = PostprocessedScorer(contract, apply)
+    scorer.add(probs, masks, meta)
+    return scorer.result()
 
 
 def score(probs: Sequence[np.ndarray], truths: Sequence[np.ndarray], contract: Optional[MetricContract] = None,

@@ -9,6 +9,10 @@ with the rules below, and write every value with the reason for it to plan.json:
   cover at least ``plan.min_lesion_px`` pixels at the input; each side rounded up to a multiple
   of the model's output stride (its registry spec: 32 for the FlexibleUNets) and capped at ``plan.max_side`` (256 on CPU, 1024
   on a GPU), never below ``sampler.crop_size``.
+* patches (``plan.patches: auto``; off by default): when the smallest lesions would need an
+  input above that cap, images are kept at the size that keeps them (at most 1024 px on a CPU,
+  2048 on a GPU) and training takes cap-sized crops (``sampler.crop_size``, a third centred on
+  foreground) predicted with sliding windows of the crop size (``eval.sliding_window``).
 * ``sampler.positive_share``: 0.5 when fewer than half of the training images hold foreground
   (so a batch is never mostly empty); null (natural order) when most images are positive or
   none is. Not planned when ``sampler.schedule`` is set.
@@ -80,6 +84,8 @@ PLAN_VERSION = 1
 BASE_SIDE = 256
 SIDE_MULTIPLE = 32  # the default model's output stride; make_plan uses the configured model's
 MAX_SIDE = {"cpu": 256, "gpu": 1024}
+# plan.patches auto: the largest side images are kept at when training on crops of MAX_SIDE
+PATCH_MAX_SIDE = {"cpu": 1024, "gpu": 2048}
 # sampler
 POSITIVE_SHARE_TARGET = 0.5
 # loss
@@ -190,6 +196,33 @@ def plan_input_size(fp: dict, device: str, min_lesion_px: float, max_side: Optio
         short = " (below the target: a larger plan.max_side would keep them)" if at_input < min_lesion_px - 1e-6 else ""
         why.append(f"smallest 5% of lesions: {a05:.1f} px at {where}, ~{at_input:.1f} px at input (target >= {min_lesion_px:g}){short}")
     return [h, w], "; ".join(why)
+
+
+def plan_patches(fp: dict, device: str, min_lesion_px: float, max_side: Optional[int], multiple: int = SIDE_MULTIPLE
+                 ) -> tuple[Optional[tuple[list[int], list[int]]], str]:
+    """((input (h, w), crop (h, w)), why) when whole images at max_side would shrink the smallest lesions below the target, else (None, why).
+
+    The input is the size that keeps the smallest 5% of lesions at ``min_lesion_px`` (never above
+    the median original image, at most `PATCH_MAX_SIDE`); the crop is the whole-image cap, so a
+    step costs what a resized image costs, and inference slides windows of the crop size.
+    """
+    H = float((fp.get("orig_height") or {}).get("q50") or BASE_SIDE)
+    W = float((fp.get("orig_width") or {}).get("q50") or BASE_SIDE)
+    cap = int(max_side or MAX_SIDE[device])
+    cap_side = max(multiple, cap - cap % multiple)
+    a05, where = smallest_lesion_area(fp)
+    if a05 is None:
+        return None, "no lesions: whole images"
+    scale = min(1.0, math.sqrt(min_lesion_px / a05))
+    h, w = _round_up(H * scale, multiple), _round_up(W * scale, multiple)
+    if max(h, w) <= cap_side:
+        return None, f"whole images at most {cap_side} px keep the smallest 5% of lesions ({a05:.1f} px at {where}) >= {min_lesion_px:g} px"
+    top = PATCH_MAX_SIDE[device]
+    h, w = min(h, top - top % multiple), min(w, top - top % multiple)
+    crop = [min(cap_side, h), min(cap_side, w)]
+    return ([h, w], crop), (f"the smallest 5% of lesions ({a05:.1f} px at {where}) need a {max(h, w)} px input to keep >= "
+                            f"{min_lesion_px:g} px, above the {cap_side} px whole-image cap: images kept at {h}x{w}, trained on "
+                            f"{crop[0]}x{crop[1]} crops, predicted with sliding windows of that size")
 
 
 def _train_stats(fp: dict) -> dict:
@@ -395,8 +428,16 @@ def make_plan(cfg: Config, fp: dict, measure: Optional[bool] = None, world: int 
     crop = tuple(cfg.sampler.crop_size) if cfg.sampler.crop_size else None
 
     stride = get_model_spec(cfg.model.name).output_stride(cfg.model.channels)
-    size, why = plan_input_size(fp, device, cfg.plan.min_lesion_px, cfg.plan.max_side, crop, multiple=stride)
-    size = p.decide("data.input_size", size, why)
+    patches = None
+    if cfg.plan.patches == "auto" and crop is None and not p.is_user("data.input_size"):
+        patches, why = plan_patches(fp, device, cfg.plan.min_lesion_px, cfg.plan.max_side, multiple=stride)
+    if patches is not None:
+        size = p.decide("data.input_size", patches[0], why)
+        crop = tuple(p.decide("sampler.crop_size", patches[1], why))
+        p.decide("eval.sliding_window.roi_size", list(crop), why)
+    else:
+        size, why = plan_input_size(fp, device, cfg.plan.min_lesion_px, cfg.plan.max_side, crop, multiple=stride)
+        size = p.decide("data.input_size", size, why)
 
     if cfg.sampler.schedule is not None:
         p.note("sampler.positive_share", "user", "not planned: sampler.schedule is set")

@@ -18,7 +18,7 @@ from medseg.report.context import RunContext, fmt, load_context
 from medseg.report.html import render_html
 from medseg.report.markdown import render_markdown
 from medseg.report.model import Note, Report, Section
-from medseg.report.predictions import predict_validation, sweep_from_predictions
+from medseg.report.predictions import pick_cases, predict_validation
 
 REPORT_HTML = runfs.REPORT_HTML
 REPORT_MD = runfs.REPORT_MD
@@ -76,7 +76,9 @@ def build_report(run_dir: Path, val=None, console: Optional[Console] = None, pre
 
 def _add_predictions(ctx: RunContext, val) -> None:
     try:
-        ctx.preds = predict_validation(ctx.run_dir, ctx.cfg, ctx.state, val)
+        best, worst = pick_cases(ctx.cases)
+        ctx.preds = predict_validation(ctx.run_dir, ctx.cfg, ctx.state, val, keep=[str(r["case"]) for r in best + worst],
+                                       sweep=ctx.sweep is None)
     except MedsegError as e:
         ctx.preds_error = f"could not run the checkpoint on the validation images ({e})"
         return
@@ -85,11 +87,11 @@ def _add_predictions(ctx: RunContext, val) -> None:
         ctx.preds_error = f"running the checkpoint failed ({type(e).__name__}: {e})"
         return
     if ctx.sweep is None:
-        try:
-            ctx.sweep = sweep_from_predictions(ctx.preds, ctx.cfg)
+        if ctx.preds.sweep is not None:
+            ctx.sweep = ctx.preds.sweep
             ctx.sweep_source = "the best checkpoint on the validation split, computed for this report"
-        except ValueError as e:
-            ctx.preds_error = f"threshold sweep failed ({e})"
+        else:
+            ctx.preds_error = ctx.preds.sweep_error
 
 
 def _safe(ctx: RunContext, section_id: str, title: str, builder: Callable[[RunContext], Section]) -> Section:

@@ -1,48 +1,86 @@
-"""The best checkpoint run on the validation images, for the overlays and the threshold curve."""
+"""The best checkpoint run on the validation images, for the overlays and the threshold curve (streamed)."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Iterable, Optional
 
 import numpy as np
 
 from medseg import runfolder as runfs
 from medseg.config import Config
 from medseg.inference import run_probs
-from medseg.metrics import sweep_cases, threshold_sweep
+from medseg.metrics.sweep import SweepCounter
+from medseg.metrics.validation import case_chunks
+
+# images per streamed chunk, in eval batches (as evaluate and training's validation)
+CHUNK_BATCHES = 4
 
 
 @dataclass
 class ValPredictions:
-    """Validation images, truths and predicted probabilities, in the same order as `sample_ids`."""
+    """The best checkpoint run on the validation images, streamed: the arrays of the cases asked for, and the sweep of all.
 
-    images: np.ndarray  # (N, C, H, W) normalised network inputs
-    masks: np.ndarray  # (N, H, W) binary
-    probs: np.ndarray  # (N, H, W) in [0, 1]
+    Attributes:
+        sample_ids: the kept cases, in validation order; ``images`` / ``masks`` / ``probs`` hold
+            their normalised inputs (C, H, W), binary truths and probabilities in the same order.
+        sweep: `threshold_sweep` over every validation case (None when not asked for or not computable).
+        sweep_error: why there is no sweep, when it failed.
+        n_images: validation images predicted.
+    """
+
     sample_ids: list[str]
-    meta: Optional[list[dict]] = None  # per-sample meta (volume, slice) for per-volume sweeps
+    images: list[np.ndarray]
+    masks: list[np.ndarray]
+    probs: list[np.ndarray]
+    sweep: Optional[dict] = None
+    sweep_error: str = ""
+    n_images: int = 0
 
 
-def predict_validation(run_dir: Path, cfg: Config, state: dict, val=None) -> ValPredictions:
-    """Run the best checkpoint on the validation split.
+def predict_validation(run_dir: Path, cfg: Config, state: dict, val=None, keep: Optional[Iterable[str]] = None,
+                       sweep: bool = True) -> ValPredictions:
+    """Run the best checkpoint on the validation split, a chunk of whole cases at a time.
+
+    Memory holds one chunk and the kept cases, not the validation set's probabilities.
 
     Args:
         run_dir: the run folder.
         cfg: its config.
         state: its state.json (in_channels, precision).
-        val: the validation `SplitArrays` if already in memory (fit passes them); otherwise the
+        val: the validation `SplitArrays` if already loaded (fit passes them); otherwise the
             data is reloaded and the run's split.json picks the validation cases.
+        keep: sample ids whose arrays to keep (the overlays); None keeps none.
+        sweep: also sweep the threshold over every case (`metrics.sweep.SweepCounter`).
     """
     state = runfs.load_state(run_dir)  # a damaged state.json is a note in the report, not a traceback
     if val is None:
         val = runfs.load_split_part(run_dir, cfg)
     net, _ = runfs.load_network(run_dir, cfg, state["in_channels"])
-    # same device and precision as `evaluate`, so the curve agrees with metrics/summary.json
-    probs = run_probs(net, val.images, cfg, state)
-    return ValPredictions(val.images, val.masks, probs, [m["sample_id"] for m in val.meta], list(val.meta))
+    wanted = set(keep or ())
+    out = ValPredictions([], [], [], [], n_images=len(val.meta))
+    counter = SweepCounter(cfg.eval.contract) if sweep else None
+    for idx in case_chunks(val.meta, CHUNK_BATCHES * max(1, cfg.eval.batch_size)):
+        meta = [val.meta[i] for i in idx]
+        masks = np.asarray(val.masks[idx])
+        # same device and precision as `evaluate`, so the curve agrees with metrics/summary.json
+        probs = run_probs(net, val.images[idx], cfg, state)
+        if counter is not None:
+            counter.add_chunk(probs, masks, meta)
+        for j, (i, m) in enumerate(zip(idx, meta)):
+            if m["sample_id"] in wanted:
+                out.sample_ids.append(m["sample_id"])
+                out.images.append(np.asarray(val.images[i]))
+                out.masks.append(masks[j])
+                out.probs.append(probs[j])
+    if counter is not None:
+        try:
+            out.sweep = counter.result()
+        except ValueError as e:
+            out.sweep_error = f"threshold sweep failed ({e})"
+    return out
 
 
 def pick_cases(case_rows: list[dict], per_side: int = 3) -> tuple[list[dict], list[dict]]:
@@ -63,11 +101,6 @@ def pick_cases(case_rows: list[dict], per_side: int = 3) -> tuple[list[dict], li
     with_lesion = [r for r in rest if str(r.get("truth_empty")).lower() not in ("true", "1", "1.0")]
     best = sorted(with_lesion or rest, key=lambda r: -r["dice"])[:k]
     return best, worst
-
-
-def sweep_from_predictions(preds: ValPredictions, cfg: Config) -> dict:
-    """Threshold sweep over the validation predictions, the same call `evaluate --sweep` makes."""
-    return threshold_sweep(*sweep_cases(preds.probs, preds.masks, preds.meta, cfg.eval.contract), cfg.eval.contract)
 
 
 def index_of(preds: ValPredictions, sample_id: str) -> Optional[int]:

@@ -37,8 +37,8 @@ from medseg.data.sampling import audit_warning, composition_columns, epoch_targe
 from medseg.data.slices import slices_by_volume
 from medseg.errors import MedsegError
 from medseg.inference import predict_probs
-from medseg.metrics.validation import has_volumes, score_validation
-from medseg.training.distributed import gather_numbers, gather_rows, shard_groups
+from medseg.metrics.validation import ValidationScorer, case_chunks, has_volumes
+from medseg.training.distributed import gather_numbers, gather_objects
 
 
 class BatchCompositionAudit(Callback):
@@ -86,11 +86,20 @@ class BatchCompositionAudit(Callback):
 class ContractValidation(Callback):
     """Validation metrics under the run's metric contract at the end of every training epoch.
 
+    Validation streams: chunks of whole cases (a few batches of images, or one volume) are
+    read, predicted and scored one after the other (`metrics.validation.ValidationScorer`), so
+    memory holds one chunk's images, masks and probabilities, not the validation set's. The
+    loss is the mean over cases (an image, or a volume's slices together) of the run's loss.
+    Under DDP each rank streams its share of the chunks and the ranks' rows are gathered.
+
     Args:
         cfg: the resolved config (contract, eval batch size, monitor, loss for the val loss).
-        val: the validation arrays.
+        val: the validation arrays (in memory, or `SampleStack`s read from the cache).
         precision: the Lightning precision string in use (inference runs under the same autocast).
     """
+
+    # images per chunk, in eval batches: big enough to keep batches full, small enough to stay flat
+    CHUNK_BATCHES = 4
 
     def __init__(self, cfg: Config, val: SplitArrays, precision: str):
         self.cfg = cfg
@@ -99,53 +108,54 @@ class ContractValidation(Callback):
         self.metrics: dict[str, float] = {}
         self.seconds = 0.0
 
-    def _groups(self) -> list[list[int]]:
-        """Validation cases as the scorer groups them: every slice of a volume together, else one image each."""
-        if has_volumes(self.val.meta):
-            return [list(map(int, idx)) for idx in slices_by_volume(self.val.meta).values()]
-        return [[i] for i in range(len(self.val.images))]
+    def _case_losses(self, probs: np.ndarray, masks: np.ndarray, meta: list[dict], pl_module) -> list[float]:
+        """The loss of each case of a chunk: an image, or every slice of a volume together."""
+        cases = [idx for idx in slices_by_volume(meta).values()] if has_volumes(meta) else [[i] for i in range(len(meta))]
+        out = []
+        with torch.no_grad():
+            for idx in cases:
+                logits = torch.logit(torch.from_numpy(probs[idx]).clamp(1e-6, 1 - 1e-6))[:, None]
+                out.append(float(pl_module.loss_fn(logits, torch.from_numpy(masks[idx]).float()[:, None])))
+        return out
 
-    def predict(self, trainer, pl_module) -> Optional[np.ndarray]:
-        """Probabilities of every validation image on rank 0 (None on the others); under DDP each rank predicts its shard."""
+    def validate(self, pl_module, trainer=None) -> dict[str, float]:
+        """Hard (per contract) validation metrics of the module's network now, the same on every rank."""
         world = int(getattr(trainer, "world_size", 1) or 1) if trainer is not None else 1
-        if world == 1:
-            return predict_probs(pl_module.net, self.val.images, self.cfg.eval.batch_size, self.precision, pl_module.device,
-                                 self.cfg.train.channels_last)
-        # rank 0's buffers (BatchNorm running statistics) on every rank: the shards are scored by the network
-        # the checkpoint holds, not by each rank's own last update of them
-        buffers = trainer.strategy.broadcast({k: v.detach().cpu() for k, v in pl_module.net.named_buffers()}, src=0)
-        with torch.no_grad():
-            for k, v in pl_module.net.named_buffers():
-                v.copy_(buffers[k].to(v.device))
-        shards = [shard_groups(self._groups(), r, world) for r in range(world)]
-        mine = shards[int(trainer.global_rank)]
-        local = predict_probs(pl_module.net, self.val.images[mine], self.cfg.eval.batch_size, self.precision, pl_module.device,
-                              self.cfg.train.channels_last)
-        return gather_rows(pl_module, local, shards, len(self.val.images), chunk=max(1, self.cfg.eval.batch_size))
-
-    def score(self, probs: np.ndarray, pl_module) -> dict[str, float]:
-        """Hard (per contract) validation metrics of these probabilities."""
-        with torch.no_grad():
-            logits = torch.logit(torch.from_numpy(probs).clamp(1e-6, 1 - 1e-6))[:, None]
-            val_loss = float(pl_module.loss_fn(logits, torch.from_numpy(self.val.masks).float()[:, None]))
-        scores = score_validation(probs, self.val.masks, self.val.meta, self.cfg.eval.contract, surface=False)
+        rank = int(trainer.global_rank) if world > 1 else 0
+        if world > 1:
+            # rank 0's buffers (BatchNorm running statistics) on every rank: the shards are scored by the network
+            # the checkpoint holds, not by each rank's own last update of them
+            buffers = trainer.strategy.broadcast({k: v.detach().cpu() for k, v in pl_module.net.named_buffers()}, src=0)
+            with torch.no_grad():
+                for k, v in pl_module.net.named_buffers():
+                    v.copy_(buffers[k].to(v.device))
+        bs = max(1, self.cfg.eval.batch_size)
+        scorer = ValidationScorer(self.cfg.eval.contract, surface=False, soft=True)
+        losses: list[float] = []
+        for idx in case_chunks(self.val.meta, bs * self.CHUNK_BATCHES)[rank::world]:
+            meta = [self.val.meta[i] for i in idx]
+            masks = np.asarray(self.val.masks[idx])
+            probs = predict_probs(pl_module.net, self.val.images[idx], bs, self.precision, pl_module.device, self.cfg.train.channels_last,
+                                  window=self.cfg.eval.sliding_window)
+            scorer.add(probs, masks, meta)
+            losses += self._case_losses(probs, masks, meta, pl_module)
+        if world > 1:
+            # every rank merges the shards in rank order, so all of them score the same rows
+            shards = gather_objects((scorer, losses))
+            scorer, losses = ValidationScorer(self.cfg.eval.contract, surface=False, soft=True), []
+            for other, other_losses in shards:
+                scorer.merge(other)
+                losses += other_losses
+        scores = scorer.result()
         image = scores.image_summary
-        out = {"dice": scores.summary["dice"], "iou": scores.summary["iou"], "loss": val_loss, "soft_dice": scores.soft_dice,
-               "images": float(len(probs))}
+        out = {"dice": scores.summary["dice"], "iou": scores.summary["iou"], "loss": float(np.mean(losses)) if losses else float("nan"),
+               "soft_dice": scores.soft_dice, "images": float(len(scores.image_rows))}
         for k in ("dice_nonempty", "fp_rate_empty", "lesion_recall", "n_empty_empty"):
             if k in image:
                 out[k] = image[k]
         if scores.volume_summary is not None:
             out["dice_per_volume"] = scores.volume_summary["dice"]
         return out
-
-    def validate(self, pl_module, trainer=None) -> dict[str, float]:
-        """Hard (per contract) validation metrics of the module's network now, the same on every rank."""
-        probs = self.predict(trainer, pl_module)
-        metrics = self.score(probs, pl_module) if probs is not None else {}
-        if trainer is not None and int(getattr(trainer, "world_size", 1) or 1) > 1:
-            metrics = trainer.strategy.broadcast(metrics, src=0)  # scored once, on rank 0
-        return metrics
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         t0 = time.time()
@@ -193,6 +203,8 @@ class EpochLog(Callback):
             "val_seconds": self.validation.seconds,
             "processes": int(trainer.world_size),
             "gpu_peak_gib": self._gpu_peak_gib(trainer, pl_module),
+            # the process's peak resident memory so far (rank 0): flat over epochs and dataset sizes when streaming
+            "rss_peak_mib": _rss_peak_mib(),
         }
         pl_module.log("train/loss", row["train_loss"])
         self.last_row = row
@@ -216,6 +228,14 @@ class EpochLog(Callback):
         if trainer.world_size > 1:
             peak = gather_numbers(pl_module, peak)
         return float(np.max(peak))
+
+
+def _rss_peak_mib() -> Optional[float]:
+    try:
+        import resource
+    except ImportError:  # not POSIX
+        return None
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 class SameRun(Callback):

@@ -13,6 +13,7 @@ from medseg.config import Config
 from medseg.data.arrays import SplitArrays
 from medseg.data.augment import build_augment
 from medseg.data.sampling import build_train_dataset, build_train_sampler
+from medseg.runtime import training_device, usable_cores
 
 
 def epoch_batches(cfg: Config, n_train: int) -> tuple[int, int]:
@@ -50,10 +51,38 @@ class SegDataModule(pl.LightningDataModule):
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
         dataset = build_train_dataset(self.train.images, self.train.masks, build_augment(cfg.augment.preset, cfg.augment.overrides), cfg.sampler)
         sampler = build_train_sampler(
-            cfg.sampler, self.train.masks, bs, cfg.seed, cfg.train.epochs, num_samples=self.micro_batches * bs,
+            cfg.sampler, self.train.positive, bs, cfg.seed, cfg.train.epochs, num_samples=self.micro_batches * bs,
             rank=rank, world_size=world,
         )
+        workers = loader_workers(cfg)
         return DataLoader(
-            dataset, batch_size=bs // world, sampler=sampler, num_workers=cfg.train.num_workers, drop_last=True,
-            persistent_workers=cfg.train.num_workers > 0,
+            dataset, batch_size=bs // world, sampler=sampler, num_workers=workers, drop_last=True,
+            persistent_workers=workers > 0, worker_init_fn=_worker_init if workers else None,
+            multiprocessing_context=WORKER_START if workers else None,
         )
+
+
+def loader_workers(cfg: Config) -> int:
+    """train.num_workers, with 'auto' resolved: 0 on the CPU (the step already uses every core), min(4, cores - 1) on a GPU."""
+    if cfg.train.num_workers != "auto":
+        return int(cfg.train.num_workers)
+    if training_device(cfg) == "cpu":
+        return 0
+    return max(0, min(4, usable_cores() - 1))
+
+
+# Workers start from a fresh server process, never by forking the trainer: a fork copies a process
+# whose OpenMP / cv2 thread pools hold locks, and a worker that touches them hangs (the
+# notebook deadlocks that made users fall back to num_workers=0). The dataset is pickled to each
+# worker: from the cache that is paths and offsets; in memory it is the arrays (one copy per worker).
+WORKER_START = "forkserver"
+
+
+def _worker_init(worker_id: int) -> None:
+    # one thread per worker: the workers only decode, augment and crop, and the trainer's
+    # intra-op threads already use the cores
+    import cv2
+    import torch
+
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)

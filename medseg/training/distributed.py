@@ -27,7 +27,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
@@ -194,49 +194,15 @@ def wait_for_run(output_dir: Path, started: Optional[Launch] = None, poll_s: flo
 # Sharding and gathering inside the fit (Lightning's collectives)
 
 
-def shard_groups(groups: Sequence[Sequence[int]], rank: int, world: int) -> list[int]:
-    """The sample indices one rank scores: whole groups (an image, or every slice of a volume) dealt out in turn."""
-    return [i for g in groups[rank::world] for i in g]
+def gather_objects(obj: Any) -> list:
+    """The object every rank passes, from each rank in rank order (torch.distributed's all_gather_object; picklable objects only).
 
-
-def gather_rows(pl_module, local: np.ndarray, shards: Sequence[Sequence[int]], n: int, chunk: int = 64) -> Optional[np.ndarray]:
-    """Reassemble per-sample arrays that each rank computed for its shard, in sample order, on rank 0.
-
-    The exchange goes through Lightning's `all_gather` in chunks of `chunk` samples per rank
-    (padded to the longest shard), so no process ever holds more than world × chunk extra
-    samples on the device. Every sample must be in exactly one shard.
-
-    Args:
-        pl_module: the LightningModule (its `all_gather` and device).
-        local: this rank's rows, (len(shards[rank]), ...) float32, in the shard's order.
-        shards: every rank's sample indices (`shard_groups` for each rank).
-        n: number of samples.
-        chunk: samples per rank per exchange.
-
-    Returns:
-        (n, ...) on rank 0, None elsewhere.
+    The objects are the ranks' own in-process results (validation rows), never data from disk.
     """
-    import torch
+    import torch.distributed as dist
 
-    seen = np.zeros(n, np.int64)
-    for s in shards:
-        np.add.at(seen, np.asarray(s, np.int64), 1)
-    if (seen != 1).any():
-        bad = int(np.flatnonzero(seen != 1)[0])
-        raise RuntimeError(f"validation sharding: sample {bad} is in {int(seen[bad])} shards (must be exactly one)")
-    rank = int(pl_module.global_rank)
-    longest = max(len(s) for s in shards)
-    out = np.empty((n,) + local.shape[1:], np.float32) if rank == 0 else None
-    for start in range(0, longest, chunk):
-        part = np.zeros((chunk,) + local.shape[1:], np.float32)
-        mine = local[start : start + chunk]
-        part[: len(mine)] = mine
-        got = pl_module.all_gather(torch.from_numpy(part).to(pl_module.device))  # (world, chunk, ...)
-        if out is not None:
-            got = got.float().cpu().numpy()
-            for r, s in enumerate(shards):
-                idx = np.asarray(s[start : start + chunk], np.int64)
-                out[idx] = got[r, : len(idx)]
+    out: list = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
     return out
 
 

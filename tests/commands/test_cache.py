@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -40,6 +41,30 @@ def test_cache_builds_then_reads_back(data_config, tmp_path):
     code, out, _ = cli("cache", data_config, "--dir", tmp_path / "other", "--no-masks", "--json", "--no-progress")
     other = json.loads(out)
     assert code == 0 and other["built"] == 12 and str(tmp_path / "other") in other["entry"]
+
+
+def test_a_parallel_build_prepares_each_unit_once_and_writes_what_a_sequential_build_writes(data_config, tmp_path):
+    code, out, err = cli("cache", data_config, "--workers", "3", "--json", "--no-progress")
+    assert code == 0, err
+    par = json.loads(out)
+    assert (par["units"], par["built"], par["reused"], par["samples"]) == (12, 12, 0, 12)
+    code, out, err = cli("cache", data_config, "--dir", tmp_path / "seq", "--workers", "1", "--json", "--no-progress")
+    seq = json.loads(out)
+    assert code == 0 and seq["built"] == 12
+    a, b = Path(par["entry"]), Path(seq["entry"])
+    assert a.name == b.name  # the key does not depend on where the cache is
+    files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file()) and len(files) == 1 + 12 * 3
+    for rel in files:
+        assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
+
+
+def test_a_bad_file_in_a_parallel_build_is_one_line_naming_it(data_config, tmp_path):
+    bad = tmp_path / "data" / "images" / "zz_broken.png"
+    bad.write_bytes(b"not a png")
+    (tmp_path / "data" / "masks" / "zz_broken.png").write_bytes((tmp_path / "data" / "masks").iterdir().__next__().read_bytes())
+    code, _, err = cli("cache", data_config, "--workers", "2", "--no-progress")
+    assert code == 2 and "zz_broken.png" in one_error_line(err)
 
 
 def test_cache_refusals_are_one_line(tmp_path, data_config):

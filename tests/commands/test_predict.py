@@ -127,3 +127,24 @@ def test_predict_through_the_cli_writes_what_the_function_writes(tmp_path):
     again = subprocess.run([sys.executable, "-m", "medseg.cli", "predict", str(run), str(data / "images"), str(tmp_path / "cli")],
                            capture_output=True, text=True)
     assert again.returncode == 2 and "not empty" in again.stderr and len(again.stderr.strip().splitlines()) == 1
+
+
+def test_patches_mode_trains_on_crops_predicts_by_windows_and_writes_at_original_size(tmp_path, monkeypatch):
+    """Crops of larger inputs + sliding-window inference: validation, evaluate and predict all slide, outputs at original size."""
+    import medseg.inference as inference
+    from medseg import runfolder as runfs
+
+    data = make_blob_folder(tmp_path / "d", n=8, size=64)
+    windows = []
+    real = inference._windowed
+    monkeypatch.setattr(inference, "_windowed", lambda net, x, window, *a, **k: windows.append(tuple(x.shape[-2:])) or real(net, x, window, *a, **k))
+    run = _fit(tmp_path, data, data__input_size=[64, 64], sampler__crop_size=[32, 32],
+               eval={"sliding_window": {"roi_size": [32, 32], "overlap": 0.5}}, model={"name": "unet", "channels": [4, 8], "res_units": 0})
+    summary = runfs.read_json(run / runfs.SUMMARY)
+    assert summary["training_reported"]["match"]  # the windowed validation of training = evaluate's
+    assert windows and set(windows) == {(64, 64)}  # whole 64² inputs went in; the windows are inside
+    new = tmp_path / "new"
+    new.mkdir()
+    Image.fromarray(np.full((50, 70), 90, np.uint8)).save(new / "x.png")
+    out = predict_run(run, new, tmp_path / "out")
+    assert np.array(Image.open(out / "masks" / "x.png")).shape == (50, 70)

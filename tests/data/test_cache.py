@@ -292,3 +292,37 @@ def test_validation_from_the_cache_scores_as_from_memory(blobs, tmp_path, cfg_fo
     for key, value in a.image_summary.items():
         if isinstance(value, float):
             assert abs(value - b.image_summary[key]) <= 1e-6 or (np.isnan(value) and np.isnan(b.image_summary[key])), key
+
+
+@pytest.mark.parametrize("kind", ["images", "volumes"])
+def test_masks_stay_on_disk_and_the_sampler_reads_their_foreground_from_the_records(tmp_path, rng, cfg_for, monkeypatch, kind):
+    """What the sampler, its audit and fit's checks need (positive or not, foreground pixels) is in each unit's record."""
+    from medseg.config import SamplerConfig
+    from medseg.data.arrays import SampleStack, stack_part
+    from medseg.data.sampling import build_train_sampler, positive_images
+
+    if kind == "images":
+        cfg = cfg_for(make_blob_folder(tmp_path / "data", n=8, size=48, empty_every=3))
+    else:
+        for name in ("a", "b"):
+            _volume_pair(tmp_path / "vols", name, rng)
+        cfg = cfg_for(tmp_path / "vols", source="volumes", context_slices=1)
+    ids = sorted({s.case_id for s in load_data(cfg).samples})
+    memory = stack_part(load_data(cfg), ids)
+    # a fresh process reading a built cache: the records, not the arrays written a moment ago
+    load_data(cfg.model_copy(update={"cache_dir": tmp_path / "cache"}))
+    cached_data = load_data(cfg.model_copy(update={"cache_dir": tmp_path / "cache"}))
+    reads = []
+    real_read = StoredArray.read
+    monkeypatch.setattr(StoredArray, "read", lambda self: reads.append(self.path) or real_read(self))
+    cached = stack_part(cached_data, ids)
+    assert isinstance(cached.masks, SampleStack) and cached.masks.dtype == np.uint8
+    want = np.asarray(memory.masks).reshape(len(memory.masks), -1).sum(1)  # independent of the records
+    np.testing.assert_array_equal(cached.fg, want)
+    np.testing.assert_array_equal(cached.positive, positive_images(memory.masks))
+    assert 0 < cached.positive.sum() < len(cached.positive)
+    assert cached.foreground_fraction == pytest.approx(float(np.asarray(memory.masks).mean()), rel=1e-12)
+    sampler = build_train_sampler(SamplerConfig(positive_share=0.5), cached.positive, batch_size=4, seed=0, epochs=1, num_samples=8)
+    assert len(list(sampler)) == 8
+    assert reads == []  # nothing above read a mask (or an image)
+    np.testing.assert_array_equal(np.asarray(cached.masks), memory.masks)

@@ -166,17 +166,17 @@ def test_ranks_split_every_batch_and_their_micro_batches_make_the_single_process
 
 def test_null_positive_share_keeps_the_natural_order_sampler():
     masks = _masks_with_positives(20, 3)
-    s = build_train_sampler(SamplerConfig(), masks, batch_size=4, seed=5, epochs=3, num_samples=20)
+    s = build_train_sampler(SamplerConfig(), positive_images(masks), batch_size=4, seed=5, epochs=3, num_samples=20)
     ref = SeededSampler(20, 5, num_samples=20)
     assert isinstance(s, SeededSampler)
     s.set_epoch(1)
     ref.set_epoch(1)
     assert list(s) == list(ref)
-    assert isinstance(build_train_sampler(SamplerConfig(positive_share=0.5), masks, 4, 5, 3, 20), PositiveAwareSampler)
+    assert isinstance(build_train_sampler(SamplerConfig(positive_share=0.5), positive_images(masks), 4, 5, 3, 20), PositiveAwareSampler)
 
 
 def test_positive_target_without_positive_images_is_a_config_error():
-    empty = np.zeros((6, 8, 8), np.uint8)
+    empty = positive_images(np.zeros((6, 8, 8), np.uint8))
     with pytest.raises(MedsegError, match="sampler.positive_share"):
         check_sampler_pool(SamplerConfig(positive_share=0.5), 10, empty)
     with pytest.raises(MedsegError, match="sampler.schedule"):

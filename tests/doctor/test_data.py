@@ -123,7 +123,7 @@ def test_case_in_two_splits():
 
 def _empty_eval() -> dict:
     z = np.zeros((0, 4))
-    return dict(probs=np.zeros((0, 4, 4)), masks=np.zeros((0, 4, 4), bool), val_ids=[], train_ids=[], probs_finite=True,
+    return dict(prob_max=0.0, mid_probability_share=0.0, val_ids=[], train_ids=[], probs_finite=True,
                 hard_rows=[], hard_summary={}, soft_dice=float("nan"), sweep=None, found_lesion_dice=[],
                 thumbs_train=np.zeros((0, 256)), thumbs_val=np.zeros((0, 256)), intensity_train=z, intensity_val=z,
                 mask_values=[0.0, 1.0], train_positive_share=float("nan"), best_epoch=0)

@@ -23,7 +23,8 @@ def _dice_at(probs, masks, t):
 
 def _eval(probs, masks, **kw):
     sw = threshold_sweep(list(probs), list(masks), MetricContract())
-    return EvalEvidence(**{**_empty_eval(), "probs": probs, "masks": masks, "val_ids": [str(i) for i in range(len(probs))], "sweep": sw, **kw})
+    facts = {"prob_max": float(probs.max()), "mid_probability_share": float(((probs > 0.01) & (probs < 0.99)).mean())}
+    return EvalEvidence(**{**_empty_eval(), **facts, "val_ids": [str(i) for i in range(len(probs))], "sweep": sw, **kw})
 
 
 def _lesions(n=6, size=16, seed=0):

@@ -101,6 +101,20 @@ def test_input_size_keeps_the_smallest_lesions_visible_within_the_device_cap():
     assert P.plan_input_size(_sizes(1024, 1024, 20.0), "gpu", 16.0, 512, None)[0] == [512, 512]
 
 
+def test_patches_when_the_smallest_lesions_need_more_than_the_whole_image_cap():
+    # 20 px lesions at 1024: 928 px needed, above the CPU's 256 px cap -> 928 px images, 256 px crops and windows
+    (size, crop), why = P.plan_patches(_sizes(1024, 1024, 20.0), "cpu", 16.0, None)
+    assert size == [928, 928] and crop == [256, 256] and "sliding windows" in why
+    # tiny lesions on a huge image: kept at most 1024 px on a CPU
+    assert P.plan_patches(_sizes(4000, 3000, 2.0), "cpu", 16.0, None)[0] == ([1024, 1024], [256, 256])
+    # the whole-image cap already keeps them, or there is nothing to keep: resize
+    assert P.plan_patches(_sizes(1024, 1024, 20.0), "gpu", 16.0, None)[0] is None
+    assert P.plan_patches(_sizes(1024, 1024, 5000.0), "cpu", 16.0, None)[0] is None
+    assert P.plan_patches(_sizes(1024, 1024, None), "cpu", 16.0, None)[0] is None
+    # never above the original image
+    assert P.plan_patches(_sizes(300, 400, 1.0), "cpu", 16.0, None)[0] == ([320, 416], [256, 256])
+
+
 def test_augmentation_by_number_of_training_images():
     assert P.plan_augment(fp_with(0.5, n=50))[0] == "heavy"
     assert P.plan_augment(fp_with(0.5, n=500))[0] == "medium"

@@ -21,7 +21,7 @@ from medseg.commands.report import report_run
 from medseg.config import config_from_dict
 from medseg.report import build_report
 from medseg.report.context import load_context
-from medseg.report.predictions import pick_cases, predict_validation, sweep_from_predictions
+from medseg.report.predictions import pick_cases, predict_validation
 from tests.conftest import make_blob_folder, tiny_config
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -105,8 +105,9 @@ def test_every_metric_carries_the_contract(fitted):
 def test_report_sweep_agrees_with_evaluate(fitted):
     """The threshold curve the report computes, at the contract's threshold, is evaluate's Dice."""
     ctx = load_context(fitted)
-    preds = predict_validation(fitted, ctx.cfg, ctx.state)
-    sweep = sweep_from_predictions(preds, ctx.cfg)
+    preds = predict_validation(fitted, ctx.cfg, ctx.state, keep=[r["case"] for r in ctx.cases])
+    sweep = preds.sweep  # streamed over the chunks
+    assert len(preds.sample_ids) == len(ctx.cases) == preds.n_images
     at_half = next(r for r in sweep["rows"] if abs(r["threshold"] - ctx.cfg.eval.contract.threshold) < 1e-9)
     assert at_half["dice"] == pytest.approx(ctx.summary["dice"], abs=1e-9)
     # independent per-case Dice at 0.5 for the cases the overlays show
@@ -139,7 +140,8 @@ def test_cli_rewrites_report_and_uses_saved_sweep(run_copy, monkeypatch, capsys)
     from medseg.metrics import threshold_sweep
 
     ctx = load_context(run_copy)
-    preds = predict_validation(run_copy, ctx.cfg, ctx.state)
+    preds = predict_validation(run_copy, ctx.cfg, ctx.state, keep=[r["case"] for r in ctx.cases], sweep=False)
+    assert preds.sweep is None
     # a saved sweep with a different best threshold than the report would compute itself
     sweep = threshold_sweep(list(preds.probs), list(preds.masks), ctx.cfg.eval.contract, thresholds=[0.3, 0.5, 0.7])
     runfs.write_json(run_copy / "metrics/threshold_sweep.json", sweep)

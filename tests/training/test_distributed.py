@@ -185,45 +185,6 @@ def test_a_follower_ignores_a_handoff_from_another_job_and_says_where_it_waited(
         distributed.wait_for_run(tmp_path, follower, poll_s=0.05)
 
 
-class _TwoRanks:
-    """Rank 0 of a two-process job: `all_gather` returns rank 0's chunk beside rank 1's (precomputed) chunk."""
-
-    global_rank = 0
-    device = "cpu"
-
-    def __init__(self, other: np.ndarray, chunk: int):
-        self.other, self.chunk, self.calls = other, chunk, 0
-
-    def all_gather(self, t):
-        import torch
-
-        theirs = np.zeros((self.chunk,) + self.other.shape[1:], np.float32)
-        part = self.other[self.calls * self.chunk : (self.calls + 1) * self.chunk]
-        theirs[: len(part)] = part
-        self.calls += 1
-        return torch.stack([t, torch.from_numpy(theirs)])
-
-
-@pytest.mark.parametrize("chunk", [1, 2, 64])
-def test_gathered_validation_rows_come_back_in_sample_order_whole_volumes_per_rank(chunk):
-    rows = np.random.RandomState(0).rand(11, 3, 3).astype(np.float32)
-    groups = [[0, 1, 2], [3], [4, 5], [6, 7, 8, 9], [10]]  # e.g. slices of volumes
-    shards = [distributed.shard_groups(groups, r, 2) for r in range(2)]
-    assert shards == [[0, 1, 2, 4, 5, 10], [3, 6, 7, 8, 9]]
-    fake = _TwoRanks(rows[shards[1]], chunk)
-    got = distributed.gather_rows(fake, rows[shards[0]], shards, 11, chunk=chunk)
-    np.testing.assert_array_equal(got, rows)
-    assert fake.calls == -(-len(shards[0]) // chunk)
-
-
-def test_a_sample_in_two_shards_or_none_is_refused():
-    fake = _TwoRanks(np.zeros((2, 1), np.float32), 4)
-    with pytest.raises(RuntimeError, match="sample 1 is in 2 shards"):
-        distributed.gather_rows(fake, np.zeros((2, 1), np.float32), [[0, 1], [1, 2]], 3)
-    with pytest.raises(RuntimeError, match="sample 2 is in 0 shards"):
-        distributed.gather_rows(fake, np.zeros((2, 1), np.float32), [[0, 1], []], 3)
-
-
 # ---------------------------------------------------------------------------------------
 # two real processes
 

@@ -11,7 +11,7 @@ from typing import Optional
 
 import numpy as np
 
-from medseg.data.cache import repeat_channels
+from medseg.data.cache import SKIP, repeat_channels
 from medseg.data.preprocess import binarize_mask, fg_fraction, normalize, resize_image, resize_mask
 from medseg.data.readers import IMAGE_EXTS, read_image_2d
 from medseg.data.schema import DataConfig
@@ -144,6 +144,8 @@ def _load_images(cfg: DataConfig, with_masks: bool, progress: bool, store) -> Lo
             continue
         files = [path, mask_path] if with_masks else [path]
         unit = store.restore(stem, files)
+        if unit is SKIP:  # another parallel builder prepares it
+            continue
         if unit is None:
             unit = _prepare_image(cfg, path, mask_path if with_masks else None, modality, bad, store, files)
             if unit is None:

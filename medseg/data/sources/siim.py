@@ -12,6 +12,7 @@ from typing import Optional
 
 import numpy as np
 
+from medseg.data.cache import SKIP
 from medseg.data.preprocess import fg_fraction, normalize, resize_image, resize_mask
 from medseg.data.readers import read_dicom
 from medseg.data.rle import read_rle_csv, rle_decode, write_rle_csv
@@ -95,6 +96,8 @@ def _load_siim(cfg: DataConfig, with_masks: bool, progress: bool, store) -> Load
     for path in progress_items(files, "Loading DICOMs", progress):
         # the RLE CSV is part of the cache entry's key (`cache.entry_key`): a unit depends on its DICOM alone
         unit = store.restore(str(path), [path])
+        if unit is SKIP:  # another parallel builder prepares it
+            continue
         if unit is None:
             unit = _prepare_dicom(cfg, path, rles, with_masks, bad, store, [path])
             if unit is None:

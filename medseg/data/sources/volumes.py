@@ -21,7 +21,7 @@ from typing import Optional
 
 import numpy as np
 
-from medseg.data.cache import context_image, mask_slice
+from medseg.data.cache import SKIP, context_image, mask_slice
 from medseg.data.dicom_series import read_series
 from medseg.data.orientation import VolumeGeometry
 from medseg.data.preprocess import fg_fraction, normalize, resize_image, resize_mask
@@ -282,6 +282,8 @@ def load_cases(cfg: DataConfig, cases_in: list[VolumeCase], bad: BadFiles, sourc
             continue
         files = [*case.images, *(case.series or []), *([case.label] if case.label is not None else [])]
         unit = store.restore(case.name, files)
+        if unit is SKIP:  # another parallel builder prepares it
+            continue
         if unit is None:
             unit = _prepare_case(cfg, case, bad, store, files, refused)
             if unit is None:

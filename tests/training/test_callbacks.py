@@ -1,0 +1,67 @@
+"""training.callbacks: validation streams chunk by chunk and scores what the whole-set scorer scores."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import medseg.training.callbacks as callbacks
+from bench.synthetic_sets import write_lits
+from medseg.config import config_from_dict
+from medseg.data.arrays import SampleStack, stack_part
+from medseg.data.sources import load_data
+from medseg.inference import predict_probs
+from medseg.metrics.validation import score_validation
+from medseg.training.module import SegModule
+from tests.conftest import make_blob_folder, tiny_config
+
+
+def _whole_set(module, val, cfg) -> dict:
+    """The metrics validation reported before it streamed: every probability first, then one scoring call."""
+    probs = predict_probs(module.net, np.asarray(val.images), batch_size=4)
+    s = score_validation(probs, np.asarray(val.masks), val.meta, cfg.eval.contract, surface=False)
+    out = {"dice": s.summary["dice"], "iou": s.summary["iou"], "soft_dice": s.soft_dice, "images": float(len(probs)),
+           **{k: s.image_summary[k] for k in ("dice_nonempty", "fp_rate_empty", "lesion_recall") if k in s.image_summary}}
+    if s.volume_summary is not None:
+        out["dice_per_volume"] = s.volume_summary["dice"]
+    return out
+
+
+@pytest.mark.parametrize("kind", ["images", "volumes"])
+def test_streamed_validation_from_the_cache_equals_whole_set_scoring_in_memory(tmp_path, monkeypatch, kind):
+    if kind == "images":
+        root = make_blob_folder(tmp_path / "data", n=20, size=32, empty_every=3)
+        data = {"source": "images", "root": str(root), "input_size": [32, 32]}
+    else:
+        root = tmp_path / "lits"
+        write_lits(root, 4, side=48, slices=(8, 14))
+        data = {"source": "volumes", "root": str(root), "input_size": [32, 32], "context_slices": 1}
+    raw = tiny_config(root, tmp_path / "runs", data=data, model={"name": "unet", "channels": [4, 8], "res_units": 0},
+                      eval={"batch_size": 2, "contract": {"reduction": "per_volume" if kind == "volumes" else "per_image"}})
+    cfg = config_from_dict(raw)
+    cases = sorted({s.case_id for s in load_data(cfg.data).samples})
+    memory = stack_part(load_data(cfg.data), cases)
+    cached = stack_part(load_data(cfg.data.model_copy(update={"cache_dir": tmp_path / "cache"})), cases)
+    assert isinstance(cached.images, SampleStack) and isinstance(cached.masks, SampleStack)
+    torch.manual_seed(0)
+    module = SegModule(cfg, int(memory.images.shape[1]), memory.foreground_fraction)
+    module.eval()
+
+    seen = []
+    real = callbacks.predict_probs
+    monkeypatch.setattr(callbacks, "predict_probs", lambda net, images, *a, **k: seen.append(len(images)) or real(net, images, *a, **k))
+    streamed = callbacks.ContractValidation(cfg, cached, "32-true").validate(module)
+    in_memory = callbacks.ContractValidation(cfg, memory, "32-true").validate(module)
+    want = _whole_set(module, memory, cfg)
+
+    # streaming: no call saw more than one chunk (8 images, or one volume), and every image was scored once
+    biggest_volume = max(m["n_slices"] for m in memory.meta) if kind == "volumes" else 0
+    assert max(seen) <= max(2 * callbacks.ContractValidation.CHUNK_BATCHES, biggest_volume) and sum(seen) == 2 * len(memory.meta)
+    assert len(seen) > 2
+    for key, value in want.items():
+        assert streamed[key] == pytest.approx(value, abs=1e-6, nan_ok=True), key
+        assert in_memory[key] == pytest.approx(value, abs=1e-6, nan_ok=True), key
+    assert streamed["loss"] == pytest.approx(in_memory["loss"], abs=1e-6)
+    if kind == "volumes":
+        assert streamed["dice"] == streamed["dice_per_volume"]  # the per-volume contract scores stacked volumes
