@@ -14,7 +14,7 @@ post-processing), lesion recall by size bin on test, the paired test comparison,
 images/s on the test images with and without flip TTA (each timed after one warm-up batch).
 
     .venv/bin/python bench/native_vs_resize.py ../shared/data/busi --out runs/bench-native-busi --minutes 10 --native 512
-    .venv/bin/python bench/native_vs_resize.py ../shared/data/chase --out runs/bench-native-chase --minutes 10 --native 960
+    .venv/bin/python bench/native_vs_resize.py /data/siim --siim 1000 --out runs/bench-native-siim --minutes 10 --native 1024
 
 Prints a Markdown table and writes OUT/results.json.
 """
@@ -100,16 +100,25 @@ def main(argv=None) -> int:
     ap.add_argument("--native", type=int, default=512)
     ap.add_argument("--patch", type=int, default=256)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--siim", type=int, metavar="N",
+                    help="root is a SIIM-like set (bench/synthetic_sets.py siim): use its first N images, a seeded "
+                         "holdout of 15%% validation and 20%% test (one image per patient)")
     a = ap.parse_args(argv)
-    busi, out = a.root.resolve(), a.out.resolve()
+    root, out = a.root.resolve(), a.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    split = patient_split(busi, seed=a.seed)
-    (out / "split.json").write_text(json.dumps(split, indent=1))
+    if a.siim:
+        from bench.flat_memory import link_cases
+
+        data = link_cases(root, out / "data", "siim", a.siim)
+        split = {"mode": "holdout", "val_fraction": 0.15, "test_fraction": 0.2}
+    else:
+        (out / "split.json").write_text(json.dumps(patient_split(root, seed=a.seed), indent=1))
+        data = {"source": "images", "root": str(root), "cases_csv": str(root / "cases.csv"), "group_column": "patient"}
+        split = {"mode": "file", "file": str(out / "split.json")}
     base = {
         "seed": a.seed, "output_dir": str(out / "runs"),
-        "data": {"source": "images", "root": str(busi), "cases_csv": str(busi / "cases.csv"), "group_column": "patient",
-                 "cache_dir": str(out / "cache")},
-        "split": {"mode": "file", "file": str(out / "split.json")},
+        "data": {**data, "cache_dir": str(out / "cache")},
+        "split": split,
         "train": {"budget_minutes": a.minutes},
     }
     medseg = [sys.executable, "-m", "medseg.cli"]

@@ -218,7 +218,7 @@ class PlanConfig(Section):
         description="auto: when keeping the smallest lesions visible needs a larger input than max_side, train on "
         "max_side crops of images kept that large (up to 1024 px on CPU, 2048 on a GPU, never above the original) "
         "and predict with sliding windows of the crop size (sampler.crop_size, eval.sliding_window); never: always "
-        "resize whole images to the planned input size (BENCHMARKS.md §9d: patches did not pay at a 15-minute CPU budget).",
+        "resize whole images to the planned input size (BENCHMARKS.md §9d: at a 10-minute CPU budget patches lost to resizing).",
     )
 
 

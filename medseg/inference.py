@@ -12,9 +12,10 @@ from typing import TYPE_CHECKING, Sequence, Union
 import numpy as np
 
 from medseg.data.tta import DIHEDRAL, FLIP, check_tta_names
+from medseg.metrics.validation import case_chunks
 from medseg.runtime import autocast_for, inference_device, inference_precision
 
-__all__ = ["DIHEDRAL", "FLIP", "predict_prob_sets", "predict_probs", "run_prob_sets", "run_probs", "tta_set"]
+__all__ = ["DIHEDRAL", "FLIP", "predict_prob_sets", "predict_probs", "run_prob_sets", "run_probs", "run_probs_by_case", "tta_set"]
 
 if TYPE_CHECKING:
     import torch
@@ -155,6 +156,24 @@ def run_probs(net, images: np.ndarray, cfg, state: dict, tta: Union[bool, None, 
     precision = inference_precision(str(state.get("precision", "32-true")), device)
     return predict_probs(net, images, cfg.eval.batch_size, precision, device, cfg.train.channels_last, tta=tta,
                          window=cfg.eval.sliding_window)
+
+
+def run_probs_by_case(net, part, cfg, state: dict):
+    """`run_probs` over a split part a chunk of whole cases at a time (`metrics.validation.case_chunks`).
+
+    What evaluate, the report and the doctor go through a part with, so memory holds one chunk
+    (a few eval batches of images, or one volume), never the part's probabilities.
+
+    Args:
+        part: `data.arrays.SplitArrays` (in memory or read from the cache).
+        net / cfg / state: as `run_probs`.
+
+    Yields:
+        (sample indices, their images, probabilities, masks (uint8), meta) per chunk.
+    """
+    for idx in case_chunks(part.meta, cfg.eval.batch_size):
+        images = np.asarray(part.images[idx])
+        yield idx, images, run_probs(net, images, cfg, state), np.asarray(part.masks[idx]), [part.meta[i] for i in idx]
 
 
 def _forward(net: "nn.Module", x: "torch.Tensor") -> "torch.Tensor":

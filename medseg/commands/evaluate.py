@@ -6,8 +6,6 @@ import math
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
-
 from rich.console import Console
 
 from medseg import runfolder as runfs
@@ -16,13 +14,11 @@ from medseg.config import config_from_dict, read_yaml
 from medseg.data import load_data
 from medseg.data.arrays import describe_changes, sample_hashes, stack_part
 from medseg.errors import MedsegError
-from medseg.inference import run_probs
+from medseg.inference import run_probs, run_probs_by_case
 from medseg.metrics.sweep import SweepCounter
-from medseg.metrics.validation import PostprocessedScorer, ValidationScorer, case_chunks
+from medseg.metrics.validation import PostprocessedScorer, ValidationScorer
 
 MATCH_TOLERANCE = 1e-4
-# images per streamed chunk, in eval batches (as training's validation)
-CHUNK_BATCHES = 4
 
 
 def other_data_arrays(cfg, data_config: Path, in_channels: int, progress: bool = True):
@@ -93,9 +89,7 @@ def evaluate_run(
     scorer = ValidationScorer(contract, surface=True)
     pp_scorer = PostprocessedScorer(contract, pp.apply) if pp is not None else None
     sweeper = SweepCounter(contract) if sweep else None
-    for idx in case_chunks(val.meta, CHUNK_BATCHES * max(1, cfg.eval.batch_size)):
-        images, masks, meta = val.images[idx], np.asarray(val.masks[idx]), [val.meta[i] for i in idx]
-        probs = run_probs(net, images, cfg, state)
+    for _, images, probs, masks, meta in run_probs_by_case(net, val, cfg, state):
         scorer.add(probs, masks, meta)
         if pp_scorer is not None:
             # the deployed pipeline (tuned on validation); the raw numbers stay the contract's

@@ -18,17 +18,15 @@ from medseg import runfolder as runfs
 from medseg.data import load_data
 from medseg.data.arrays import stack_part
 from medseg.errors import MedsegError
-from medseg.inference import run_probs
+from medseg.inference import run_probs_by_case
 from medseg.metrics import MetricContract
 from medseg.metrics.lesions import label_components
 from medseg.metrics.sweep import SweepCounter
-from medseg.metrics.validation import ValidationScorer, ValidationScores, case_chunks
+from medseg.metrics.validation import ValidationScorer, ValidationScores
 
 # Side of the thumbnails compared for duplicates: small enough that noise averages out and
 # re-encoding or slight resizing does not matter, large enough to tell two anatomies apart.
 THUMB_SIDE = 16
-# validation images per streamed chunk, in eval batches (as evaluate and training's validation)
-CHUNK_BATCHES = 4
 
 
 @dataclass
@@ -245,11 +243,9 @@ def gather_eval(ev: RunEvidence, loaded=None) -> EvalEvidence:
     hard = MetricContract(**ev.contract).model_copy(update={"kind": "hard"})
     scorer, counter = ValidationScorer(hard, surface=False), SweepCounter(hard)
     finite, lesion_dice, prob_max, mid, pixels = True, [], 0.0, 0, 0
-    for idx in case_chunks(val.meta, CHUNK_BATCHES * max(1, cfg.eval.batch_size)):
-        meta = [val.meta[i] for i in idx]
-        masks = np.asarray(val.masks[idx]) > 0
-        # the same inference (device, precision, batching) as evaluate and training's validation
-        probs = run_probs(net, val.images[idx], cfg, ev.state)
+    # the same inference (device, precision, batching, chunks) as evaluate and training's validation
+    for _, _, probs, masks, meta in run_probs_by_case(net, val, cfg, ev.state):
+        masks = masks > 0
         finite = finite and bool(np.isfinite(probs).all())
         probs = np.nan_to_num(probs, nan=0.0, posinf=1.0, neginf=0.0)
         scorer.add(probs, masks, meta)

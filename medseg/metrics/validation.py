@@ -76,15 +76,23 @@ def _volume_rows(probs, masks, meta, contract: MetricContract, surface: bool) ->
     return rows
 
 
-def case_chunks(meta: Sequence[dict], images_per_chunk: int) -> list[list[int]]:
+# images per streamed chunk, in eval batches: enough to keep every batch full, few enough to stay flat
+CHUNK_BATCHES = 4
+
+
+def case_chunks(meta: Sequence[dict], batch_size: int) -> list[list[int]]:
     """Sample indices in chunks of whole cases, for validation that streams: every slice of a volume in one chunk.
 
-    Images are taken ``images_per_chunk`` at a time; a volume is one chunk whatever its size
-    (it is scored as one case). Chunks come in the order `score_validation` lists cases.
+    Images are taken ``CHUNK_BATCHES * batch_size`` at a time; a volume is one chunk whatever
+    its size (it is scored as one case). Chunks come in the order `score_validation` lists cases.
+
+    Args:
+        meta: the part's per-sample meta.
+        batch_size: eval.batch_size.
     """
     if has_volumes(meta):
         return [list(map(int, idx)) for idx in slices_by_volume(meta).values()]
-    n, step = len(meta), max(1, int(images_per_chunk))
+    n, step = len(meta), CHUNK_BATCHES * max(1, int(batch_size))
     return [list(range(i, min(i + step, n))) for i in range(0, n, step)]
 
 

@@ -60,6 +60,7 @@ avoids that on large datasets.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
@@ -223,6 +224,15 @@ def plan_patches(fp: dict, device: str, min_lesion_px: float, max_side: Optional
     return ([h, w], crop), (f"the smallest 5% of lesions ({a05:.1f} px at {where}) need a {max(h, w)} px input to keep >= "
                             f"{min_lesion_px:g} px, above the {cap_side} px whole-image cap: images kept at {h}x{w}, trained on "
                             f"{crop[0]}x{crop[1]} crops, predicted with sliding windows of that size")
+
+
+def window_count(size: tuple[int, int], roi: tuple[int, int], overlap: float) -> int:
+    """Windows `monai.inferers.sliding_window_inference` runs on an image of `size` (its scan interval rule)."""
+    n = 1
+    for s, r in zip(size, roi):
+        step = max(1, int(r * (1 - overlap)))
+        n *= 1 if s <= r else math.ceil((s - r) / step) + 1
+    return n
 
 
 def _train_stats(fp: dict) -> dict:
@@ -453,7 +463,15 @@ def make_plan(cfg: Config, fp: dict, measure: Optional[bool] = None, world: int 
     n_val = int(((fp.get("by_split") or {}).get("val") or {}).get("n_images") or 0)
     planned_cfg = config_from_dict(p.raw)  # validates the input size and loss before the model runs on them
     train_size = tuple(crop) if crop else tuple(planned_cfg.data.input_size)
-    cost = measure_cost(planned_cfg, int(fp.get("in_channels") or 1), train_size, tuple(planned_cfg.data.input_size), measure)
+    val_size, windows = tuple(planned_cfg.data.input_size), 1
+    roi = planned_cfg.eval.sliding_window.roi_size
+    if roi is not None:
+        # validation slides windows: it costs one window's forward pass per window, not one pass of the image
+        windows = window_count(val_size, roi, planned_cfg.eval.sliding_window.overlap)
+        val_size = tuple(min(r, s) for r, s in zip(roi, val_size))
+    cost = measure_cost(planned_cfg, int(fp.get("in_channels") or 1), train_size, val_size, measure)
+    if windows > 1:
+        cost = dataclasses.replace(cost, val_s_per_image=cost.val_s_per_image * windows)
     steps = cfg.train.steps_per_epoch
     budget = cfg.train.budget_minutes
     batch, why = plan_batch_size(cost, n_train, n_val, steps, budget)

@@ -11,12 +11,8 @@ import numpy as np
 
 from medseg import runfolder as runfs
 from medseg.config import Config
-from medseg.inference import run_probs
+from medseg.inference import run_probs_by_case
 from medseg.metrics.sweep import SweepCounter
-from medseg.metrics.validation import case_chunks
-
-# images per streamed chunk, in eval batches (as evaluate and training's validation)
-CHUNK_BATCHES = 4
 
 
 @dataclass
@@ -62,17 +58,14 @@ def predict_validation(run_dir: Path, cfg: Config, state: dict, val=None, keep: 
     wanted = set(keep or ())
     out = ValPredictions([], [], [], [], n_images=len(val.meta))
     counter = SweepCounter(cfg.eval.contract) if sweep else None
-    for idx in case_chunks(val.meta, CHUNK_BATCHES * max(1, cfg.eval.batch_size)):
-        meta = [val.meta[i] for i in idx]
-        masks = np.asarray(val.masks[idx])
-        # same device and precision as `evaluate`, so the curve agrees with metrics/summary.json
-        probs = run_probs(net, val.images[idx], cfg, state)
+    # same device, precision and chunks as `evaluate`, so the curve agrees with metrics/summary.json
+    for idx, images, probs, masks, meta in run_probs_by_case(net, val, cfg, state):
         if counter is not None:
             counter.add_chunk(probs, masks, meta)
         for j, (i, m) in enumerate(zip(idx, meta)):
             if m["sample_id"] in wanted:
                 out.sample_ids.append(m["sample_id"])
-                out.images.append(np.asarray(val.images[i]))
+                out.images.append(images[j])
                 out.masks.append(masks[j])
                 out.probs.append(probs[j])
     if counter is not None:

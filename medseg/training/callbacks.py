@@ -98,9 +98,6 @@ class ContractValidation(Callback):
         precision: the Lightning precision string in use (inference runs under the same autocast).
     """
 
-    # images per chunk, in eval batches: big enough to keep batches full, small enough to stay flat
-    CHUNK_BATCHES = 4
-
     def __init__(self, cfg: Config, val: SplitArrays, precision: str):
         self.cfg = cfg
         self.val = val
@@ -132,7 +129,7 @@ class ContractValidation(Callback):
         bs = max(1, self.cfg.eval.batch_size)
         scorer = ValidationScorer(self.cfg.eval.contract, surface=False, soft=True)
         losses: list[float] = []
-        for idx in case_chunks(self.val.meta, bs * self.CHUNK_BATCHES)[rank::world]:
+        for idx in case_chunks(self.val.meta, bs)[rank::world]:
             meta = [self.val.meta[i] for i in idx]
             masks = np.asarray(self.val.masks[idx])
             probs = predict_probs(pl_module.net, self.val.images[idx], bs, self.precision, pl_module.device, self.cfg.train.channels_last,

@@ -300,3 +300,15 @@ def test_fit_plans_first_and_writes_plan_json(tmp_path):
     # switched off: no plan, the config trains as written
     off = fit(config_from_dict(raw | {"name": "off", "plan": {"enabled": False}}), progress=False)
     assert not (off / P.PLAN_JSON).exists() and load_run_config(off).sampler.positive_share is None
+
+
+@pytest.mark.parametrize("size, roi, overlap", [((512, 512), (256, 256), 0.5), ((928, 928), (256, 256), 0.5),
+                                                ((224, 256), (256, 256), 0.5), ((300, 700), (96, 128), 0.25)])
+def test_the_plan_counts_the_windows_monai_slides(size, roi, overlap):
+    """The budget's validation cost counts one forward pass per window: the count MONAI's inferer makes."""
+    import torch
+    from monai.inferers import sliding_window_inference
+
+    seen = []
+    sliding_window_inference(torch.zeros(1, 1, *size), roi, 1, lambda t: seen.append(len(t)) or t, overlap=overlap)
+    assert P.window_count(size, roi, overlap) == sum(seen)

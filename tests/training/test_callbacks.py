@@ -12,7 +12,7 @@ from medseg.config import config_from_dict
 from medseg.data.arrays import SampleStack, stack_part
 from medseg.data.sources import load_data
 from medseg.inference import predict_probs
-from medseg.metrics.validation import score_validation
+from medseg.metrics.validation import CHUNK_BATCHES, score_validation
 from medseg.training.module import SegModule
 from tests.conftest import make_blob_folder, tiny_config
 
@@ -57,7 +57,7 @@ def test_streamed_validation_from_the_cache_equals_whole_set_scoring_in_memory(t
 
     # streaming: no call saw more than one chunk (8 images, or one volume), and every image was scored once
     biggest_volume = max(m["n_slices"] for m in memory.meta) if kind == "volumes" else 0
-    assert max(seen) <= max(2 * callbacks.ContractValidation.CHUNK_BATCHES, biggest_volume) and sum(seen) == 2 * len(memory.meta)
+    assert max(seen) <= max(2 * CHUNK_BATCHES, biggest_volume) and sum(seen) == 2 * len(memory.meta)
     assert len(seen) > 2
     for key, value in want.items():
         assert streamed[key] == pytest.approx(value, abs=1e-6, nan_ok=True), key
