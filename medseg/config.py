@@ -239,7 +239,7 @@ class TrackingConfig(Section):
 
 
 class SlidingWindowConfig(Section):
-    roi_size: Optional[tuple[int, int]] = Field(
+    roi_size: Optional[tuple[Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)]]] = Field(
         None,
         description="Window (height, width) at network input size; images larger than it are predicted window by "
         "window (MONAI sliding_window_inference) and the windows blended. null: every image in one pass. Set it to "
@@ -250,13 +250,6 @@ class SlidingWindowConfig(Section):
         "gaussian", description="Blending: gaussian weights the window centre (nnU-Net's importance), constant averages."
     )
     sigma_scale: float = Field(0.125, gt=0.0, description="gaussian: sigma as a share of the window size (nnU-Net: 1/8).")
-
-    @field_validator("roi_size")
-    @classmethod
-    def _positive(cls, v):
-        if v is not None and min(v) < 1:
-            raise ValueError("eval.sliding_window.roi_size: both sides must be at least 1 pixel")
-        return v
 
 
 class EvalConfig(Section):
