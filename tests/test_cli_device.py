@@ -58,11 +58,11 @@ def gpu_visible(monkeypatch):
     seen: list[torch.device] = []
     real = inference.predict_prob_sets
 
-    def spy(net, images, sets, batch_size=16, precision="32-true", device="cpu", channels_last=False):
+    def spy(net, images, sets, batch_size=16, precision="32-true", device="cpu", channels_last=False, window=None):
         seen.append(torch.device(device))
         if torch.device(device).type == "cuda":
             raise WouldRunOnCuda(str(device))
-        return real(net, images, sets, batch_size, precision, device, channels_last)
+        return real(net, images, sets, batch_size, precision, device, channels_last, window)
 
     monkeypatch.setattr(inference, "predict_prob_sets", spy)
     return seen
