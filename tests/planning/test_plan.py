@@ -312,3 +312,24 @@ def test_the_plan_counts_the_windows_monai_slides(size, roi, overlap):
     seen = []
     sliding_window_inference(torch.zeros(1, 1, *size), roi, 1, lambda t: seen.append(len(t)) or t, overlap=overlap)
     assert P.window_count(size, roi, overlap) == sum(seen)
+
+
+def test_plan_patches_auto_keeps_small_lesions_by_crops_and_windows_and_budgets_the_windows():
+    from medseg.config import config_from_dict
+    from medseg.planning import make_plan
+
+    fp = {"n_images": 400, "in_channels": 1, "orig_height": {"q50": 1024}, "orig_width": {"q50": 1024},
+          "lesion_area_px_original": {"q05": 20.0}, "empty_image_fraction": 0.5, "foreground_fraction_positive": {"q50": 0.004, "mean": 0.006},
+          "by_split": {"train": {"n_images": 320, "empty_image_fraction": 0.5, "foreground_fraction_positive": {"q50": 0.004, "mean": 0.006}},
+                       "val": {"n_images": 80}}}
+    raw = {"train": {"accelerator": "cpu", "budget_minutes": 30}}
+    plan, resized = make_plan(config_from_dict(raw), fp, measure=False)
+    assert resized.data.input_size == (256, 256) and resized.sampler.crop_size is None and resized.eval.sliding_window.roi_size is None
+    plan_p, patched = make_plan(config_from_dict({**raw, "plan": {"patches": "auto"}}), fp, measure=False)
+    assert patched.data.input_size == (928, 928) and patched.sampler.crop_size == (256, 256)
+    assert patched.eval.sliding_window.roi_size == (256, 256)
+    why = {e.key: e.reason for e in plan_p.entries}
+    assert "sliding windows" in why["eval.sliding_window.roi_size"]
+    # validation slides 49 windows of 256² over a 928² image (overlap 0.5): the plan costs each image as 49 windows
+    assert plan_p.cost.val_size == (256, 256) and plan_p.cost.train_size == (256, 256)
+    assert plan_p.cost.val_s_per_image == pytest.approx(49 * plan.cost.val_s_per_image, rel=1e-9)
