@@ -1,10 +1,13 @@
 """The LightningDataModule: the training dataset, the sampler (sharded per rank) and the loader.
 
-Validation does not go through a loader: the contract-validation callback scores the whole
-validation set at the end of each training epoch (see `callbacks.ContractValidation`).
+Validation does not go through a loader: the contract-validation callback streams the
+validation set, a chunk of whole cases at a time, at the end of each training epoch (see
+`callbacks.ContractValidation`).
 """
 
 from __future__ import annotations
+
+import multiprocessing
 
 import lightning.pytorch as pl
 from torch.utils.data import DataLoader
@@ -75,7 +78,7 @@ def loader_workers(cfg: Config) -> int:
 # whose OpenMP / cv2 thread pools hold locks, and a worker that touches them hangs (the
 # notebook deadlocks that made users fall back to num_workers=0). The dataset is pickled to each
 # worker: from the cache that is paths and offsets; in memory it is the arrays (one copy per worker).
-WORKER_START = "forkserver"
+WORKER_START = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"  # spawn: Windows
 
 
 def _worker_init(worker_id: int) -> None:
