@@ -16,6 +16,8 @@ from medseg.models import get_model_spec
 # Lesions smaller than this many pixels at network input are hard to resolve: a 4x4 patch is
 # the footprint of one pixel after two 2x downsamplings.
 MIN_LESION_PX = 16.0
+# Validation thumbnails compared with every training thumbnail per block.
+DUPLICATE_BLOCK = 256
 # Thumbnail correlation above which two images count as the same case.
 DUPLICATE_CORRELATION = 0.99
 # Robust shift (in train spreads) of a per-image intensity statistic between splits worth reporting.
@@ -232,11 +234,15 @@ def duplicate_pairs(thumbs_val: np.ndarray, thumbs_train: np.ndarray, threshold:
     ok_t = ~np.isnan(thumbs_train).any(1)
     tv = np.where(ok_v[:, None], thumbs_val, 0.0)
     tt = np.where(ok_t[:, None], thumbs_train, 0.0)
-    corr = tv @ tt.T / thumbs_val.shape[1]  # z-scored rows: the mean product is Pearson's r
-    corr[:, ~ok_t] = -1.0
-    corr[~ok_v, :] = -1.0
-    best = corr.argmax(1)
-    r = corr[np.arange(len(tv)), best]
+    best = np.zeros(len(tv), np.int64)
+    r = np.full(len(tv), -1.0)
+    # a block of validation rows at a time: the full val x train matrix grows with the product of the two
+    for start in range(0, len(tv), DUPLICATE_BLOCK):
+        corr = tv[start : start + DUPLICATE_BLOCK] @ tt.T / thumbs_val.shape[1]  # z-scored rows: the mean product is Pearson's r
+        corr[:, ~ok_t] = -1.0
+        corr[~ok_v[start : start + DUPLICATE_BLOCK], :] = -1.0
+        best[start : start + len(corr)] = corr.argmax(1)
+        r[start : start + len(corr)] = corr[np.arange(len(corr)), best[start : start + len(corr)]]
     return [(int(i), int(best[i]), float(r[i])) for i in np.flatnonzero(r >= threshold)]
 
 

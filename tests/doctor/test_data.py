@@ -98,6 +98,22 @@ def test_duplicate_pairs_finds_planted_copies_with_pearson_r():
         assert r == pytest.approx(np.corrcoef(tv[i], tt[j])[0, 1], abs=1e-9)
 
 
+def test_duplicate_pairs_in_blocks_find_what_the_whole_matrix_finds():
+    rng = np.random.default_rng(3)
+    tt = rng.normal(size=(40, 256))
+    tv = rng.normal(size=(2 * D.DUPLICATE_BLOCK + 7, 256))
+    copies = [3, D.DUPLICATE_BLOCK, 2 * D.DUPLICATE_BLOCK + 6]  # one in each block, the last one partial
+    for k, i in enumerate(copies):
+        tv[i] = tt[k] + rng.normal(0, 0.05, 256)
+    z = lambda a: (a - a.mean(1, keepdims=True)) / a.std(1, keepdims=True)  # noqa: E731
+    tv, tt = z(tv), z(tt)
+    full = np.corrcoef(tv, tt)[: len(tv), len(tv):]  # independent: numpy's whole matrix
+    want = [(i, int(full[i].argmax()), float(full[i].max())) for i in range(len(tv)) if full[i].max() >= D.DUPLICATE_CORRELATION]
+    got = D.duplicate_pairs(tv, tt)
+    assert [(i, j) for i, j, _ in got] == [(i, j) for i, j, _ in want] == [(i, k) for k, i in enumerate(copies)]
+    assert [r for *_, r in got] == pytest.approx([r for *_, r in want], abs=1e-9)
+
+
 def test_split_intensity_shift_reported_with_ks_p():
     from medseg.doctor.evidence import EvalEvidence
 
