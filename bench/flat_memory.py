@@ -25,6 +25,7 @@ is ~10 GB). Prints a Markdown table and writes OUT/results.json (updated after e
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import platform
@@ -127,7 +128,7 @@ def main(argv=None) -> int:
         for step in ("cache", "fit", "evaluate"):
             if row[step]["rc"] != 0:
                 raise SystemExit(f"{step} failed (exit {row[step]['rc']}): see {out / f'n{n}-{step}.log'}")
-        epochs = list(__import__("csv").DictReader(open(run / "metrics" / "epochs.csv")))
+        epochs = list(csv.DictReader(open(run / "metrics" / "epochs.csv")))
         # the training process's peak by the end of the epoch (training + streamed validation), before the
         # final evaluation, tuning and report of the fit
         row["fit"]["peak_rss_mib_training"] = max(float(r["rss_peak_mib"]) for r in epochs)

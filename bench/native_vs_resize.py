@@ -144,7 +144,6 @@ def main(argv=None) -> int:
             n = sum(float(r.get(f"n_lesions_truth_{b}") or 0) for r in cases)
             found = sum(float(r.get(f"n_lesions_found_{b}") or 0) for r in cases)
             recall[b] = {"lesions": int(n), "recall": found / n if n else None}
-        plan = json.loads((run / "plan.json").read_text()) if (run / "plan.json").exists() else {}
         epochs = rows(run / "metrics" / "epochs.csv")
         results["variants"][name] = {
             "val_dice": val.get("dice"), "val_dice_tuned": (val.get("postprocessed") or {}).get("dice"),
@@ -153,7 +152,6 @@ def main(argv=None) -> int:
             "per_case_test_dice": {r["case"]: float(r["dice"]) for r in cases},
             "epochs": len(epochs), "train_images_per_s": float(np.median([float(r["train_images_per_s"]) for r in epochs])) if epochs else None,
             "inference_images_per_s": images_per_s(run, False), "inference_images_per_s_flip_tta": images_per_s(run, True),
-            "plan_batch_size": (plan.get("decisions") or {}).get("train.batch_size"),
         }
         (out / "results.json").write_text(json.dumps(results, indent=1))
     from medseg.metrics.paired import paired_comparison

@@ -16,7 +16,9 @@ Prints a Markdown table and writes OUT/results.json.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -72,7 +74,7 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     subprocess.run([*medseg, "cache", str(cfg_path), "--dir", str(cache)], check=True, cwd=REPO)
     results = {"command": " ".join(sys.argv), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-               "machine": f"{platform.processor() or platform.machine()}, {__import__('os').cpu_count()} cores",
+               "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
                "cache_build_s": time.perf_counter() - t0, "recipe": base, "variants": {}}
     for name, cached, workers in VARIANTS:
         if a.only and name not in a.only:
@@ -83,7 +85,7 @@ def main(argv=None) -> int:
             sets += ["--set", f"data.cache_dir={cache}"]
         t1 = time.perf_counter()
         subprocess.run([*medseg, "fit", str(cfg_path), *sets], check=True, cwd=REPO, stdout=subprocess.DEVNULL)
-        rows = list(__import__("csv").DictReader(open(out / "runs" / run / "metrics" / "epochs.csv")))
+        rows = list(csv.DictReader(open(out / "runs" / run / "metrics" / "epochs.csv")))
         ips = [float(r["train_images_per_s"]) for r in rows]
         results["variants"][name] = {"images_per_s_per_epoch": ips, "median_images_per_s": statistics.median(ips[1:] or ips),
                                      "train_loss": [float(r["train_loss"]) for r in rows], "wall_s": time.perf_counter() - t1}

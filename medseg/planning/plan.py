@@ -163,18 +163,22 @@ def smallest_lesion_area(fp: dict) -> tuple[Optional[float], str]:
     return None, "no lesions"
 
 
+def _median_size_and_cap(fp: dict, device: str, max_side: Optional[int], multiple: int) -> tuple[float, float, int]:
+    """(median original height, width, largest whole-image side: plan.max_side or the device's, a multiple of `multiple`)."""
+    H = float((fp.get("orig_height") or {}).get("q50") or BASE_SIDE)
+    W = float((fp.get("orig_width") or {}).get("q50") or BASE_SIDE)
+    cap = int(max_side or MAX_SIDE[device])
+    return H, W, max(multiple, cap - cap % multiple)
+
+
 def plan_input_size(fp: dict, device: str, min_lesion_px: float, max_side: Optional[int], crop: Optional[tuple[int, int]],
                     multiple: int = SIDE_MULTIPLE) -> tuple[list[int], str]:
     """Input (h, w) from the median image size and the smallest lesions (see the module docstring).
 
     Sides are multiples of `multiple`, the network's output stride.
     """
-    H = float((fp.get("orig_height") or {}).get("q50") or BASE_SIDE)
-    W = float((fp.get("orig_width") or {}).get("q50") or BASE_SIDE)
-    long = max(H, W)
-    cap = int(max_side or MAX_SIDE[device])
-    cap_side = max(multiple, cap - cap % multiple)
-    scale = min(1.0, BASE_SIDE / long)
+    H, W, cap_side = _median_size_and_cap(fp, device, max_side, multiple)
+    scale = min(1.0, BASE_SIDE / max(H, W))
     why = [f"median image {H:g}x{W:g} " + ("kept at its size" if scale >= 1.0 else f"scaled to a {BASE_SIDE} px long side (x{scale:.2f})")]
     a05, where = smallest_lesion_area(fp)
     if a05 is not None:
@@ -207,10 +211,7 @@ def plan_patches(fp: dict, device: str, min_lesion_px: float, max_side: Optional
     the median original image, at most `PATCH_MAX_SIDE`); the crop is the whole-image cap, so a
     step costs what a resized image costs, and inference slides windows of the crop size.
     """
-    H = float((fp.get("orig_height") or {}).get("q50") or BASE_SIDE)
-    W = float((fp.get("orig_width") or {}).get("q50") or BASE_SIDE)
-    cap = int(max_side or MAX_SIDE[device])
-    cap_side = max(multiple, cap - cap % multiple)
+    H, W, cap_side = _median_size_and_cap(fp, device, max_side, multiple)
     a05, where = smallest_lesion_area(fp)
     if a05 is None:
         return None, "no lesions: whole images"
