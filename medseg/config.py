@@ -548,6 +548,8 @@ def dump_config(cfg: Config) -> str:
 
 def _type_name(ann) -> str:
     origin = typing.get_origin(ann)
+    if origin is Annotated:  # a constrained type shows as its base type (the bound is in the description)
+        return _type_name(typing.get_args(ann)[0])
     if origin is Literal:
         return " | ".join(repr(a) if isinstance(a, str) else str(a) for a in typing.get_args(ann))
     if origin is Union:

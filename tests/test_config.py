@@ -23,6 +23,8 @@ def test_defaults_validate_and_override():
         ("eval.contract.empty=two", "eval.contract.empty"),
         ("data.input_size=[100, 100]", "data.input_size"),
         ("split={mode: kfold, fold: 7}", "split.fold"),
+        ("data.resize_mode=spacing", "data.target_spacing: required"),
+        ("data.target_spacing=[0.8, 0]", "data.target_spacing"),
         ("bogus=1", "bogus: unknown key"),
     ],
 )

@@ -24,6 +24,33 @@ from bench.recipe.score import score_predictions  # noqa: E402
 from medseg.metrics.paired import A_BETTER, B_BETTER, bootstrap_mean_ci, verdict, wilcoxon_p  # noqa: E402
 
 
+def paired(bench: Path, a: str, b: str, prep: Path) -> dict:
+    """Per-image Dice difference a - b over the test images, its CI, Wilcoxon p, the ratio of means and compare's verdict.
+
+    Args:
+        bench: output folder of bench/recipe/run.py.
+        a / b: prediction folders of the two methods, relative to bench.
+        prep: the prepared data folder (its split.json names the test images).
+    """
+    test = json.loads((prep / "split.json").read_text())["test"]
+    da = np.array([r["dice"] for r in score_predictions(bench / a, prep, test)["rows"]])
+    db = np.array([r["dice"] for r in score_predictions(bench / b, prep, test)["rows"]])
+    diff = da - db
+    low, high = bootstrap_mean_ci(diff)
+    p = wilcoxon_p(diff)
+    rng = np.random.default_rng(0)
+    idx = rng.integers(0, len(diff), size=(10_000, len(diff)))
+    ratios = da[idx].mean(axis=1) / db[idx].mean(axis=1)
+    return {
+        "a": a, "b": b, "n_cases": len(diff), "dice_a": float(da.mean()), "dice_b": float(db.mean()),
+        "mean_diff": float(diff.mean()), "ci95": [low, high], "wilcoxon_p": p,
+        "ratio": float(da.mean() / db.mean()), "ratio_ci95": [float(x) for x in np.quantile(ratios, [0.025, 0.975])],
+        "a_better_cases": int((diff > 0).sum()), "b_better_cases": int((diff < 0).sum()),
+        # medseg compare's verdict reads differences as (its B) - (its A); ours are a - b
+        "verdict": {B_BETTER: f"{a} better", A_BETTER: f"{b} better"}.get(v := verdict(low, high, p, 0.05), v),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("bench", type=Path, help="output folder of bench/recipe/run.py")
@@ -31,25 +58,7 @@ def main() -> None:
     ap.add_argument("b", help="prediction folder of method B (e.g. notebook/pred)")
     ap.add_argument("--prep", type=Path, default=Path("/work/cache/busi256"))
     a = ap.parse_args()
-    test = json.loads((a.prep / "split.json").read_text())["test"]
-    da = np.array([r["dice"] for r in score_predictions(a.bench / a.a, a.prep, test)["rows"]])
-    db = np.array([r["dice"] for r in score_predictions(a.bench / a.b, a.prep, test)["rows"]])
-    diff = da - db
-    low, high = bootstrap_mean_ci(diff)
-    p = wilcoxon_p(diff)
-    rng = np.random.default_rng(0)
-    idx = rng.integers(0, len(diff), size=(10_000, len(diff)))
-    ratios = da[idx].mean(axis=1) / db[idx].mean(axis=1)
-    out = {
-        "a": a.a, "b": a.b, "n_cases": len(diff), "dice_a": float(da.mean()), "dice_b": float(db.mean()),
-        "mean_diff": float(diff.mean()), "ci95": [low, high], "wilcoxon_p": p,
-        "ratio": float(da.mean() / db.mean()), "ratio_ci95": [float(x) for x in np.quantile(ratios, [0.025, 0.975])],
-        "a_better_cases": int((diff > 0).sum()), "b_better_cases": int((diff < 0).sum()),
-        # medseg compare's verdict reads differences as (its B) - (its A); ours are a - b
-        "verdict": {B_BETTER: f"{a.a} better", A_BETTER: f"{a.b} better"}.get(v := verdict(low, high, p, 0.05), v),
-    }
-    print(json.dumps(out, indent=1))
-
+    print(json.dumps(paired(a.bench, a.a, a.b, a.prep), indent=1))
 
 if __name__ == "__main__":
     main()

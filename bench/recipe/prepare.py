@@ -2,9 +2,11 @@
 
 Every method sees the same pixels: images resized with area averaging (bilinear when
 enlarging), masks with nearest neighbour and re-binarised to 0/255. The test set is the
-fixed 20% of `split.json` in the shared data (seed 0, 156 cases incl. the normals); 15% of
-each class of the remaining 80% (seed 0) is the validation set for checkpoint choice and tuning, so no
-method ever picks anything on the test images.
+fixed 20% of `split.json` in the shared data (split v2: 156 cases incl. 22 normals, no
+pseudo-patient on both sides). The validation set for checkpoint choice and tuning is drawn
+from the other 80% by whole `patient` groups (`cases.csv`), about 15% of each class's images
+(seed 0), so neither test nor validation images have a near-copy in training and no method
+ever picks anything on the test images.
 
     python bench/recipe/prepare.py ../shared/data/busi /work/cache/busi256
 """
@@ -12,6 +14,7 @@ method ever picks anything on the test images.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import shutil
 from pathlib import Path
@@ -32,6 +35,32 @@ def _resize(arr: np.ndarray, nearest: bool) -> np.ndarray:
     return np.asarray(img.resize((SIZE, SIZE), Image.BOX if shrink else Image.BILINEAR))
 
 
+def _grouped_val(train: list[str], cases_csv: Path) -> list[str]:
+    """Whole patient groups, ~VAL_FRACTION of each class's images, drawn per class.
+
+    Stratified by class because an unstratified 15% once drew only 6 of 99 normal images, too
+    few to tune false-positive control on; grouped because near-copies of one lesion on both
+    sides of train/val would flatter checkpoint choice and tuning as the v1 split did the test.
+    """
+    rows = {r["case"]: r for r in csv.DictReader(open(cases_csv))} if cases_csv.is_file() else {}
+    groups: dict[str, list[str]] = {}
+    for c in train:
+        groups.setdefault(rows.get(c, {}).get("patient") or c, []).append(c)
+    rng = np.random.RandomState(SEED)
+    val: list[str] = []
+    for cls in sorted({c.rsplit("_", 1)[0] for c in train}):
+        # a group's class is its first case's (near-copies of one lesion share it)
+        names = sorted(g for g, m in groups.items() if m[0].rsplit("_", 1)[0] == cls)
+        want = VAL_FRACTION * sum(len(groups[g]) for g in names)
+        taken = 0
+        for i in rng.permutation(len(names)):
+            if taken >= want - 0.5:
+                break
+            val += groups[names[i]]
+            taken += len(groups[names[i]])
+    return sorted(val)
+
+
 def prepare(src: Path, dst: Path) -> Path:
     """Write dst/images, dst/masks (PNG, 256x256) and dst/split.json once; reuse them after."""
     done = dst / "split.json"
@@ -47,21 +76,14 @@ def prepare(src: Path, dst: Path) -> Path:
         Image.fromarray(_resize(img, nearest=False)).save(tmp / "images" / path.name)
         Image.fromarray((_resize(mask.astype(np.uint8) * 255, nearest=True) > 127).astype(np.uint8) * 255).save(tmp / "masks" / path.name)
     shared = json.loads((src / "split.json").read_text())
+    val = _grouped_val(sorted(shared["train"]), src / "cases.csv")
     train_all = sorted(shared["train"])
-    # stratified by class (the stem's prefix): an unstratified 15% drew only 6 of 99 normal
-    # images, too few to tune false-positive control on
-    rng = np.random.RandomState(SEED)
-    val: list[str] = []
-    for cls in sorted({c.rsplit("_", 1)[0] for c in train_all}):
-        members = [c for c in train_all if c.rsplit("_", 1)[0] == cls]
-        order = [members[i] for i in rng.permutation(len(members))]
-        val += order[: int(round(VAL_FRACTION * len(members)))]
     split = {
         "train": sorted(set(train_all) - set(val)),
         "val": sorted(val),
         "test": sorted(shared["test"]),
-        "method": f"test = {src / 'split.json'} test (fixed 20%); val = {VAL_FRACTION:.0%} of its train per class "
-        f"(benign/malignant/normal) by RandomState({SEED}); train = the rest",
+        "method": f"test = {src / 'split.json'} test (fixed 20%, version {shared.get('version', 1)}); val = whole patient "
+        f"groups of its train, ~{VAL_FRACTION:.0%} of each class's images, by RandomState({SEED}); train = the rest",
     }
     (tmp / "split.json").write_text(json.dumps(split, indent=1))
     if (src / "cases.csv").is_file():

@@ -127,10 +127,13 @@ def bare_step(stats: dict) -> dict:
 # peers
 
 
-def run_peer(script: str, prep: Path, out: Path, budget_min: float, seed: int, extra: list[str], python: str) -> dict:
+def run_peer(script: str, prep: Path, out: Path, budget_min: float, seed: int, extra: list[str], python: str,
+             tcmalloc: bool = False) -> dict:
     t0 = time.time()
     out.parent.mkdir(parents=True, exist_ok=True)
-    sh([python, HERE / script, prep, out, "--budget-s", str(int(budget_min * 60)), "--seed", str(seed), *extra], out.parent / f"{out.name}.log")
+    env = dict(os.environ, LD_PRELOAD=TCMALLOC) if tcmalloc and Path(TCMALLOC).exists() else None
+    sh([python, HERE / script, prep, out, "--budget-s", str(int(budget_min * 60)), "--seed", str(seed), *extra],
+       out.parent / f"{out.name}.log", env=env)
     stats = json.loads((out / "stats.json").read_text())
     stats.setdefault("wall_seconds", time.time() - t0)
     return stats
@@ -173,6 +176,7 @@ def main() -> None:
     ap.add_argument("--nnunet-venv", type=Path, default=Path("/work/cache/nnunet-venv"))
     ap.add_argument("--nnunet-trainer", default="short", help="short (budget-sized epochs) or 1epoch (stock, 250 iterations)")
     ap.add_argument("--nnunet-tcmalloc", action="store_true", help="preload tcmalloc into nnU-Net's processes too (medseg preloads it by default)")
+    ap.add_argument("--notebook-glibc", action="store_true", help="run the notebook with glibc malloc (before split v2 it always did)")
     ap.add_argument("--medseg-set", action="append", default=[], help="extra --set for medseg fit (ablations only)")
     a = ap.parse_args()
     if a.out.exists():
@@ -214,7 +218,9 @@ def main() -> None:
         save()
     if "notebook" in methods:
         log("== notebook baseline")
-        st = run_peer("notebook.py", prep, a.out / "notebook", a.budget_min, a.seed, [], sys.executable)
+        st = run_peer("notebook.py", prep, a.out / "notebook", a.budget_min, a.seed, [], sys.executable,
+                      tcmalloc=not a.notebook_glibc)
+        st["tcmalloc"] = not a.notebook_glibc
         results["methods"]["notebook baseline"] = {"stats": st, "score": score_predictions(a.out / "notebook" / "pred", prep, test)["summary"]}
         save()
     if "nnunet" in methods:

@@ -367,7 +367,7 @@ def ensemble_members(paths: list[Path]):
             r0, c0, s0 = first
             same = (s0["in_channels"] == state["in_channels"] and tuple(c0.data.input_size) == tuple(cfg.data.input_size)
                     and c0.data.normalize == cfg.data.normalize and c0.data.resize_mode == cfg.data.resize_mode
-                    and c0.data.context_slices == cfg.data.context_slices)
+                    and c0.data.target_spacing == cfg.data.target_spacing and c0.data.context_slices == cfg.data.context_slices)
             if not same:
                 raise MedsegError(f"{run}: reads its inputs differently from {r0} (channels, input size, normalisation, resize "
                                   "or context slices): their probabilities cannot be averaged")

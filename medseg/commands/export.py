@@ -101,7 +101,8 @@ def export_run(run_dir: Path, fmt: str = "onnx", out: Optional[Path] = None, con
         "input": {
             "name": "image", "layout": "NCHW", "dtype": "float32", "channels": state["in_channels"], "size": [h, w],
             "source": cfg.data.source, "color": cfg.data.color, "context_slices": cfg.data.context_slices,
-            "resize_mode": cfg.data.resize_mode, "normalize": cfg.data.normalize.model_dump(mode="json"),
+            "resize_mode": cfg.data.resize_mode,
+            "target_spacing": list(cfg.data.target_spacing) if cfg.data.target_spacing else None, "normalize": cfg.data.normalize.model_dump(mode="json"),
             "modality": cfg.data.modality,
         },
         "output": {"name": "probability", "layout": "N1HW", "meaning": "sigmoid probability of foreground"},

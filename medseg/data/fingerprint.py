@@ -297,6 +297,7 @@ def compute_fingerprint(loaded, split: Optional[dict] = None, original: Optional
         "orig_width": _q([w for h, w in shapes]),
         # kept for readers of version 1: row quantiles with the column quantiles nested
         "spacing_row_col": (_spacing_q(spacings, 0) | {"col": _spacing_q(spacings, 1)}) if spacings else None,
+        "n_with_spacing": len(spacings),
         "spacing_row": _spacing_q(spacings, 0),
         "spacing_col": _spacing_q(spacings, 1),
         "normalised_intensity_mean": stats["normalised_intensity_mean"],

@@ -9,6 +9,13 @@ convention (output pixel i covers input ``[i/s, (i+1)/s)``), so forward and inve
 * ``letterbox``: scaled by one factor ``min(h/H, w/W)`` to ``content`` = (ch, cw), then
   placed centred at ``offset`` = (top, left) on a zero canvas. Zero is background for masks
   and, after z-score normalisation, the mean intensity for images.
+* ``spacing``: resampled so a pixel covers ``data.target_spacing`` (row, col; the file's units,
+  mm for medical formats), i.e. ``content`` = (H * s_row / t_row, W * s_col / t_col) for pixel
+  spacing (s_row, s_col), centred on the zero canvas like letterbox. A lesion of a given size
+  in mm then covers the same pixels in every case, as nnU-Net's resampling to the median
+  spacing does. A case too large for the canvas at that spacing is shrunk (one factor, so its
+  spacing stays isotropic relative to the target) until it fits: ``fit`` < 1 records it. A
+  case without spacing (PNG, TIFF) is letterboxed, ``fit`` None.
 """
 
 from __future__ import annotations
@@ -101,26 +108,40 @@ def normalize(arr: np.ndarray, cfg: NormalizeConfig, modality: str, where: str =
 # Geometry
 
 
-def resize_geometry(orig_hw: Sequence[int], size: Sequence[int], mode: str) -> dict:
+def resize_geometry(orig_hw: Sequence[int], size: Sequence[int], mode: str, spacing: Optional[Sequence[float]] = None,
+                    target: Optional[Sequence[float]] = None) -> dict:
     """The resize_info mapping an (H, W) image onto `size` (see the module docstring).
 
     Args:
         orig_hw: original (H, W).
         size: network input (h, w).
-        mode: 'resize' or 'letterbox'.
+        mode: 'resize', 'letterbox' or 'spacing'.
+        spacing: spacing mode: the image's pixel size (row, col); None: letterbox.
+        target: spacing mode: the pixel size (row, col) to resample to.
 
     Returns:
         dict with mode, orig_shape [H, W], size [h, w], content [ch, cw] (size of the scaled
-        image inside the canvas), offset [top, left] and scale [sy, sx] = content / orig.
+        image inside the canvas), offset [top, left] and scale [sy, sx] = content / orig; in
+        spacing mode also fit (the shrink applied to fit the canvas, 1 when none; None without
+        spacing).
     """
     H, W = int(orig_hw[0]), int(orig_hw[1])
     h, w = int(size[0]), int(size[1])
+    extra: dict = {}
     if mode == "resize":
         ch, cw = h, w
-    elif mode == "letterbox":
+    elif mode == "letterbox" or (mode == "spacing" and (spacing is None or target is None)):
         s = min(h / H, w / W)
         ch = min(h, max(1, int(round(H * s))))
         cw = min(w, max(1, int(round(W * s))))
+        if mode == "spacing":
+            extra = {"fit": None}
+    elif mode == "spacing":
+        fy, fx = float(spacing[0]) / float(target[0]), float(spacing[1]) / float(target[1])
+        fit = min(1.0, h / (H * fy), w / (W * fx))
+        ch = min(h, max(1, int(round(H * fy * fit))))
+        cw = min(w, max(1, int(round(W * fx * fit))))
+        extra = {"fit": fit}
     else:
         raise ValueError(f"unknown resize mode {mode!r}")
     top, left = (h - ch) // 2, (w - cw) // 2
@@ -131,6 +152,7 @@ def resize_geometry(orig_hw: Sequence[int], size: Sequence[int], mode: str) -> d
         "content": [ch, cw],
         "offset": [top, left],
         "scale": [ch / H, cw / W],
+        **extra,
     }
 
 
@@ -151,23 +173,26 @@ def _resize_hwc(a: np.ndarray, dst_hw: Sequence[int]) -> np.ndarray:
     return r[:, :, None] if a.ndim == 3 and r.ndim == 2 else r
 
 
-def resize_image(img: np.ndarray, size: Sequence[int], mode: str) -> tuple[np.ndarray, dict]:
+def resize_image(img: np.ndarray, size: Sequence[int], mode: str, spacing: Optional[Sequence[float]] = None,
+                 target: Optional[Sequence[float]] = None) -> tuple[np.ndarray, dict]:
     """Resize a (C, H, W) image to the network input.
 
     Bilinear (cv2.INTER_LINEAR) when enlarging, area averaging (cv2.INTER_AREA) when
-    shrinking; letterbox pads with zeros around the centred content.
+    shrinking; letterbox and spacing pad with zeros around the centred content.
 
     Args:
         img: (C, H, W) float array.
         size: (h, w) network input size.
-        mode: 'resize' or 'letterbox'.
+        mode: 'resize', 'letterbox' or 'spacing'.
+        spacing: the image's pixel size (row, col), for the spacing mode.
+        target: the pixel size to resample to (``data.target_spacing``), for the spacing mode.
 
     Returns:
         ((C, h, w) float32 image, resize_info for `to_original`).
     """
     if img.ndim != 3:
         raise ValueError(f"resize_image expects (C, H, W), got shape {img.shape}")
-    info = resize_geometry(img.shape[1:], size, mode)
+    info = resize_geometry(img.shape[1:], size, mode, spacing, target)
     ch, cw = info["content"]
     top, left = info["offset"]
     content = _resize_hwc(np.moveaxis(img.astype(np.float32, copy=False), 0, -1), (ch, cw))
@@ -178,7 +203,8 @@ def resize_image(img: np.ndarray, size: Sequence[int], mode: str) -> tuple[np.nd
     return out, info
 
 
-def resize_mask(mask: np.ndarray, size: Sequence[int], mode: str) -> np.ndarray:
+def resize_mask(mask: np.ndarray, size: Sequence[int], mode: str, spacing: Optional[Sequence[float]] = None,
+                target: Optional[Sequence[float]] = None) -> np.ndarray:
     """Resize a binary mask to the network input, keeping it binary and keeping tiny lesions.
 
     The foreground is resampled as a coverage fraction (area averaging when shrinking,
@@ -191,7 +217,9 @@ def resize_mask(mask: np.ndarray, size: Sequence[int], mode: str) -> np.ndarray:
     Args:
         mask: (H, W) array; any value > 0 is foreground.
         size: (h, w) network input size.
-        mode: 'resize' or 'letterbox' (same geometry as `resize_image`).
+        mode: 'resize', 'letterbox' or 'spacing' (same geometry as `resize_image`).
+        spacing: the image's pixel size (row, col), for the spacing mode.
+        target: the pixel size to resample to, for the spacing mode.
 
     Returns:
         (h, w) uint8 mask in {0, 1}.
@@ -199,7 +227,7 @@ def resize_mask(mask: np.ndarray, size: Sequence[int], mode: str) -> np.ndarray:
     fg = np.asarray(mask) > 0
     if fg.ndim != 2:
         raise ValueError(f"resize_mask expects (H, W), got shape {fg.shape}")
-    info = resize_geometry(fg.shape, size, mode)
+    info = resize_geometry(fg.shape, size, mode, spacing, target)
     h, w = info["size"]
     ch, cw = info["content"]
     top, left = info["offset"]

@@ -8,7 +8,7 @@ source of truth for every knob) and re-exports them.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Annotated, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -83,8 +83,16 @@ class DataConfig(Section):
         "auto", description="images: grey (1 channel) or rgb (3); auto: grey unless some image has distinct colour channels."
     )
     input_size: tuple[int, int] = Field((256, 256), description="Network input (height, width) in pixels.")
-    resize_mode: Literal["resize", "letterbox"] = Field(
-        "resize", description="resize: scale to input_size; letterbox: keep aspect ratio and zero-pad."
+    resize_mode: Literal["resize", "letterbox", "spacing"] = Field(
+        "resize", description="resize: scale to input_size; letterbox: keep aspect ratio and zero-pad; spacing: "
+        "resample each image (each slice of a volume) to data.target_spacing and zero-pad to input_size, so a "
+        "lesion's size in mm is the same number of pixels in every case (an image too large for input_size at that "
+        "spacing is shrunk to fit; one without spacing, e.g. a PNG, is letterboxed). The plan picks it for volumes in "
+        "the patches mode.",
+    )
+    target_spacing: Optional[tuple[Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)]]] = Field(
+        None, description="resize_mode spacing: the in-plane pixel size (row, col) to resample to, in the files' units "
+        "(mm for NIfTI, NRRD, DICOM). The plan sets it with the patches mode: the median spacing at the planned size.",
     )
     skip_bad: bool = Field(
         False, description="Skip unreadable/unmatched/mismatched files (listed in the run's bad_files.json) instead of failing."
@@ -102,6 +110,12 @@ class DataConfig(Section):
         if min(v) < 16:
             raise ValueError("each side must be >= 16 (and a multiple of the model's output stride)")
         return v
+
+    @model_validator(mode="after")
+    def _spacing(self):
+        if self.resize_mode == "spacing" and self.target_spacing is None:
+            raise ValueError("data.target_spacing: required when data.resize_mode is 'spacing'")
+        return self
 
 
 class SplitConfig(Section):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -40,6 +40,33 @@ def label_components(mask: np.ndarray) -> tuple[np.ndarray, int]:
     return labels, int(n)
 
 
+def bounding_box(mask: np.ndarray, margin: int = 0) -> Optional[tuple[slice, ...]]:
+    """The box of a mask's foreground (grown by `margin`, clipped to the array), or None when it is empty.
+
+    Built from one projection per axis, not from a coordinate list of every foreground pixel
+    (which for a volume is a volume's worth of int64s).
+    """
+    box = []
+    for axis, n in enumerate(mask.shape):
+        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        if hit.size == 0:
+            return None
+        box.append(slice(max(int(hit[0]) - margin, 0), min(int(hit[-1]) + 1 + margin, n)))
+    return tuple(box)
+
+
+_AREA_CHUNK = 1 << 22  # labels counted per bincount call: its int64 copy of them stays at 32 MB
+
+
+def _areas(labels: np.ndarray, n: int) -> np.ndarray:
+    """Voxels of each component 1..n, counted in chunks (bincount copies its input to int64)."""
+    flat = labels.reshape(-1)
+    counts = np.zeros(n + 1, dtype=np.int64)
+    for i in range(0, flat.size, _AREA_CHUNK):
+        counts += np.bincount(flat[i : i + _AREA_CHUNK], minlength=n + 1)
+    return counts[1:]
+
+
 def lesion_detection(pred: np.ndarray, truth: np.ndarray, size_edges: Sequence[float], min_iou: float = 0.0) -> dict:
     """Count truth lesions found and predicted components matched, overall and by size bin.
 
@@ -61,17 +88,20 @@ def lesion_detection(pred: np.ndarray, truth: np.ndarray, size_edges: Sequence[f
     truth = np.asarray(truth, dtype=bool)
     if pred.shape != truth.shape:
         raise ValueError(f"prediction {pred.shape} and truth {truth.shape} differ in shape")
-    t_lab, n_t = label_components(truth)
+    # truth lesions are labelled inside their own box: every overlap lies there, and in a
+    # volume the box is usually a small part of it (a label array is 4 bytes per voxel)
+    box = bounding_box(truth)
+    t_lab, n_t = label_components(truth[box]) if box is not None else (None, 0)
     p_lab, n_p = label_components(pred)
-    t_area = np.bincount(t_lab.ravel(), minlength=n_t + 1)[1:]
-    p_area = np.bincount(p_lab.ravel(), minlength=n_p + 1)[1:]
+    t_area = _areas(t_lab, n_t) if box is not None else np.zeros(0, dtype=np.int64)
+    p_area = _areas(p_lab, n_p)
 
     found = np.zeros(n_t, dtype=bool)
     matched = np.zeros(n_p, dtype=bool)
-    both = (t_lab > 0) & (p_lab > 0)
-    if both.any():
+    both = truth[box] & pred[box] if box is not None else None
+    if both is not None and both.any():
         # overlap of every (truth, pred) component pair that touches, via unique label pairs
-        pairs, inter = np.unique(np.stack([t_lab[both], p_lab[both]]), axis=1, return_counts=True)
+        pairs, inter = np.unique(np.stack([t_lab[both], p_lab[box][both]]), axis=1, return_counts=True)
         ti, pi = pairs[0] - 1, pairs[1] - 1
         iou = inter / (t_area[ti] + p_area[pi] - inter)
         ok = iou >= min_iou

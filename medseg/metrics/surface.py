@@ -22,6 +22,8 @@ from typing import Optional, Sequence
 import numpy as np
 from scipy import ndimage
 
+from medseg.metrics.lesions import bounding_box
+
 
 def surface(mask: np.ndarray) -> np.ndarray:
     """Boundary pixels of a binary mask: mask XOR erosion (border outside counts as background)."""
@@ -32,13 +34,8 @@ def surface(mask: np.ndarray) -> np.ndarray:
 def _crop(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     # Distances only involve surface pixels, all inside the union's bounding box; one pixel of
     # margin keeps the erosion identical to the uncropped one. Saves the EDT on large images.
-    union = pred | truth
-    box = []
-    for axis, n in enumerate(union.shape):
-        # the box from one projection per axis: no coordinate list of every foreground pixel (a volume's worth)
-        hit = np.flatnonzero(union.any(axis=tuple(a for a in range(union.ndim) if a != axis)))
-        box.append(slice(max(int(hit[0]) - 1, 0), min(int(hit[-1]) + 2, n)))
-    return pred[tuple(box)], truth[tuple(box)]
+    box = bounding_box(pred | truth, margin=1)
+    return pred[box], truth[box]
 
 
 def directed_distances(pred: np.ndarray, truth: np.ndarray, spacing: Optional[Sequence[float]] = None) -> tuple[np.ndarray, np.ndarray]:

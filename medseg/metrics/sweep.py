@@ -34,8 +34,9 @@ def case_counts(prob: np.ndarray, truth: np.ndarray, thresholds: np.ndarray) -> 
     p, t = check_case(prob, truth)
     p, t = p.ravel(), t.ravel()
     lo = thresholds.min()
-    pos = np.sort(p[t & (p >= lo)])
-    neg = np.sort(p[~t & (p >= lo)])
+    # only the values that can count are made float64, so they compare with the thresholds as cases.binarize does
+    pos = np.sort(p[t & (p >= lo)].astype(np.float64))
+    neg = np.sort(p[~t & (p >= lo)].astype(np.float64))
     n_pos = int(np.count_nonzero(t))
     return _counts_above(pos, thresholds), _counts_above(neg, thresholds), n_pos, t.size - n_pos
 

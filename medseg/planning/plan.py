@@ -13,6 +13,10 @@ with the rules below, and write every value with the reason for it to plan.json:
   input above that cap, images are kept at the size that keeps them (at most 1024 px on a CPU,
   2048 on a GPU) and training takes cap-sized crops (``sampler.crop_size``, a third centred on
   foreground) predicted with sliding windows of the crop size (``eval.sliding_window``).
+  Volumes are then also resampled in-plane to one spacing (``data.resize_mode: spacing``,
+  ``data.target_spacing`` = the median slice's spacing at the planned size), so a lesion of a
+  given size in mm covers the same pixels in every case, as nnU-Net resamples to its median
+  spacing; 2D images keep the resize (their pixel spacing is often missing, or the detector's).
 * ``sampler.positive_share``: 0.5 when fewer than half of the training images hold foreground
   (so a batch is never mostly empty); null (natural order) when most images are positive or
   none is. Not planned when ``sampler.schedule`` is set.
@@ -64,7 +68,7 @@ import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 from pydantic import BaseModel
@@ -225,6 +229,26 @@ def plan_patches(fp: dict, device: str, min_lesion_px: float, max_side: Optional
     return ([h, w], crop), (f"the smallest 5% of lesions ({a05:.1f} px at {where}) need a {max(h, w)} px input to keep >= "
                             f"{min_lesion_px:g} px, above the {cap_side} px whole-image cap: images kept at {h}x{w}, trained on "
                             f"{crop[0]}x{crop[1]} crops, predicted with sliding windows of that size")
+
+
+def plan_spacing(fp: dict, size: Sequence[int]) -> tuple[Optional[list[float]], str]:
+    """(target in-plane spacing (row, col), why) for volumes whose every slice has a spacing, else (None, why).
+
+    The target is the median spacing scaled by the median slice's shrink to `size`, so the
+    median slice maps onto the input exactly and every other slice keeps its millimetres.
+    """
+    if not fp.get("n_volumes"):
+        return None, "2D images: resized (no spacing normalisation)"
+    n, with_spacing = int(fp.get("n_images") or 0), int(fp.get("n_with_spacing") or 0)
+    sp_r, sp_c = (fp.get("spacing_row") or {}).get("q50"), (fp.get("spacing_col") or {}).get("q50")
+    if not n or with_spacing < n or not sp_r or not sp_c:
+        return None, f"{n - with_spacing} of {n} slices have no spacing: resized (no spacing normalisation)"
+    H = float((fp.get("orig_height") or {}).get("q50"))
+    W = float((fp.get("orig_width") or {}).get("q50"))
+    target = [round(float(sp_r) * H / size[0], 4), round(float(sp_c) * W / size[1], 4)]
+    return target, (f"volumes: each slice resampled to {target[0]:g} x {target[1]:g} per pixel (the median spacing "
+                    f"{float(sp_r):g} x {float(sp_c):g} of a {H:g}x{W:g} slice at {size[0]}x{size[1]}), so a lesion's size in "
+                    f"mm is the same pixels in every volume; a slice larger than the input at that spacing is shrunk to fit")
 
 
 def window_count(size: tuple[int, int], roi: tuple[int, int], overlap: float) -> int:
@@ -446,6 +470,9 @@ def make_plan(cfg: Config, fp: dict, measure: Optional[bool] = None, world: int 
         size = p.decide("data.input_size", patches[0], why)
         crop = tuple(p.decide("sampler.crop_size", patches[1], why))
         p.decide("eval.sliding_window.roi_size", list(crop), why)
+        target, why = plan_spacing(fp, size)
+        if target is not None and p.decide("data.resize_mode", "spacing", why) == "spacing":
+            p.decide("data.target_spacing", target, why)
     else:
         size, why = plan_input_size(fp, device, cfg.plan.min_lesion_px, cfg.plan.max_side, crop, multiple=stride)
         size = p.decide("data.input_size", size, why)
@@ -533,6 +560,10 @@ class PlannedRun:
     plan: Plan
 
 
+def _geometry(d) -> tuple:
+    return tuple(d.input_size), d.resize_mode, tuple(d.target_spacing) if d.target_spacing else None
+
+
 def plan_run(cfg: Config, loaded, split: dict, measure: Optional[bool] = None, progress: bool = False, world: int = 1) -> PlannedRun:
     """Fingerprint the loaded data, plan, and re-read the data when the plan changed the input size.
 
@@ -547,8 +578,8 @@ def plan_run(cfg: Config, loaded, split: dict, measure: Optional[bool] = None, p
     original = original_statistics(loaded, split)
     fp = compute_fingerprint(loaded, split, original=original)
     plan, planned = make_plan(cfg, fp, measure, world)
-    if tuple(planned.data.input_size) != tuple(cfg.data.input_size):
-        # the loader resizes while reading, so a new input size means reading the files again
+    if _geometry(planned.data) != _geometry(cfg.data):
+        # the loader resizes while reading, so a new input geometry means reading the files again
         loaded = load_data(planned.data, with_masks=True, progress=progress)
         fp = compute_fingerprint(loaded, split, original=original)
     return PlannedRun(planned, loaded, fp, plan)

@@ -39,15 +39,18 @@ def test_predict_png_folder_at_original_size(tmp_path):
         predict_run(run, new, out)
 
 
-def _write_volumes(root, n=3, shape=(48, 40, 6)):
+def _write_volumes(root, n=3, shape=(48, 40, 6), coarse=()):
+    """n NRRD volumes with an 8x8-pixel lesion at 0.7 x 0.8 mm; those in `coarse` at twice the spacing with a 4x4 lesion (same mm)."""
     root.mkdir(parents=True)
     rng = np.random.default_rng(0)
     for i in range(n):
         img = rng.normal(100, 10, shape).astype(np.int16)
         lab = np.zeros(shape, np.uint8)
-        lab[10:18, 12:20, 2:4] = 1
+        side, scale = (4, 2.0) if i in coarse else (8, 1.0)
+        lab[10:10 + side, 12:12 + side, 2:4] = 1
         img[lab == 1] += 80
-        hdr = {"space": "left-posterior-superior", "space directions": np.diag([0.7, 0.8, 3.0]), "space origin": np.array([1.0, 2.0, 3.0])}
+        hdr = {"space": "left-posterior-superior", "space directions": np.diag([0.7 * scale, 0.8 * scale, 3.0]),
+               "space origin": np.array([1.0, 2.0, 3.0])}
         nrrd.write(str(root / f"v{i}_image.nrrd"), img, hdr)
         nrrd.write(str(root / f"v{i}_label.nrrd"), lab, hdr)
     return root
@@ -69,6 +72,31 @@ def test_volumes_fit_reports_per_volume_and_predict_keeps_geometry(tmp_path):
     np.testing.assert_allclose(mh["space directions"], ref["space directions"])
     np.testing.assert_allclose(mh["space origin"], ref["space origin"])
     assert set(np.unique(mask)) <= {0, 1}
+
+
+@pytest.mark.slow
+def test_spacing_mode_gives_one_lesion_size_in_mm_the_same_pixels_and_predict_keeps_geometry(tmp_path):
+    """Volumes at two spacings, resampled in-plane to 1 mm: the same 5.6 x 6.4 mm lesion covers the same pixels in both."""
+    from medseg.data import load_data
+
+    data = _write_volumes(tmp_path / "vols", coarse=(2,))
+    over = dict(data={"source": "volumes", "root": str(data), "input_size": [80, 80], "resize_mode": "spacing",
+                      "target_spacing": [1.0, 1.0]}, split={"mode": "holdout", "val_fraction": 0.34})
+    cfg = config_from_dict(tiny_config(data, tmp_path / "runs", **over))
+    loaded = load_data(cfg.data, with_masks=True)
+    area = {}
+    for s in loaded.samples:
+        if s.meta["slice"] == 2:
+            assert s.meta["resize"]["fit"] == 1.0  # 48 x 40 px at <= 1.4 x 1.6 mm fits 80² at 1 mm
+            area[s.meta["volume"]] = int(np.asarray(s.mask).sum())
+    # 5.6 x 6.4 mm at 1 mm per pixel: about 36 px in every volume (resizing would give the coarse one a quarter)
+    assert len(area) == 3 and all(abs(a - 5.6 * 6.4) <= 8 for a in area.values()), area
+    run = fit(cfg, progress=False)
+    out = predict_run(run, data / "v2_image.nrrd", tmp_path / "out")
+    mask, mh = nrrd.read(str(out / "v2_mask.nrrd"))
+    _, ref = nrrd.read(str(data / "v2_image.nrrd"))
+    assert mask.shape == (48, 40, 6)
+    np.testing.assert_allclose(mh["space directions"], ref["space directions"])
 
 
 @pytest.mark.slow

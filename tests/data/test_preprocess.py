@@ -105,6 +105,43 @@ def test_letterbox_geometry_and_zero_padding():
     np.testing.assert_allclose(to_original(prob, info), 1.0, atol=1e-6)
 
 
+def test_spacing_mode_resamples_to_the_target_spacing_pads_and_maps_back():
+    # 100x80 px at 0.5 x 0.8 mm = 50 x 64 mm; at 1 mm per pixel that is 50 x 64 px on a 64x64 canvas
+    img = smooth_image(100, 80)[None]
+    out, info = resize_image(img, (64, 64), "spacing", spacing=(0.5, 0.8), target=(1.0, 1.0))
+    assert info["content"] == [50, 64] and info["offset"] == [7, 0] and info["fit"] == 1.0
+    np.testing.assert_allclose(info["scale"], [0.5, 0.8])
+    assert not out[:, :7].any() and not out[:, 57:].any()
+    back = to_original(out[0], info)
+    assert back.shape == (100, 80)
+    assert np.abs(back - img[0])[2:-2, 2:-2].max() < 0.08
+    json.dumps(info)
+
+
+def test_spacing_mode_shrinks_a_case_too_large_for_the_canvas_and_letterboxes_one_without_spacing():
+    # 200 x 100 mm at 1 mm needs 200 x 100 px: shrunk by one factor (64/200) to fit, aspect kept
+    _, info = resize_image(np.zeros((1, 400, 200), np.float32), (64, 64), "spacing", spacing=(0.5, 0.5), target=(1.0, 1.0))
+    assert info["fit"] == pytest.approx(0.32) and info["content"] == [64, 32]
+    _, plain = resize_image(np.zeros((1, 400, 200), np.float32), (64, 64), "letterbox")
+    _, none = resize_image(np.zeros((1, 400, 200), np.float32), (64, 64), "spacing", spacing=None, target=(1.0, 1.0))
+    assert none["content"] == plain["content"] and none["offset"] == plain["offset"] and none["fit"] is None
+
+
+def test_spacing_mode_gives_a_lesion_the_same_pixels_at_any_source_spacing():
+    """A 6 mm disk in a 40 mm field at 0.4 mm and in a 64 mm field at 0.8 mm: pi * 6^2 px at 1 mm in both (its area)."""
+    spacing_areas, resized_areas = [], []
+    for sp, fov in ((0.4, 40), (0.8, 64)):
+        n = int(round(fov / sp))
+        yy, xx = (np.mgrid[0:n, 0:n] + 0.5) * sp
+        disk = ((yy - 20) ** 2 + (xx - 20) ** 2 <= 6.0 ** 2).astype(np.uint8)
+        spacing_areas.append(int(resize_mask(disk, (64, 64), "spacing", spacing=(sp, sp), target=(1.0, 1.0)).sum()))
+        resized_areas.append(int(resize_mask(disk, (64, 64), "resize").sum()))
+    for a in spacing_areas:
+        assert abs(a - np.pi * 36) < 0.1 * np.pi * 36, spacing_areas
+    # resizing both fields to 64 px instead makes the same lesion (64/40)^2 = 2.6x larger in the smaller field
+    assert resized_areas[0] > 2 * resized_areas[1]
+
+
 # ---------------------------------------------------------------- masks
 
 @pytest.mark.parametrize("mode", ["resize", "letterbox"])

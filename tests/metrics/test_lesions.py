@@ -95,3 +95,48 @@ def test_empty_masks():
 def test_shape_mismatch():
     with pytest.raises(ValueError, match="shape"):
         lesion_detection(np.zeros((3, 3)), np.zeros((3, 4)), EDGES)
+
+
+def _reference_detection(pred, truth, min_iou):
+    """Independent: every pair of components compared by full-size boolean masks."""
+    t_lab, n_t = label_components(truth)
+    p_lab, n_p = label_components(pred)
+    found, matched = set(), set()
+    for i in range(1, n_t + 1):
+        for j in range(1, n_p + 1):
+            a, b = t_lab == i, p_lab == j
+            inter = (a & b).sum()
+            if inter and inter / (a | b).sum() >= min_iou:
+                found.add(i)
+                matched.add(j)
+    return n_t, len(found), n_p, len(matched)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_truth_labelled_in_its_box_gives_the_whole_volume_answer(seed, monkeypatch):
+    rng = np.random.default_rng(seed)
+    truth = np.zeros((12, 30, 40), bool)
+    for _ in range(3):
+        z, y, x = rng.integers(2, 9), rng.integers(3, 24), rng.integers(3, 34)
+        truth[z : z + 2, y : y + rng.integers(1, 5), x : x + rng.integers(1, 5)] = True
+    pred = rng.random(truth.shape) > 0.97
+    pred |= np.roll(truth, int(rng.integers(-1, 2)), axis=2)
+    import medseg.metrics.lesions as lesions
+
+    monkeypatch.setattr(lesions, "_AREA_CHUNK", 1000)  # areas summed over several chunks
+    out = lesion_detection(pred, truth, EDGES, min_iou=0.2)
+    assert (out["n_lesions_truth"], out["n_lesions_found"], out["n_lesions_pred"], out["n_pred_matched"]) == _reference_detection(pred, truth, 0.2)
+    # an empty truth: no lesions, every prediction unmatched
+    empty = lesion_detection(pred, np.zeros_like(truth), EDGES)
+    assert empty["n_lesions_truth"] == 0 and empty["n_pred_matched"] == 0 and empty["n_lesions_pred"] == label_components(pred)[1]
+
+
+def test_bounding_box():
+    from medseg.metrics.lesions import bounding_box
+
+    m = np.zeros((5, 6, 7), bool)
+    assert bounding_box(m) is None
+    m[1, 2, 3] = m[3, 4, 3] = True
+    assert bounding_box(m) == (slice(1, 4), slice(2, 5), slice(3, 4))
+    assert bounding_box(m, margin=1) == (slice(0, 5), slice(1, 6), slice(2, 5))
+    assert bounding_box(m, margin=9) == (slice(0, 5), slice(0, 6), slice(0, 7))

@@ -333,3 +333,26 @@ def test_plan_patches_auto_keeps_small_lesions_by_crops_and_windows_and_budgets_
     # validation slides 49 windows of 256² over a 928² image (overlap 0.5): the plan costs each image as 49 windows
     assert plan_p.cost.val_size == (256, 256) and plan_p.cost.train_size == (256, 256)
     assert plan_p.cost.val_s_per_image == pytest.approx(49 * plan.cost.val_s_per_image, rel=1e-9)
+
+
+def test_plan_patches_on_volumes_resamples_every_slice_to_the_median_spacing_at_the_planned_size():
+    from medseg.config import config_from_dict
+    from medseg.planning import make_plan
+
+    vol = {"n_images": 400, "n_volumes": 4, "n_with_spacing": 400, "in_channels": 3, "orig_height": {"q50": 512},
+           "orig_width": {"q50": 512}, "spacing_row": {"q50": 0.7}, "spacing_col": {"q50": 0.8},
+           "lesion_area_px_original": {"q05": 20.0}, "empty_image_fraction": 0.5,
+           "foreground_fraction_positive": {"q50": 0.004, "mean": 0.006}}
+    raw = {"train": {"accelerator": "cpu", "budget_minutes": 30}, "plan": {"patches": "auto"}}
+    plan, cfg = make_plan(config_from_dict(raw), vol, measure=False)
+    h, w = cfg.data.input_size
+    assert cfg.data.resize_mode == "spacing" and cfg.sampler.crop_size == (256, 256)
+    # the median 512² slice at 0.7 x 0.8 mm maps onto the planned input exactly
+    assert cfg.data.target_spacing == pytest.approx((0.7 * 512 / h, 0.8 * 512 / w), abs=1e-4)
+    assert "mm" in {e.key: e.reason for e in plan.entries}["data.target_spacing"]
+    # 2D images, slices without spacing, the resize (no patches) mode and a user's resize_mode: no resampling
+    for fp, extra in (({**vol, "n_volumes": 0}, {}), ({**vol, "n_with_spacing": 399}, {}), (vol, {"plan": {"patches": "never"}}),
+                      (vol, {"data": {"resize_mode": "letterbox"}})):
+        _, other = make_plan(config_from_dict({**raw, **extra}), fp, measure=False)
+        assert other.data.resize_mode != "spacing" and other.data.target_spacing is None
+

@@ -53,7 +53,7 @@ def _prepare_dicom(cfg: DataConfig, path: Path, rles: dict, with_masks: bool, ba
             bad.report(cfg.rle_csv, f"ImageId {image_id} ({path.name}, {H}x{W}): {e}")
             return None
         meta_mask = {"mask_path": str(cfg.rle_csv), "raw_mask_values": distinct_values(m), "fg_fraction": fg_fraction(m)}
-        mask = resize_mask(m, cfg.input_size, cfg.resize_mode)
+        mask = resize_mask(m, cfg.input_size, cfg.resize_mode, dinfo.get("PixelSpacing"), cfg.target_spacing)
     if cfg.modality != "auto":
         modality = cfg.modality
     else:
@@ -63,7 +63,7 @@ def _prepare_dicom(cfg: DataConfig, path: Path, rles: dict, with_masks: bool, ba
     except MedsegError as e:
         bad.error(path, e)
         return None
-    img, info = resize_image(norm, cfg.input_size, cfg.resize_mode)
+    img, info = resize_image(norm, cfg.input_size, cfg.resize_mode, dinfo.get("PixelSpacing"), cfg.target_spacing)
     meta = {
         "path": str(path), **meta_mask, "orig_shape": [H, W], "resize": info,
         "spacing": dinfo.get("PixelSpacing"), "image_id": image_id,

@@ -202,7 +202,7 @@ def _prepare_case(cfg: DataConfig, case: VolumeCase, bad: BadFiles, store, files
     prepared, masks, slices = [], [], []
     for z in range(Z):
         # each slice resized once; its 2.5D neighbours come from the prepared volume
-        img, rinfo = resize_image(np.stack([v[z] for v in norm]), cfg.input_size, cfg.resize_mode)
+        img, rinfo = resize_image(np.stack([v[z] for v in norm]), cfg.input_size, cfg.resize_mode, slice_spacing, cfg.target_spacing)
         prepared.append(img)
         meta = {
             "path": str(ipath), "mask_path": str(case.label) if case.label else None, "orig_shape": [H, W],
@@ -211,7 +211,7 @@ def _prepare_case(cfg: DataConfig, case: VolumeCase, bad: BadFiles, store, files
         }
         if label is not None:
             sl = label[z] > 0
-            masks.append(resize_mask(sl, cfg.input_size, cfg.resize_mode))
+            masks.append(resize_mask(sl, cfg.input_size, cfg.resize_mode, slice_spacing, cfg.target_spacing))
             meta["fg_fraction"] = fg_fraction(sl)
         slices.append(meta)
     del norm
