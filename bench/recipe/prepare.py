@@ -76,8 +76,8 @@ def prepare(src: Path, dst: Path) -> Path:
         Image.fromarray(_resize(img, nearest=False)).save(tmp / "images" / path.name)
         Image.fromarray((_resize(mask.astype(np.uint8) * 255, nearest=True) > 127).astype(np.uint8) * 255).save(tmp / "masks" / path.name)
     shared = json.loads((src / "split.json").read_text())
-    val = _grouped_val(sorted(shared["train"]), src / "cases.csv")
     train_all = sorted(shared["train"])
+    val = _grouped_val(train_all, src / "cases.csv")
     split = {
         "train": sorted(set(train_all) - set(val)),
         "val": sorted(val),
