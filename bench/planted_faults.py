@@ -37,7 +37,7 @@ class Fault:
 
     Attributes:
         name: short name.
-        expected: id of the finding the doctor should rank first.
+        expected: id of the finding the doctor should rank first ("a|b": either names the cause).
         configure: edits the config dict in place (gets the base config).
         prepare: builds a derived data folder from (source root, destination) and returns its root.
         patch: a context manager active while the run trains (a fault below the loader).
@@ -281,7 +281,7 @@ FAULTS: list[Fault] = [
         configure=lambda c: _set(c, "schedule.warmup_epochs", round(0.9 * c["train"]["epochs"], 2)),
     ),
     Fault(
-        "tversky_precision", "errors.recall_loss_weights", "Tversky fn_weight 0.1 / fp_weight 0.9, trained twice as long",
+        "tversky_precision", "errors.recall_loss_weights|errors.loss_weights_reversed", "Tversky fn_weight 0.1 / fp_weight 0.9, trained twice as long",
         configure=_tversky_precision,
     ),
     Fault(
@@ -374,8 +374,8 @@ def plant(fault: Fault, base: dict, work: Path) -> Path:
 
 
 def rank_of(findings: list, expected: str) -> Optional[int]:
-    """1-based rank of the first finding with id `expected` (None: not found)."""
-    return next((i for i, f in enumerate(findings, 1) if f.id == expected), None)
+    """1-based rank of the first finding with an id `expected` names (None: not found)."""
+    return next((i for i, f in enumerate(findings, 1) if f.id in expected.split("|")), None)
 
 
 def rank_beyond_baseline(finding_ids: list[str], expected: str, baseline: set[str]) -> Optional[int]:
@@ -385,8 +385,9 @@ def rank_beyond_baseline(finding_ids: list[str], expected: str, baseline: set[st
     images on both sides): the doctor rightly ranks it first on every run, which says nothing
     about whether it found the planted cause.
     """
-    kept = [i for i in finding_ids if i not in baseline or i == expected]
-    return next((k for k, i in enumerate(kept, 1) if i == expected), None)
+    wanted = expected.split("|")
+    kept = [i for i in finding_ids if i not in baseline or i in wanted]
+    return next((k for k, i in enumerate(kept, 1) if i in wanted), None)
 
 
 def rediagnose(results: list[dict], evaluate: bool = True) -> list[dict]:

@@ -76,6 +76,12 @@ class ScheduleConfig(Section):
     poly_power: float = Field(0.9, gt=0.0, description="poly: exponent of (1 - progress).")
     plateau_patience: int = Field(3, ge=1, description="plateau: epochs without improvement before the LR is cut.")
     plateau_factor: float = Field(0.5, gt=0.0, lt=1.0, description="plateau: LR multiplier on a cut.")
+    follow_budget: bool = Field(
+        True,
+        description="With train.budget_minutes: when the epochs measured so far say the rest of the budget holds fewer "
+        "epochs than train.epochs, training ends after those and the cosine/poly decay is shortened to end with them "
+        "(otherwise the budget's hard stop cuts the schedule while the LR is still high).",
+    )
 
 
 class AugmentConfig(Section):

@@ -16,6 +16,8 @@ from medseg.models import get_model_spec
 # Lesions smaller than this many pixels at network input are hard to resolve: a 4x4 patch is
 # the footprint of one pixel after two 2x downsamplings.
 MIN_LESION_PX = 16.0
+# Images shrunk to this share of their side or less lose lesion detail a larger input would keep.
+SHRUNK_A_LOT = 0.25
 # Validation thumbnails compared with every training thumbnail per block.
 DUPLICATE_BLOCK = 256
 # Thumbnail correlation above which two images count as the same case.
@@ -196,14 +198,20 @@ def tiny_lesions(ev: RunEvidence) -> Finding | None:
     else:
         fix_key = "loss"
         fix_value = {"bce": 1.0, "focal_tversky": {"weight": 1.0, "fp_weight": 0.3, "fn_weight": 0.7}}
+    # the median lesion smaller than one cell of the deepest feature map, in images shrunk a lot to fit
+    below_cell = scale <= SHRUNK_A_LOT and median < stride * stride
     # serious when most lesions are below the limit and a larger input (the images were shrunk) can fix it
     if median < MIN_LESION_PX and scale < 0.999:
         severity = "serious"
     else:
-        severity = "warning" if below >= 0.25 else "info"
+        severity = "warning" if below >= 0.25 or below_cell else "info"
+    title = f"{below:.0%} of lesions are smaller than {MIN_LESION_PX:g} px at network input"
+    if below_cell and severity == "warning" and below < 0.25:
+        title = (f"images are shrunk {1 / scale:.0f}x: the median lesion ({median:.0f} px at input) is smaller than one "
+                 f"{stride}x{stride} cell of the network's deepest level")
     return Finding(
         id="data.tiny_lesions", family="data", severity=severity, confidence=0.85, impact=min(1.0, 0.3 + below),
-        title=f"{below:.0%} of lesions are smaller than {MIN_LESION_PX:g} px at network input",
+        title=title,
         evidence=evidence,
         why="a lesion of a few pixels is erased by the encoder's pooling and costs a whole case's Dice when missed; "
         "more input pixels per lesion is the surest remedy when the originals are larger",

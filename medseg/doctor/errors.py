@@ -20,6 +20,10 @@ MISS_DOMINANT = 0.7
 GOOD_DICE = 0.85
 
 
+# A Tversky-type term weighing false positives this many times more than misses is set the wrong way round
+# for small targets, whatever this run's errors show.
+REVERSED_RATIO = 2.0
+
 # below this share of lesions found the misses are a collapse, not a size problem
 COLLAPSE_FOUND_SHARE = 0.2
 # false positives on empty images this large against the median lesion are regions, not specks
@@ -34,6 +38,10 @@ def check(ev: RunEvidence) -> list[Finding]:
     f = recall_precision(ev, summary)
     if f is not None:
         out.append(f)
+    if f is None or f.id != "errors.recall_loss_weights":
+        f = loss_weights_reversed(ev, summary)
+        if f is not None:
+            out.append(f)
     return out
 
 
@@ -304,4 +312,39 @@ def recall_precision(ev: RunEvidence, summary: dict) -> Finding | None:
                     fix_key=f"loss.{name}", fix_value={**{k: v for k, v in spec.items() if k not in ("alpha", "beta")}, "fp_weight": 0.5, "fn_weight": 0.5},
                     numbers=numbers,
                 )
+    return None
+
+
+def loss_weights_reversed(ev: RunEvidence, summary: dict) -> Finding | None:
+    """A Tversky-type loss term configured to weigh false positives well above misses.
+
+    A config check: it fires whether or not recall is measurably the weak side (when it is,
+    `errors.recall_loss_weights` says so with the numbers, and this one stays silent).
+    """
+    loss = ev.get("loss") or {}
+    for name, spec in loss.items():
+        weights = loss_traits(name).fp_fn(spec) if isinstance(spec, dict) else None
+        if weights is None:
+            continue
+        f_p, f_n = weights
+        if not (finite(f_p) and finite(f_n)) or f_p < REVERSED_RATIO * max(f_n, 1e-9):
+            continue
+        ratio = f_p / max(f_n, 1e-9)
+        tp, fp, fn = (summary.get(k) for k in ("tp", "fp", "fn"))
+        measured = ""
+        if all(finite(x) for x in (tp, fp, fn)) and tp + fn > 0 and tp + fp > 0:
+            measured = f"; pooled validation recall {tp / (tp + fn):.3f}, precision {tp / (tp + fp):.3f}"
+        aliased = [k for k in ("alpha", "beta") if k in spec]
+        return Finding(
+            id="errors.loss_weights_reversed", family="errors", severity="warning", confidence=0.8,
+            impact=min(0.6, 0.2 + 0.05 * ratio),
+            title=f"loss.{name} weighs false positives {ratio:.0f}x more than missed lesion pixels",
+            evidence=f"loss.{name} fp_weight {f_p:g}, fn_weight {f_n:g}"
+            + (f" (given as {' and '.join(aliased)}, read as in MONAI: alpha = false positives)" if aliased else "") + measured,
+            why="for small targets the Tversky family is used the other way round (fp 0.3, fn 0.7; Salehi et al. 2017), "
+            "so that a missed lesion, which costs its whole case, is the expensive error; libraries disagree on which "
+            "of alpha and beta weighs which, so weights copied from elsewhere are easily reversed",
+            fix_key=f"loss.{name}", fix_value=_recall_fix(name, spec),
+            numbers={"fp_weight": f_p, "fn_weight": f_n, "ratio": ratio},
+        )
     return None

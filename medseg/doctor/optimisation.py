@@ -1,4 +1,4 @@
-"""Optimisation checks: non-finite losses (AMP overflow), LR too low or too high, warm-up too long."""
+"""Optimisation checks: non-finite losses (AMP overflow), LR too low or too high, warm-up too long, a schedule the budget cut."""
 
 from __future__ import annotations
 
@@ -16,11 +16,14 @@ LOW_LR = {"adamw": 1e-5, "sgd": 1e-4}
 FLAT_DROP = 0.03
 # Warm-up longer than these shares of the run is reported as serious / as a warning.
 WARMUP_SERIOUS, WARMUP_WARN = 0.5, WARMUP_MAX_SHARE  # the plan keeps its own warm-ups below the warning
+# A run the budget stopped with its last LR this far above the schedule's floor (share of the peak) never
+# finished its decay: reported as info, and as a warning from CUT_WARN of the peak.
+CUT_ABOVE_FLOOR, CUT_WARN = 0.05, 0.25
 
 
 def check(ev: RunEvidence) -> list[Finding]:
     out = []
-    for fn in (nonfinite, nan_checkpoint, lr_too_low, warmup_too_long, diverging, oscillating):
+    for fn in (nonfinite, nan_checkpoint, lr_too_low, warmup_too_long, schedule_cut, diverging, oscillating):
         f = fn(ev)
         if f is not None:
             out.append(f)
@@ -147,6 +150,47 @@ def warmup_too_long(ev: RunEvidence) -> Finding | None:
         why="during warm-up the LR is below its peak, so most of the budget trains slowly and the decay phase, "
         "where the model settles, is cut short or never happens",
         fix_key="schedule.warmup_epochs", fix_value=fix, numbers={"warmup_share": share, "mean_lr_over_peak": mean_lr},
+    )
+
+
+def schedule_cut(ev: RunEvidence) -> Finding | None:
+    """The time budget stopped training before the LR decay reached its floor.
+
+    Not when early stopping explains the end (the best epoch is `patience` or more before the
+    last), nor for schedules without a decay (constant, plateau).
+    """
+    budget = ev.get("train.budget_minutes")
+    if not budget or str(ev.get("schedule.name", "cosine")) not in ("cosine", "poly") or not ev.epochs:
+        return None
+    planned = int(ev.get("train.epochs", 1))
+    ep = ev.epoch_numbers
+    last = int(ep[-1])
+    if last + 1 >= planned:
+        return None
+    patience = int(ev.get("train.early_stopping.patience", 0) or 0)
+    best = ev.summary.get("best_epoch")
+    if patience > 0 and finite(best) and last - int(best) >= patience:
+        return None
+    peak = float(ev.get("optim.lr", 1e-3))
+    floor = float(ev.get("schedule.min_lr_ratio", 0.01))
+    lrs = ev.series("lr")
+    if peak <= 0 or not np.isfinite(lrs[-1]):
+        return None
+    share = float(lrs[-1]) / peak
+    if share < floor + CUT_ABOVE_FLOOR:
+        return None
+    follow = bool(ev.get("schedule.follow_budget", False))
+    return Finding(
+        id="optimisation.schedule_cut", family="optimisation", severity="warning" if share >= CUT_WARN else "info",
+        confidence=0.85, impact=min(0.8, 0.2 + share / 2),
+        title=f"the {float(budget):g} min budget stopped training at epoch {last} of {planned} with the LR at {share:.0%} of its peak",
+        evidence=f"train.budget_minutes = {float(budget):g}, train.epochs = {planned}, {last + 1} epochs trained; last LR "
+        f"{float(lrs[-1]):.2e} against the peak {peak:.1e} and the floor {floor:.0%} of it (schedule.min_lr_ratio)",
+        why="the low-LR end of the schedule, where the weights settle, never happened: the kept checkpoint comes from a "
+        "model still taking large steps",
+        fix_key="schedule.follow_budget" if not follow else "train.epochs",
+        fix_value=True if not follow else last + 1,
+        numbers={"epochs_trained": last + 1, "epochs_planned": planned, "last_lr_over_peak": share},
     )
 
 

@@ -6,6 +6,8 @@
   same inference and the same scorer `medseg evaluate` uses, logged as `val/monitor` (which
   picks the best checkpoint and drives early stopping);
 * `EpochLog`: one row per epoch into metrics/epochs.csv and the loggers;
+* `BudgetSchedule`: with a time budget, ends training after the epochs the budget really holds
+  and shortens the LR decay to end with them;
 * `SameRun`: under DDP, every rank checks it trains the run rank 0 announced;
 * `KillSwitch`: fault injection for the resume tests.
 
@@ -20,6 +22,7 @@ single process's up to floating-point summation order.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import time
 from pathlib import Path
@@ -27,7 +30,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, Timer
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from medseg import runfolder as runfs
@@ -39,6 +42,7 @@ from medseg.errors import MedsegError
 from medseg.inference import predict_probs
 from medseg.metrics.validation import ValidationScorer, case_chunks, has_volumes
 from medseg.training.distributed import gather_numbers, gather_objects
+from medseg.training.module import LRSchedule
 
 
 class BatchCompositionAudit(Callback):
@@ -225,6 +229,64 @@ class EpochLog(Callback):
         if trainer.world_size > 1:
             peak = gather_numbers(pl_module, peak)
         return float(np.max(peak))
+
+
+class BudgetSchedule(Callback):
+    """Keeps the whole LR schedule inside the wall-clock budget.
+
+    The plan sets `train.epochs` from a step cost measured before training; the real epochs can
+    be slower (a busy machine, slower validation). Lightning's `max_time` then stops training
+    partway through the schedule, while the LR is still far above its floor, so the decay never
+    happens. At the end of every epoch this callback divides the time elapsed (Lightning's
+    `Timer`, which survives a resume) by the epochs done; when the rest of the budget holds fewer
+    epochs than are left, training ends after the epochs that fit and the decay is shortened to
+    end with them. It only ever shortens: the planned epochs stay the most that run.
+
+    Args:
+        budget_minutes: `train.budget_minutes`.
+        warn: where the first shortening is reported (fit: train.log and the console).
+    """
+
+    def __init__(self, budget_minutes: float, warn: Optional[Callable[[str], None]] = None):
+        self.budget_s = 60.0 * float(budget_minutes)
+        self.warn = warn
+        self.planned: Optional[int] = None
+
+    @staticmethod
+    def _schedules(trainer) -> list[LRSchedule]:
+        out = []
+        for conf in trainer.lr_scheduler_configs:
+            out += [f for f in getattr(conf.scheduler, "lr_lambdas", []) if isinstance(f, LRSchedule)]
+        return out
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.planned = int(trainer.max_epochs)
+        # a resumed run keeps the shortening its checkpointed schedule carries
+        for f in self._schedules(trainer):
+            held = math.ceil(f.total_steps / max(1, pl_module.steps_per_epoch))
+            if held < trainer.max_epochs:
+                trainer.fit_loop.max_epochs = max(held, trainer.current_epoch + 1)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
+        if timer is None:
+            return
+        done = int(trainer.current_epoch) + 1
+        elapsed = float(timer.time_elapsed("train"))
+        per_epoch = elapsed / done
+        fits = done + int(max(0.0, self.budget_s - elapsed) // max(per_epoch, 1e-9))
+        # every rank must stop after the same epoch: rank 0's clock decides
+        fits = int(trainer.strategy.broadcast(fits, src=0))
+        if fits >= trainer.max_epochs:
+            return
+        first = trainer.max_epochs == self.planned
+        trainer.fit_loop.max_epochs = fits
+        for f in self._schedules(trainer):
+            f.total_steps = fits * pl_module.steps_per_epoch
+        if first and self.warn is not None:
+            self.warn(f"train.budget_minutes {self.budget_s / 60:g}: epochs take {per_epoch:.1f} s, so the budget holds "
+                      f"{fits} epochs, not the planned {self.planned}; training ends after epoch {fits - 1} and the LR "
+                      "decay was shortened to end there (schedule.follow_budget)")
 
 
 def _rss_peak_mib() -> Optional[float]:

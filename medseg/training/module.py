@@ -27,24 +27,41 @@ WARMUP_MAX_SHARE = 0.25
 WARMUP_PLANNED_SHARE = 0.1
 
 
-def lr_lambda(cfg: Config, total_steps: int, steps_per_epoch: int):
-    """Multiplier on the peak LR per optimiser step: linear warm-up, then cosine/poly decay."""
-    warm = int(round(cfg.schedule.warmup_epochs * steps_per_epoch))
-    floor = cfg.schedule.min_lr_ratio
-    name = cfg.schedule.name
+class LRSchedule:
+    """Multiplier on the peak LR per optimiser step: linear warm-up, then cosine/poly decay to the floor.
 
-    def f(step: int) -> float:
+    A callable object, not a closure, so that `LambdaLR` saves its attributes in checkpoints:
+    a decay the time budget shortened (`training.callbacks.BudgetSchedule`) resumes shortened.
+
+    Args:
+        cfg: the resolved config (its `schedule` section).
+        total_steps: optimiser steps the decay spans (warm-up included).
+        steps_per_epoch: optimiser steps per epoch (converts the warm-up's epochs to steps).
+    """
+
+    def __init__(self, cfg: Config, total_steps: int, steps_per_epoch: int):
+        self.warm = int(round(cfg.schedule.warmup_epochs * steps_per_epoch))
+        self.floor = float(cfg.schedule.min_lr_ratio)
+        self.name = cfg.schedule.name
+        self.power = float(cfg.schedule.poly_power)
+        self.total_steps = int(total_steps)
+
+    def __call__(self, step: int) -> float:
+        warm = self.warm
         if warm > 0 and step < warm:
             # start at 1/warm, not 0, so the first step already learns something
             return (step + 1) / warm
-        if name in ("constant", "plateau"):
+        if self.name in ("constant", "plateau"):
             return 1.0
-        progress = min(1.0, (step - warm) / max(1, total_steps - warm))
-        if name == "cosine":
-            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-        return floor + (1 - floor) * (1 - progress) ** cfg.schedule.poly_power
+        progress = min(1.0, (step - warm) / max(1, self.total_steps - warm))
+        if self.name == "cosine":
+            return self.floor + (1 - self.floor) * 0.5 * (1 + math.cos(math.pi * progress))
+        return self.floor + (1 - self.floor) * (1 - progress) ** self.power
 
-    return f
+
+def lr_lambda(cfg: Config, total_steps: int, steps_per_epoch: int) -> LRSchedule:
+    """The LR multiplier per optimiser step for `cfg.schedule` (an `LRSchedule`)."""
+    return LRSchedule(cfg, total_steps, steps_per_epoch)
 
 
 class EpochStats:

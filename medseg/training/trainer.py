@@ -19,7 +19,9 @@ from medseg.config import Config
 from medseg.data.arrays import SplitArrays
 from medseg.runtime import training_device
 from medseg.training import tracking
-from medseg.training.callbacks import AtomicCheckpointIO, BatchCompositionAudit, ContractValidation, EpochLog, KillSwitch, SameRun
+from medseg.training.callbacks import (
+    AtomicCheckpointIO, BatchCompositionAudit, BudgetSchedule, ContractValidation, EpochLog, KillSwitch, SameRun,
+)
 from medseg.training.distributed import trainer_devices, world_size
 
 
@@ -66,6 +68,8 @@ def build_trainer(
             save_top_k=1, save_last=True, save_on_train_epoch_end=True, enable_version_counter=False,
         ),
     ]
+    if cfg.train.budget_minutes and cfg.schedule.follow_budget:
+        callbacks.append(BudgetSchedule(cfg.train.budget_minutes, warn))  # after EpochLog: the row shows the epoch as trained
     if progress:
         callbacks.append(RichProgressBar() if console.is_terminal else TQDMProgressBar(refresh_rate=max(1, micro_batches // 4)))
     if cfg.train.early_stopping.patience > 0:

@@ -164,3 +164,18 @@ def test_split_intensity_from_fingerprint_without_evaluation():
     assert np.isnan(f.numbers["ks_p"]) and "fingerprint" in f.evidence
     fp_same = {"by_split": {"train": part(0.0), "val": part(0.05)}}
     assert D.split_intensity(make_evidence(fingerprint=fp_same)) is None
+
+
+def test_lesions_below_one_deepest_cell_in_heavily_shrunk_images_are_a_warning():
+    # BUSI-like at a 32x32 input: few lesions under 16 px, but the median (57 px) is below one 16x16 cell
+    areas = np.concatenate([np.full(19, 8.0), np.linspace(20, 320, 81)])
+    fp = {"lesion_area_px_at_input": _q(areas), "n_lesions": 100, "input_size": [32, 32],
+          "orig_height": {"q50": 425.0}, "orig_width": {"q50": 512.0}}
+    unet16 = {"model": {"name": "unet", "channels": [16, 32, 64, 128, 256]}}
+    f = D.tiny_lesions(make_evidence(fingerprint=fp, config=unet16))
+    assert f.numbers["network_stride"] == 16 and f.numbers["share_below_px"] < 0.25
+    assert f.severity == "warning" and "smaller than one 16x16 cell" in f.title
+    assert f.fix_key == "data.input_size" and f.fix_value == [64, 64]
+    # the same lesions at half the original size (a 2x shrink): information only
+    mild = {**fp, "orig_height": {"q50": 64.0}, "orig_width": {"q50": 64.0}}
+    assert D.tiny_lesions(make_evidence(fingerprint=mild, config=unet16)).severity == "info"

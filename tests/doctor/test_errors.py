@@ -109,3 +109,22 @@ def test_lesion_sized_false_positives_are_told_apart_from_specks():
     specks = lesion + [_sized(0.0, True, False, 12.0, 0.0) for _ in range(3)]
     f = next(f for f in E.dice_loss_findings(make_evidence(config={"postprocess": {"tune": False}}), specks, {}) if f.id == "errors.fp_on_empty")
     assert "specks cost" in f.why and f.fix_key == "postprocess.tune"
+
+
+def test_a_reversed_tversky_is_a_warning_even_when_recall_is_not_the_weak_side():
+    # false positives dominate the errors (recall 0.73, precision 0.39): the measured check has nothing to say
+    summary = {"tp": 730.0, "fp": 1150.0, "fn": 270.0}
+    ev = make_evidence(config={"loss": {"tversky": {"weight": 1.0, "fp_weight": 0.9, "fn_weight": 0.1}}})
+    assert E.recall_precision(ev, summary) is None
+    f = E.loss_weights_reversed(ev, summary)
+    assert f.severity == "warning" and f.numbers["ratio"] == pytest.approx(9.0)
+    assert f.fix_key == "loss.tversky" and f.fix_value["fp_weight"] == 0.3 and f.fix_value["fn_weight"] == 0.7
+    assert "recall 0.730, precision 0.388" in f.evidence
+    # MONAI's alias names say which convention was read
+    aliased = make_evidence(config={"loss": {"focal_tversky": {"weight": 1.0, "alpha": 0.8, "beta": 0.2}}})
+    assert "alpha" in E.loss_weights_reversed(aliased, {}).evidence
+    # the usual recall-favouring setting and a mild lean are not reported; nor twice when recall is starved
+    assert E.loss_weights_reversed(make_evidence(config={"loss": {"tversky": {"fp_weight": 0.3, "fn_weight": 0.7}}}), summary) is None
+    assert E.loss_weights_reversed(make_evidence(config={"loss": {"tversky": {"fp_weight": 0.6, "fn_weight": 0.4}}}), summary) is None
+    starved = {"tp": 200.0, "fp": 50.0, "fn": 800.0}
+    assert [f.id for f in E.check(make_evidence(config=ev.raw_config, summary=starved))].count("errors.loss_weights_reversed") == 0

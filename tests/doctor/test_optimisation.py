@@ -58,3 +58,22 @@ def test_diverging_and_oscillating_losses():
     d = np.diff(tl)
     assert f.numbers["rise_share"] == pytest.approx(np.mean(d > 0.02 * np.median(tl)))
     assert O.oscillating(make_evidence(epochs=_rows(train_loss=list(np.linspace(1, 0.2, 8))))) is None
+
+
+def test_schedule_cut_by_the_budget():
+    # 12 planned epochs of cosine, the budget stopped after 7: the last LR is the cosine at 7/12
+    lr = [1e-3 * (0.01 + 0.99 * 0.5 * (1 + np.cos(np.pi * (e + 1) / 12))) for e in range(7)]
+    cfg = {"train": {"epochs": 12, "budget_minutes": 5.0}, "schedule": {"follow_budget": False}, "optim": {"lr": 1e-3}}
+    f = O.schedule_cut(make_evidence(epochs=_rows(train_loss=list(np.linspace(1, 0.5, 7)), lr=lr), config=cfg))
+    assert f.severity == "warning" and f.fix_key == "schedule.follow_budget"
+    assert f.numbers["last_lr_over_peak"] == pytest.approx(lr[-1] / 1e-3) and f.numbers["epochs_trained"] == 7
+    # the same run that followed its budget ended at the floor: nothing to say
+    ended = lr[:-1] + [1e-5]
+    assert O.schedule_cut(make_evidence(epochs=_rows(train_loss=list(np.linspace(1, 0.5, 7)), lr=ended), config=cfg)) is None
+    # early stopping explains the end; no budget; a constant schedule
+    es = {**cfg, "train": {**cfg["train"], "early_stopping": {"patience": 3}}}
+    rows = _rows(train_loss=list(np.linspace(1, 0.5, 7)), lr=lr)
+    assert O.schedule_cut(make_evidence(epochs=rows, config=es, summary={"best_epoch": 2})) is None
+    assert O.schedule_cut(make_evidence(epochs=rows, config=es, summary={"best_epoch": 5})) is not None
+    assert O.schedule_cut(make_evidence(epochs=rows, config={**cfg, "train": {"epochs": 12}})) is None
+    assert O.schedule_cut(make_evidence(epochs=rows, config={**cfg, "schedule": {"name": "constant"}})) is None

@@ -65,3 +65,46 @@ def test_streamed_validation_from_the_cache_equals_whole_set_scoring_in_memory(t
     assert streamed["loss"] == pytest.approx(in_memory["loss"], abs=1e-6)
     if kind == "volumes":
         assert streamed["dice"] == streamed["dice_per_volume"]  # the per-volume contract scores stacked volumes
+
+
+@pytest.mark.parametrize("follow", [True, False])
+def test_a_budget_shorter_than_the_planned_epochs_ends_the_decay_inside_it(tmp_path, monkeypatch, follow):
+    """Each batch 'takes' 5 s on a fake clock: 2 batches an epoch, a 1-minute budget holds 6 of the 12 epochs.
+
+    With schedule.follow_budget the run stops after 6 epochs with the LR at the floor; without
+    it Lightning's max_time stops it at the same point with the cosine only halfway down.
+    """
+    from lightning.pytorch.callbacks import Timer
+
+    from medseg import runfolder as runfs
+    from medseg.commands.fit import fit
+
+    clock = {"t": 0.0}
+    monkeypatch.setattr(Timer, "time_elapsed", lambda self, stage="train": clock["t"])
+    real_end = SegModule.on_train_batch_end
+
+    def tick(self, *a, **k):
+        clock["t"] += 5.0
+        return real_end(self, *a, **k)
+
+    monkeypatch.setattr(SegModule, "on_train_batch_end", tick)
+    root = make_blob_folder(tmp_path / "data", n=16, size=32, empty_every=4)
+    raw = tiny_config(root, tmp_path / "runs", data={"source": "images", "root": str(root), "input_size": [32, 32]},
+                      model={"name": "unet", "channels": [4, 8], "res_units": 0}, augment={"preset": "none"},
+                      schedule={"warmup_epochs": 0, "min_lr_ratio": 0.01, "follow_budget": follow},
+                      train={"epochs": 12, "batch_size": 6, "budget_minutes": 1.0})
+    run = fit(config_from_dict(raw), progress=False)
+    rows = runfs.read_csv(run / runfs.EPOCHS_CSV)
+    lr_share = [r["lr"] / 0.01 for r in rows]
+    log = (run / runfs.TRAIN_LOG).read_text()
+    if follow:
+        # shortened after the first epoch (10 s an epoch: 6 fit): six whole epochs, the last ends at the floor
+        assert [r["step"] for r in rows] == [2, 4, 6, 8, 10, 12]
+        assert lr_share[-1] == pytest.approx(0.01, abs=1e-6), lr_share
+        assert all(a > b for a, b in zip(lr_share, lr_share[1:])), lr_share
+        assert "holds 6 epochs, not the planned 12" in log
+    else:
+        # max_time stops one batch into a seventh epoch, with the 12-epoch cosine just past its middle
+        assert [r["step"] for r in rows] == [2, 4, 6, 8, 10, 12, 13]
+        assert lr_share[5] == pytest.approx(0.01 + 0.99 * 0.5, abs=1e-6), lr_share
+        assert "holds" not in log
