@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Sequence, Union
 
 import numpy as np
 
+from medseg.data.arrays import take
 from medseg.data.tta import DIHEDRAL, FLIP, check_tta_names
 from medseg.metrics.validation import case_chunks
 from medseg.runtime import autocast_for, inference_device, inference_precision
@@ -172,7 +173,7 @@ def run_probs_by_case(net, part, cfg, state: dict):
         (sample indices, their images, probabilities, masks (uint8), meta) per chunk.
     """
     for idx in case_chunks(part.meta, cfg.eval.batch_size):
-        images = np.asarray(part.images[idx])
+        images = take(part.images, idx)  # read a batch at a time by whoever runs the network on them
         yield idx, images, run_probs(net, images, cfg, state), np.asarray(part.masks[idx]), [part.meta[i] for i in idx]
 
 

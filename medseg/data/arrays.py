@@ -53,8 +53,15 @@ class SampleStack:
         else:
             arr = np.asarray(key)
             idx = list(np.flatnonzero(arr) if arr.dtype == bool else arr.astype(int).ravel())
-        out = np.stack([self._one(int(i)) for i in idx]) if idx else np.zeros((0, *self.shape[1:]), self.dtype)
+        # filled in place: a list of reads and then np.stack would hold the chunk twice
+        out = np.empty((len(idx), *self.shape[1:]), self.dtype)
+        for j, i in enumerate(idx):
+            out[j] = self._one(int(i))
         return out[(slice(None), *rest)] if rest else out
+
+    def take(self, idx) -> "SampleStack":
+        """The samples `idx` as a SampleStack of their own, read only when indexed."""
+        return SampleStack([self.items[int(i)] for i in idx], self.dtype)
 
     def __iter__(self):
         for i in range(len(self)):
@@ -66,6 +73,18 @@ class SampleStack:
 
     def __repr__(self) -> str:
         return f"SampleStack(shape={self.shape}, dtype={self.dtype})"
+
+
+def take(array, idx):
+    """Samples `idx` of a part's images or masks as what `predict_probs` reads a batch at a time.
+
+    A `SampleStack` gives a SampleStack of those samples (nothing is read until a batch is
+    indexed), so a long volume's 2.5D images never sit in memory whole; an in-memory array gives
+    its rows.
+    """
+    if isinstance(array, SampleStack):
+        return array.take(idx)
+    return np.asarray(array[idx])
 
 
 @dataclass

@@ -35,7 +35,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from medseg import runfolder as runfs
 from medseg.config import Config
-from medseg.data.arrays import SplitArrays
+from medseg.data.arrays import SplitArrays, take
 from medseg.data.sampling import audit_warning, composition_columns, epoch_target
 from medseg.data.slices import slices_by_volume
 from medseg.errors import MedsegError
@@ -136,7 +136,7 @@ class ContractValidation(Callback):
         for idx in case_chunks(self.val.meta, bs)[rank::world]:
             meta = [self.val.meta[i] for i in idx]
             masks = np.asarray(self.val.masks[idx])
-            probs = predict_probs(pl_module.net, self.val.images[idx], bs, self.precision, pl_module.device, self.cfg.train.channels_last,
+            probs = predict_probs(pl_module.net, take(self.val.images, idx), bs, self.precision, pl_module.device, self.cfg.train.channels_last,
                                   window=self.cfg.eval.sliding_window)
             scorer.add(probs, masks, meta)
             losses += self._case_losses(probs, masks, meta, pl_module)
