@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.medseg-installed
 # torch first and pinned: a bare `torch` requirement would pull a multi-GB CUDA build
 TORCH  ?= torch==2.13.0
-PYTEST_ARGS ?=
+PYTEST_ARGS ?= --durations=15
 
 .PHONY: venv test test-fast demo docs clean-venv
 

@@ -13,3 +13,7 @@ class MedsegError(Exception):
 
     def __init__(self, message: object = ""):
         super().__init__(" ".join(str(message).split()))
+
+
+class NoUsableData(MedsegError):
+    """A data folder that gave no sample at all (nothing found, or none of the cases asked for)."""

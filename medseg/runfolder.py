@@ -30,7 +30,7 @@ from pydantic import BaseModel
 from medseg.config import Config, config_from_dict, read_yaml, resolve_paths
 from medseg.data import load_data
 from medseg.data.arrays import SplitArrays, stack_part
-from medseg.errors import MedsegError
+from medseg.errors import MedsegError, NoUsableData
 from medseg.models import create_model
 from medseg.models.weights import load_torch_file
 from medseg.postprocess import PostProcess
@@ -258,7 +258,10 @@ def load_split_part(run_dir: Path, cfg: Config, part: str = "val", loaded=None, 
     if not split.get(part):
         raise MedsegError(f"{Path(run_dir) / SPLIT}: the run has no '{part}' cases")
     if loaded is None:
-        loaded = load_data(cfg.data, with_masks=True, progress=progress)
+        try:
+            loaded = load_data(cfg.data, with_masks=True, progress=progress, only=split[part])
+        except NoUsableData:
+            raise MedsegError(f"{Path(run_dir) / SPLIT}: none of the '{part}' cases is in the data any more") from None
     arrays = stack_part(loaded, split[part])
     if len(arrays.images) == 0:
         raise MedsegError(f"{Path(run_dir) / SPLIT}: none of the '{part}' cases is in the data any more")

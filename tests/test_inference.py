@@ -130,3 +130,28 @@ def test_gaussian_windows_with_overlap_blend_and_tta_turns_a_non_square_window()
         got = predict_probs(net, x, window=_window((16, 24), overlap=0.5), tta=tta)
         assert got.shape == plain.shape
         np.testing.assert_allclose(got, plain, rtol=0, atol=1e-5)
+
+
+def test_the_short_last_batch_is_padded_to_one_shape_and_scores_as_images_alone():
+    torch.manual_seed(0)
+    conv = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 1, 3, padding=1))
+    seen = []
+
+    class Spy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = conv
+
+        def forward(self, x):
+            seen.append(x.shape[0])
+            return self.net(x)
+
+    x = np.random.default_rng(1).normal(size=(11, 2, 8, 8)).astype(np.float32)
+    got = predict_probs(Spy(), x, batch_size=4)
+    assert seen == [4, 4, 4]  # 4 + 4 + 3 padded to 4: one batch shape whatever the length
+    alone = np.concatenate([predict_probs(conv, x[i: i + 1], batch_size=1) for i in range(11)])
+    np.testing.assert_allclose(got, alone, atol=1e-6)
+    # fewer images than one batch are not padded up to it (one image is not run as sixteen)
+    seen.clear()
+    predict_probs(Spy(), x[:3], batch_size=16)
+    assert seen == [3]

@@ -71,9 +71,16 @@ def _volume_rows(probs, masks, meta, contract: MetricContract, surface: bool) ->
     for vol, idx in slices_by_volume(meta).items():
         spacing = meta[idx[0]].get("volume_spacing")
         m = np.stack([np.asarray(masks[i]) for i in idx])  # one read per slice, also for masks from the cache
-        r = case_metrics(np.asarray(probs)[idx], m, contract, spacing=tuple(spacing) if spacing else None, surface=surface)
+        r = case_metrics(_rows(np.asarray(probs), idx), m, contract, spacing=tuple(spacing) if spacing else None, surface=surface)
         rows.append({"volume": vol, "n_slices": len(idx), **r})
     return rows
+
+
+def _rows(a: np.ndarray, idx: Sequence[int]) -> np.ndarray:
+    """a[idx] as a view when idx is a run of consecutive rows (a streamed volume's slices): no copy of the volume."""
+    if len(idx) and list(idx) == list(range(idx[0], idx[0] + len(idx))):
+        return a[idx[0]: idx[0] + len(idx)]
+    return a[idx]
 
 
 # images per streamed chunk, in eval batches: enough to keep every batch full, few enough to stay flat

@@ -44,7 +44,7 @@ __all__ = [
 ]
 
 
-def load_data(cfg: DataConfig, with_masks: bool = True, progress: bool = False, store=None) -> LoadedData:
+def load_data(cfg: DataConfig, with_masks: bool = True, progress: bool = False, store=None, only=None) -> LoadedData:
     """Read, normalise and resize a dataset described by a `DataConfig`.
 
     Args:
@@ -55,6 +55,8 @@ def load_data(cfg: DataConfig, with_masks: bool = True, progress: bool = False, 
         store: where prepared units go (`medseg.data.cache`); default: the on-disk cache under
             data.cache_dir when it is set (units prepared earlier are read from it, on use),
             else memory.
+        only: case ids to load, the others passed over (evaluating one split part of a large
+            set holds that part alone); None: every case.
 
     Returns:
         LoadedData with the samples and facts about them.
@@ -66,7 +68,7 @@ def load_data(cfg: DataConfig, with_masks: bool = True, progress: bool = False, 
     """
     if store is None:
         store = open_store(cfg, with_masks)
-    return get_source(cfg.source).load(cfg, with_masks, progress, store)
+    return get_source(cfg.source).load(cfg, with_masks, progress, store, only=frozenset(only) if only is not None else None)
 
 
 def infer_input(path: Path, like: DataConfig) -> DataConfig:

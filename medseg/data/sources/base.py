@@ -30,7 +30,7 @@ import numpy as np
 from medseg.data.readers import one_line
 from medseg.data.schema import DataConfig
 from medseg.data.slices import slices_by_volume
-from medseg.errors import MedsegError
+from medseg.errors import MedsegError, NoUsableData
 
 
 @dataclass
@@ -217,7 +217,7 @@ def finish(samples: list[Sample], bad: BadFiles, where: Path, source: str, **kw:
                 f"{where}: no usable data: all {len(bad.items)} file(s) were skipped as bad "
                 f"(first: {first['path']}: {first['reason']})"
             )
-        raise MedsegError(f"{where}: no usable data found")
+        raise NoUsableData(f"{where}: no usable data found")
     ids = [s.sample_id for s in samples]
     if len(set(ids)) != len(ids):
         dup = next(i for i in ids if ids.count(i) > 1)
@@ -246,9 +246,10 @@ class SourceSpec:
     Attributes:
         name: the value of ``data.source``.
         description: one line for docs and errors.
-        load: (data config, with_masks, progress, store) -> LoadedData; it prepares one unit (an
-            image, a DICOM, a volume) at a time, asks ``store.restore(name, files)`` first and
-            hands each prepared unit to ``store.put`` (`medseg.data.cache`).
+        load: (data config, with_masks, progress, store, only=None) -> LoadedData; it prepares one
+            unit (an image, a DICOM, a volume) at a time, asks ``store.restore(name, files)`` first
+            and hands each prepared unit to ``store.put`` (`medseg.data.cache`); with ``only`` (case
+            ids) it loads those cases alone.
         read_raw: a file's raw intensities, unnormalised (the fingerprint's raw statistics).
         mask_reader: makes a callable sample -> boolean mask at original resolution (reads the
             files again; it may cache, e.g. a volume or an RLE table).
@@ -260,7 +261,7 @@ class SourceSpec:
 
     name: str
     description: str
-    load: Callable[[DataConfig, bool, bool, Any], LoadedData]
+    load: Callable[..., LoadedData]
     read_raw: Callable[[str], np.ndarray]
     mask_reader: Callable[[], Callable[[Sample], np.ndarray]]
     writer: Callable[[Path, DataConfig], PredictionWriter]

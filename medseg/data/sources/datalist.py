@@ -153,7 +153,7 @@ def datalist_split(path: Path, fold: int = 0) -> dict[str, list[str]]:
     return {"train": [n for (n, _), f in zip(training, folds) if f != fold], "val": val, "test": []}
 
 
-def _load_datalist(cfg: DataConfig, with_masks: bool, progress: bool, store) -> LoadedData:
+def _load_datalist(cfg: DataConfig, with_masks: bool, progress: bool, store, only=None) -> LoadedData:
     root = require_root(cfg)
     path = datalist_path(root)
     raw = read_datalist(path)
@@ -201,7 +201,7 @@ def _load_datalist(cfg: DataConfig, with_masks: bool, progress: bool, store) -> 
                                     keys=[name, images[0].name], modalities=modalities))
     if not cases and not bad.items:
         raise MedsegError(f"{path}: no entries in {' or '.join(repr(k) for k in lists) or repr('training')}")
-    return load_cases(cfg, cases, bad, "datalist", path, progress, store)
+    return load_cases(cfg, cases, bad, "datalist", path, progress, store, only=only)
 
 
 def _read_raw(path: str) -> Any:

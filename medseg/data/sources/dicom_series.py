@@ -76,7 +76,7 @@ def _series_key(s: Any, shared: bool) -> str:
     return f"{s.folder}#{s.uid}" if shared else str(s.folder)
 
 
-def _load_dicom_series(cfg: DataConfig, with_masks: bool, progress: bool, store) -> LoadedData:
+def _load_dicom_series(cfg: DataConfig, with_masks: bool, progress: bool, store, only=None) -> LoadedData:
     root = require_root(cfg)
     if root.is_file():
         root = root.parent  # one slice file: its series
@@ -110,7 +110,7 @@ def _load_dicom_series(cfg: DataConfig, with_masks: bool, progress: bool, store)
         for p in sorted(root.iterdir()):
             if p.is_file() and volume_format(p) and volume_stem(p).endswith(cfg.label_suffix) and p not in used_labels:
                 bad.report(p, f"label has no DICOM series '{volume_stem(p)[: -len(cfg.label_suffix)]}' under {root}")
-    return load_cases(cfg, cases, bad, "dicom_series", root, progress, store)
+    return load_cases(cfg, cases, bad, "dicom_series", root, progress, store, only=only)
 
 
 def _read_raw(path: str) -> Any:

@@ -103,7 +103,7 @@ def _prepare_image(cfg: DataConfig, path: Path, mask_path: Optional[Path], modal
     return store.put(path.stem, {"image": img, "mask": mask}, {"colour": bool(colour), "meta": meta}, files)
 
 
-def _load_images(cfg: DataConfig, with_masks: bool, progress: bool, store) -> LoadedData:
+def _load_images(cfg: DataConfig, with_masks: bool, progress: bool, store, only=None) -> LoadedData:
     root = require_root(cfg)
     bad = BadFiles(cfg.skip_bad)
     image_dups: set[str] = set()
@@ -141,6 +141,8 @@ def _load_images(cfg: DataConfig, with_masks: bool, progress: bool, store) -> Lo
             case_id = cases.lookup([stem, path.name], stem)
         except MedsegError as e:
             bad.report(path, str(e))
+            continue
+        if only is not None and case_id not in only:
             continue
         files = [path, mask_path] if with_masks else [path]
         unit = store.restore(stem, files)

@@ -179,7 +179,7 @@ def _modalities(names: Optional[list[str]]) -> Optional[list[Optional[str]]]:
     return ["ct" if n.strip().lower() in _CT_NAMES else None for n in names]
 
 
-def _load_nnunet(cfg: DataConfig, with_masks: bool, progress: bool, store) -> LoadedData:
+def _load_nnunet(cfg: DataConfig, with_masks: bool, progress: bool, store, only=None) -> LoadedData:
     root = require_root(cfg)
     bad = BadFiles(cfg.skip_bad)
     ds_json = root / DATASET_JSON if root.is_dir() else None
@@ -236,7 +236,7 @@ def _load_nnunet(cfg: DataConfig, with_masks: bool, progress: bool, store) -> Lo
             return f"label values {unknown} not declared in dataset.json 'labels'"
         return None
 
-    return load_cases(cfg, cases, bad, "nnunet", folder, progress, store, label_check=label_check,
+    return load_cases(cfg, cases, bad, "nnunet", folder, progress, store, only=only, label_check=label_check,
                       n_channels=n_channels, channels_from=f"{ds_json} channel_names")
 
 

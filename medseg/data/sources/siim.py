@@ -73,7 +73,7 @@ def _prepare_dicom(cfg: DataConfig, path: Path, rles: dict, with_masks: bool, ba
     return store.put(str(path), {"image": img, "mask": mask}, record, files)
 
 
-def _load_siim(cfg: DataConfig, with_masks: bool, progress: bool, store) -> LoadedData:
+def _load_siim(cfg: DataConfig, with_masks: bool, progress: bool, store, only=None) -> LoadedData:
     root = require_root(cfg)
     bad = BadFiles(cfg.skip_bad)
     if root.is_file():
@@ -112,6 +112,8 @@ def _load_siim(cfg: DataConfig, with_masks: bool, progress: bool, store) -> Load
         except MedsegError as e:
             bad.report(path, str(e))
             continue
+        if only is not None and case_id not in only:
+            continue  # the case id is the DICOM's patient: known only once its unit is read
         if with_masks:
             if image_id not in rles:
                 bad.report(path, f"ImageId {image_id} has no row in {cfg.rle_csv}")

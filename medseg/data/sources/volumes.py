@@ -231,7 +231,7 @@ def _prepare_case(cfg: DataConfig, case: VolumeCase, bad: BadFiles, store, files
 
 
 def load_cases(cfg: DataConfig, cases_in: list[VolumeCase], bad: BadFiles, source: str, where: Path, progress: bool,
-               store, label_check=None, n_channels: Optional[int] = None, channels_from: str = "") -> LoadedData:
+               store, label_check=None, n_channels: Optional[int] = None, channels_from: str = "", only=None) -> LoadedData:
     """Read, reorient, normalise and slice volume cases into 2.5D samples (every volumetric source ends here).
 
     Args:
@@ -246,6 +246,7 @@ def load_cases(cfg: DataConfig, cases_in: list[VolumeCase], bad: BadFiles, sourc
             (e.g. nnU-Net's declared label values).
         n_channels: the image channels every case must have (nnU-Net's channel_names), or None.
         channels_from: where `n_channels` comes from, for the message.
+        only: case ids to load (the others are passed over before anything is read); None: all.
 
     Returns:
         LoadedData; 3D cases give ``C * (2k + 1)`` channels, 2D cases ``C``.
@@ -279,6 +280,8 @@ def load_cases(cfg: DataConfig, cases_in: list[VolumeCase], bad: BadFiles, sourc
             case_id = cases.lookup(case.keys or [case.name], case.case_id or case.name)
         except MedsegError as e:
             bad.report(ipath, str(e))
+            continue
+        if only is not None and case_id not in only:
             continue
         files = [*case.images, *(case.series or []), *([case.label] if case.label is not None else [])]
         unit = store.restore(case.name, files)
@@ -366,12 +369,12 @@ def _pair_volumes(cfg: DataConfig, files: list[Path], with_masks: bool, bad: Bad
     return pairs
 
 
-def _load_volumes(cfg: DataConfig, with_masks: bool, progress: bool, store) -> LoadedData:
+def _load_volumes(cfg: DataConfig, with_masks: bool, progress: bool, store, only=None) -> LoadedData:
     root = require_root(cfg)
     bad = BadFiles(cfg.skip_bad)
     pairs = _pair_volumes(cfg, _list_volumes(root, bad), with_masks, bad)
     cases = [VolumeCase(name=name, images=[ip], label=lp, keys=[name, volume_stem(ip)]) for name, ip, lp in pairs]
-    return load_cases(cfg, cases, bad, "volumes", root, progress, store)
+    return load_cases(cfg, cases, bad, "volumes", root, progress, store, only=only)
 
 
 class LabelReader:

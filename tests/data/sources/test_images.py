@@ -276,3 +276,22 @@ def test_infer_input_volumes_and_dicom(tmp_path, cfg_for, dicom, one_line):
     with pytest.raises(MedsegError) as e:
         infer_input(tmp_path / "missing", like)
     one_line(e, "missing")
+
+
+def test_only_the_cases_asked_for_are_loaded_and_a_split_part_that_went_is_one_line(tmp_path, rng, cfg_for, one_line):
+    from medseg import runfolder as runfs
+    from medseg.config import Config
+
+    make_png_set(tmp_path / "a", np.random.default_rng(1), fg=1)
+    every = load_data(cfg_for(tmp_path / "a"))
+    ids = sorted({s.case_id for s in every.samples})
+    some = load_data(cfg_for(tmp_path / "a"), only=ids[1:3])
+    assert [s.sample_id for s in some.samples] == [s.sample_id for s in every.samples if s.case_id in ids[1:3]]
+    # a run whose validation cases are no longer in its data: one line naming split.json
+    run = tmp_path / "run"
+    run.mkdir()
+    runfs.write_json(run / runfs.SPLIT, {"train": ids[:1], "val": ["gone"]})
+    cfg = Config(data=cfg_for(tmp_path / "a"))
+    with pytest.raises(MedsegError) as e:
+        runfs.load_split_part(run, cfg)
+    one_line(e, "split.json", "'val'")

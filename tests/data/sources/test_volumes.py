@@ -125,6 +125,28 @@ def test_multiple_volumes_and_without_masks(tmp_path, rng, cfg_for):
     assert len(single.samples) == 5
 
 
+
+def test_only_the_cases_asked_for_are_loaded(tmp_path, rng, cfg_for, monkeypatch):
+    import medseg.data.sources.volumes as V
+    from medseg.errors import NoUsableData
+
+    for name in ("a", "b", "c"):
+        make_pair(tmp_path, name, "nifti", rng)
+    every = load_data(cfg_for(tmp_path))
+    prepared = []
+    real = V._prepare_case
+    monkeypatch.setattr(V, "_prepare_case", lambda cfg, case, *a, **k: prepared.append(case.name) or real(cfg, case, *a, **k))
+    some = load_data(cfg_for(tmp_path), only=["c", "a"])
+    assert prepared == ["a", "c"]  # b is passed over before it is read
+    assert list(some.volumes) == ["a", "c"]
+    want = [s for s in every.samples if s.case_id in ("a", "c")]
+    assert [s.sample_id for s in some.samples] == [s.sample_id for s in want]
+    for x, y in zip(some.samples, want):
+        np.testing.assert_array_equal(np.asarray(x.image), np.asarray(y.image))
+    with pytest.raises(NoUsableData):
+        load_data(cfg_for(tmp_path), only=["zz"])
+
+
 def test_prediction_written_back_matches_label(tmp_path, rng, cfg_for):
     ip, lp, _, lab = make_pair(tmp_path, "a", "nifti", rng)
     d = load_data(cfg_for(tmp_path, input_size=(64, 64), resize_mode="letterbox"))
