@@ -237,20 +237,23 @@ class BudgetSchedule(Callback):
     The plan sets `train.epochs` from a step cost measured before training; the real epochs can
     be slower (a busy machine, slower validation). Lightning's `max_time` then stops training
     partway through the schedule, while the LR is still far above its floor, so the decay never
-    happens. At the end of every epoch this callback divides the time elapsed (Lightning's
-    `Timer`, which survives a resume) by the epochs done; when the rest of the budget holds fewer
-    epochs than are left, training ends after the epochs that fit and the decay is shortened to
-    end with them. It only ever shortens: the planned epochs stay the most that run.
+    happens. From the second epoch on, at the end of every epoch, this callback estimates an
+    epoch's time from the epochs after the first (the first also pays for start-up: workers, the
+    first validation, allocator warm-up) and the time elapsed from Lightning's `Timer` (which
+    survives a resume); when the rest of the budget holds fewer epochs than are left, training
+    ends after the epochs that fit and the decay is shortened to end with them. It only ever
+    shortens: the planned epochs stay the most that run.
 
     Args:
         budget_minutes: `train.budget_minutes`.
-        warn: where the first shortening is reported (fit: train.log and the console).
+        warn: where each shortening is reported (fit: train.log and the console).
     """
 
     def __init__(self, budget_minutes: float, warn: Optional[Callable[[str], None]] = None):
         self.budget_s = 60.0 * float(budget_minutes)
         self.warn = warn
         self.planned: Optional[int] = None
+        self.first_epoch_end: Optional[tuple[int, float]] = None  # (epochs done, Timer seconds) when first seen
 
     @staticmethod
     def _schedules(trainer) -> list[LRSchedule]:
@@ -273,17 +276,20 @@ class BudgetSchedule(Callback):
             return
         done = int(trainer.current_epoch) + 1
         elapsed = float(timer.time_elapsed("train"))
-        per_epoch = elapsed / done
+        if self.first_epoch_end is None:
+            self.first_epoch_end = (done, elapsed)  # after a resume: the first epoch this process trained
+            return
+        since_done, since_s = self.first_epoch_end
+        per_epoch = (elapsed - since_s) / max(done - since_done, 1)
         fits = done + int(max(0.0, self.budget_s - elapsed) // max(per_epoch, 1e-9))
         # every rank must stop after the same epoch: rank 0's clock decides
         fits = int(trainer.strategy.broadcast(fits, src=0))
         if fits >= trainer.max_epochs:
             return
-        first = trainer.max_epochs == self.planned
         trainer.fit_loop.max_epochs = fits
         for f in self._schedules(trainer):
             f.total_steps = fits * pl_module.steps_per_epoch
-        if first and self.warn is not None:
+        if self.warn is not None:
             self.warn(f"train.budget_minutes {self.budget_s / 60:g}: epochs take {per_epoch:.1f} s, so the budget holds "
                       f"{fits} epochs, not the planned {self.planned}; training ends after epoch {fits - 1} and the LR "
                       "decay was shortened to end there (schedule.follow_budget)")

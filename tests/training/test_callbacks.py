@@ -67,24 +67,21 @@ def test_streamed_validation_from_the_cache_equals_whole_set_scoring_in_memory(t
         assert streamed["dice"] == streamed["dice_per_volume"]  # the per-volume contract scores stacked volumes
 
 
-@pytest.mark.parametrize("follow", [True, False])
-def test_a_budget_shorter_than_the_planned_epochs_ends_the_decay_inside_it(tmp_path, monkeypatch, follow):
-    """Each batch 'takes' 5 s on a fake clock: 2 batches an epoch, a 1-minute budget holds 6 of the 12 epochs.
-
-    With schedule.follow_budget the run stops after 6 epochs with the LR at the floor; without
-    it Lightning's max_time stops it at the same point with the cosine only halfway down.
-    """
+def _fit_on_a_fake_clock(tmp_path, monkeypatch, follow: bool, startup_s: float = 0.0):
+    """A 12-epoch fit (2 batches an epoch) under a 1-minute budget where each batch "takes" 5 s
+    on a fake clock, the first batch `startup_s` more; returns (epochs.csv rows, LR / peak, train.log)."""
     from lightning.pytorch.callbacks import Timer
 
     from medseg import runfolder as runfs
     from medseg.commands.fit import fit
 
-    clock = {"t": 0.0}
+    clock = {"t": 0.0, "batches": 0}
     monkeypatch.setattr(Timer, "time_elapsed", lambda self, stage="train": clock["t"])
     real_end = SegModule.on_train_batch_end
 
     def tick(self, *a, **k):
-        clock["t"] += 5.0
+        clock["t"] += 5.0 + (startup_s if clock["batches"] == 0 else 0.0)
+        clock["batches"] += 1
         return real_end(self, *a, **k)
 
     monkeypatch.setattr(SegModule, "on_train_batch_end", tick)
@@ -95,10 +92,19 @@ def test_a_budget_shorter_than_the_planned_epochs_ends_the_decay_inside_it(tmp_p
                       train={"epochs": 12, "batch_size": 6, "budget_minutes": 1.0})
     run = fit(config_from_dict(raw), progress=False)
     rows = runfs.read_csv(run / runfs.EPOCHS_CSV)
-    lr_share = [r["lr"] / 0.01 for r in rows]
-    log = (run / runfs.TRAIN_LOG).read_text()
+    return rows, [r["lr"] / 0.01 for r in rows], (run / runfs.TRAIN_LOG).read_text()
+
+
+@pytest.mark.parametrize("follow", [True, False])
+def test_a_budget_shorter_than_the_planned_epochs_ends_the_decay_inside_it(tmp_path, monkeypatch, follow):
+    """A 1-minute budget holds 6 of the 12 epochs (10 s each).
+
+    With schedule.follow_budget the run stops after 6 epochs with the LR at the floor; without
+    it Lightning's max_time stops it at the same point with the cosine only halfway down.
+    """
+    rows, lr_share, log = _fit_on_a_fake_clock(tmp_path, monkeypatch, follow)
     if follow:
-        # shortened after the first epoch (10 s an epoch: 6 fit): six whole epochs, the last ends at the floor
+        # shortened after the second epoch (10 s an epoch: 6 fit): six whole epochs, the last ends at the floor
         assert [r["step"] for r in rows] == [2, 4, 6, 8, 10, 12]
         assert lr_share[-1] == pytest.approx(0.01, abs=1e-6), lr_share
         assert all(a > b for a, b in zip(lr_share, lr_share[1:])), lr_share
@@ -108,3 +114,12 @@ def test_a_budget_shorter_than_the_planned_epochs_ends_the_decay_inside_it(tmp_p
         assert [r["step"] for r in rows] == [2, 4, 6, 8, 10, 12, 13]
         assert lr_share[5] == pytest.approx(0.01 + 0.99 * 0.5, abs=1e-6), lr_share
         assert "holds" not in log
+
+
+def test_a_slow_first_epoch_alone_does_not_shorten_the_run(tmp_path, monkeypatch):
+    # 25 s of start-up in the first batch: epoch 0 takes 35 s, the others 10 s, so 3 epochs fit in 60 s
+    # (judged from the first epoch alone, only 1 would)
+    rows, lr_share, log = _fit_on_a_fake_clock(tmp_path, monkeypatch, True, startup_s=25.0)
+    assert [r["step"] for r in rows] == [2, 4, 6]
+    assert lr_share[-1] == pytest.approx(0.01, abs=1e-6), lr_share
+    assert "epochs take 10.0 s, so the budget holds 3 epochs, not the planned 12" in log
