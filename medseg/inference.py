@@ -123,7 +123,8 @@ def predict_prob_sets(
             if real < batch_size <= len(images):
                 # the short last batch padded to the full one: every new batch shape makes the CPU backend
                 # (oneDNN) cache more primitives and scratch memory, which then grows with the number of
-                # distinct volume lengths scored (~80 MB over 16 shapes for a small U-Net at 256²)
+                # distinct volume lengths scored (+150 MiB over 15 new shapes for a small U-Net at 256²,
+                # bench/evaluate_memory_probes.py)
                 batch = np.concatenate([batch, np.zeros((batch_size - real, *batch.shape[1:]), np.float32)])
             x = torch.from_numpy(batch).to(device)
             probs = {}

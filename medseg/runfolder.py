@@ -257,14 +257,15 @@ def load_split_part(run_dir: Path, cfg: Config, part: str = "val", loaded=None, 
     split = read_json(Path(run_dir) / SPLIT)
     if not split.get(part):
         raise MedsegError(f"{Path(run_dir) / SPLIT}: the run has no '{part}' cases")
+    gone = f"{Path(run_dir) / SPLIT}: none of the '{part}' cases is in the data any more"
     if loaded is None:
         try:
             loaded = load_data(cfg.data, with_masks=True, progress=progress, only=split[part])
         except NoUsableData:
-            raise MedsegError(f"{Path(run_dir) / SPLIT}: none of the '{part}' cases is in the data any more") from None
+            raise MedsegError(gone) from None
     arrays = stack_part(loaded, split[part])
     if len(arrays.images) == 0:
-        raise MedsegError(f"{Path(run_dir) / SPLIT}: none of the '{part}' cases is in the data any more")
+        raise MedsegError(gone)
     return arrays
 
 
