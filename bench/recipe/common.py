@@ -3,7 +3,7 @@
 Every peer reads the same prepared folder (bench/recipe/prepare.py) and writes the same
 output contract, so the orchestrator can score them all with one scorer:
 
-    OUT/pred/{case}.png   uint8 0/255, 256x256, one per test case
+    OUT/pred/{case}.png   uint8 0/255, at the prepared size, one per test case
     OUT/stats.json        method, budget_s, train_seconds, wall_seconds, images_seen, ...
 """
 
@@ -65,6 +65,12 @@ def load_split(prep: Path) -> dict:
 def read_grey(path: Path) -> np.ndarray:
     """Read a PNG as a uint8 (H, W) array."""
     return np.asarray(Image.open(path).convert("L"), dtype=np.uint8)
+
+
+def read_image(path: Path) -> np.ndarray:
+    """Read a prepared PNG as uint8: (H, W) when it is grey, (H, W, 3) when it is colour."""
+    img = Image.open(path)
+    return np.asarray(img.convert("RGB" if img.mode in ("RGB", "RGBA", "P") else "L"), dtype=np.uint8)
 
 
 def read_mask(path: Path) -> np.ndarray:

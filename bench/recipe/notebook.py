@@ -4,7 +4,7 @@ U-Net with a ResNet-34 encoder (MONAI FlexibleUNet, random init), BCE-with-logit
 1:1, Adam lr 1e-4, batch 4, WeightedRandomSampler (weight 10 for images with a lesion, 1 for
 empty ones, len(train) samples per epoch, with replacement), albumentations HorizontalFlip +
 VerticalFlip + ElasticTransform (p=0.5 each, library defaults), images scaled to [0, 1] then
-standardised with the training-set mean/std. Trains epoch after epoch until the wall-clock
+standardised with the training-set mean/std (one for all channels; colour images enter as 3 channels). Trains epoch after epoch until the wall-clock
 budget (training + validation) is spent, stopping mid-epoch if needed, validates on "val" after
 every epoch (per-image Dice at 0.5, empty truth & empty prediction = 1), keeps the best weights
 and predicts the test cases with them at 0.5 (no TTA, no post-processing). Deliberately untuned.
@@ -27,9 +27,9 @@ from monai.networks.nets import FlexibleUNet
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
 try:
-    from bench.recipe.common import load_split, log, open_out, read_grey, read_mask, write_pred, write_stats
+    from bench.recipe.common import load_split, log, open_out, read_image, read_mask, write_pred, write_stats
 except ImportError:  # run as a script: bench/recipe is sys.path[0]
-    from common import load_split, log, open_out, read_grey, read_mask, write_pred, write_stats
+    from common import load_split, log, open_out, read_image, read_mask, write_pred, write_stats
 
 POS_WEIGHT = 10.0
 BATCH = 4
@@ -52,7 +52,12 @@ class SegSet(Dataset):
             out = self.augment(image=img, mask=mask)
             img, mask = out["image"], out["mask"]
         x = (img.astype(np.float32) / 255.0 - self.mean) / self.std
-        return torch.from_numpy(x)[None], torch.from_numpy(mask.astype(np.float32))[None]
+        return torch.from_numpy(_chw(x)), torch.from_numpy(mask.astype(np.float32))[None]
+
+
+def _chw(x: np.ndarray) -> np.ndarray:
+    """One image, (H, W) -> (1, H, W) and (H, W, 3) -> (3, H, W)."""
+    return x[None] if x.ndim == 2 else np.ascontiguousarray(x.transpose(2, 0, 1))
 
 
 def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
@@ -75,7 +80,7 @@ def predict(net: torch.nn.Module, images: list[np.ndarray], mean: float, std: fl
     preds = []
     for start in range(0, len(images), BATCH):
         x = np.stack(images[start:start + BATCH]).astype(np.float32) / 255.0
-        x = torch.from_numpy((x - mean) / std)[:, None]
+        x = torch.from_numpy(np.stack([_chw(i) for i in (x - mean) / std]))
         preds.extend((torch.sigmoid(net(x))[:, 0] > THRESHOLD).numpy())
     return preds
 
@@ -105,7 +110,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     def load(key: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        return ([read_grey(args.prep / "images" / f"{c}.png") for c in split[key]],
+        return ([read_image(args.prep / "images" / f"{c}.png") for c in split[key]],
                 [read_mask(args.prep / "masks" / f"{c}.png") for c in split[key]])
 
     train_img, train_mask = load("train")
@@ -121,7 +126,7 @@ def main() -> None:
                                     generator=torch.Generator().manual_seed(args.seed))
     loader = DataLoader(SegSet(train_img, train_mask, mean, std, augment), batch_size=BATCH, sampler=sampler, num_workers=0)
 
-    net = FlexibleUNet(in_channels=1, out_channels=1, backbone="resnet34", pretrained=False, spatial_dims=2)
+    net = FlexibleUNet(in_channels=3 if train_img[0].ndim == 3 else 1, out_channels=1, backbone="resnet34", pretrained=False, spatial_dims=2)
     optimizer = torch.optim.Adam(net.parameters(), lr=LR)
     bce = torch.nn.BCEWithLogitsLoss()
 
@@ -177,7 +182,7 @@ def main() -> None:
     if best_state is None:
         raise SystemExit("error: the budget ran out before one training step; raise --budget-s")
     net.load_state_dict(best_state)
-    test_img = [read_grey(args.prep / "images" / f"{c}.png") for c in split["test"]]
+    test_img = [read_image(args.prep / "images" / f"{c}.png") for c in split["test"]]
     for case, pred in zip(split["test"], predict(net, test_img, mean, std)):
         write_pred(out, case, pred)
     log(f"wrote {len(split['test'])} predictions to {out / 'pred'} with the epoch-{best_epoch} weights")

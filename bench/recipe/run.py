@@ -1,6 +1,6 @@
 """The recipe benchmark in one invocation: medseg default vs the notebook baseline vs nnU-Net v2 2d.
 
-Each method trains on the same 256x256 copy of BUSI (bench/recipe/prepare.py: train 530,
+Each method trains on the same square copy of the set (BUSI at 256² by default; bench/recipe/prepare.py: train 530,
 val 94 for checkpoint choice and tuning, test 156 = the fixed 20% incl. normals) under the
 same wall-clock training budget, one after the other on this machine, then every test
 prediction is scored by one scorer (bench/recipe/score.py). It also measures the medseg
@@ -8,6 +8,8 @@ pipeline's training throughput against the bare model step, and the CPU fast pat
 (tcmalloc + channels_last) against the naive step.
 
     .venv/bin/python -u bench/recipe/run.py ../shared/data/busi --out runs/bench-recipe --budget-min 15
+    .venv/bin/python -u bench/recipe/run.py ../shared/data/ph2 --out runs/recipe-ph2 --methods medseg,notebook
+    .venv/bin/python -u bench/recipe/run.py ../shared/data/chase --size 512 --out runs/recipe-chase --methods medseg,notebook --budget-min 10
 
 Writes OUT/results.json and OUT/results.md (the table for BENCHMARKS.md).
 """
@@ -59,12 +61,12 @@ def sh(cmd: list[str], logfile: Path, env: dict | None = None) -> float:
 # medseg
 
 
-def run_medseg(prep: Path, out: Path, budget_min: float, seed: int, extra: list[str]) -> dict:
+def run_medseg(prep: Path, out: Path, budget_min: float, seed: int, extra: list[str], size: int = 256) -> dict:
     """`medseg fit` with no model/loss/augment keys, then predict the test images (tuned and raw)."""
     out.mkdir(parents=True)
     cfg = (
         f"name: medseg-default\noutput_dir: {out / 'runs'}\nseed: {seed}\n"
-        f"data: {{source: images, root: {prep}, input_size: [256, 256]}}\n"
+        f"data: {{source: images, root: {prep}, input_size: [{size}, {size}]}}\n"
         f"split: {{mode: file, file: {prep / 'split.json'}}}\n"
         f"train: {{budget_minutes: {budget_min}}}\n"
     )
@@ -167,8 +169,9 @@ def table(results: dict) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("data", type=Path, help="BUSI folder (images/, masks/, split.json)")
-    ap.add_argument("--prep", type=Path, default=Path("/work/cache/busi256"), help="where the 256x256 copy is cached")
+    ap.add_argument("data", type=Path, help="dataset folder (images/, masks/, split.json; cases.csv for groups): BUSI, PH2, CHASE")
+    ap.add_argument("--size", type=int, default=256, help="side of the square copy every method reads (default 256)")
+    ap.add_argument("--prep", type=Path, default=None, help="where the square copy is cached (default /work/cache/NAMESIZE)")
     ap.add_argument("--out", type=Path, required=True, help="new output folder")
     ap.add_argument("--budget-min", type=float, default=15.0, help="training budget per method, minutes")
     ap.add_argument("--seed", type=int, default=0)
@@ -183,12 +186,12 @@ def main() -> None:
         sys.exit(f"{a.out}: exists; the benchmark never overwrites")
     a.out.mkdir(parents=True)
     started = dt.datetime.now()
-    prep = prepare(a.data, a.prep)
+    prep = prepare(a.data, a.prep or Path(f"/work/cache/{a.data.resolve().name}{a.size}"), a.size)
     test = json.loads((prep / "split.json").read_text())["test"]
     results: dict = {
         "command": " ".join(sys.argv), "date": started.isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
-        "budget_min": a.budget_min, "seed": a.seed, "prep": str(prep), "n_test": len(test), "methods": {},
+        "budget_min": a.budget_min, "seed": a.seed, "size": a.size, "prep": str(prep), "n_test": len(test), "methods": {},
     }
     methods = a.methods.split(",")
 
@@ -199,7 +202,7 @@ def main() -> None:
     if "medseg" in methods:
         log("== medseg default")
         extra = [x for s in a.medseg_set for x in ("--set", s)]
-        st = run_medseg(prep, a.out / "medseg", a.budget_min, a.seed, extra)
+        st = run_medseg(prep, a.out / "medseg", a.budget_min, a.seed, extra, a.size)
         results["methods"]["medseg default"] = {"stats": st, "score": score_predictions(a.out / "medseg" / "pred", prep, test)["summary"]}
         results["methods"]["medseg default, raw (no post-processing)"] = {
             "stats": st, "score": score_predictions(a.out / "medseg" / "pred_raw", prep, test)["summary"]}

@@ -1,4 +1,4 @@
-"""One scorer for every method: binary PNG predictions against the 256x256 truths.
+"""One scorer for every method: binary PNG predictions against the prepared truths (same size).
 
 The metric contract is medseg's default: hard masks, per-image mean, an image with empty truth
 and empty prediction scores 1 (`empty: one`). Reported per method: per-image Dice, Dice over
@@ -21,10 +21,10 @@ from medseg.metrics.contract import MetricContract
 KEYS = ("dice", "dice_nonempty", "lesion_recall", "fp_rate_empty", "hd95")
 
 
-def read_mask(path: Path) -> np.ndarray:
+def read_mask(path: Path, shape: tuple[int, ...] | None = None) -> np.ndarray:
     a = np.asarray(Image.open(path).convert("L"))
-    if a.shape != (256, 256):
-        raise ValueError(f"{path}: shape {a.shape}, expected (256, 256)")
+    if shape is not None and a.shape != shape:
+        raise ValueError(f"{path}: shape {a.shape}, expected {shape} (the truth's)")
     return a > 127
 
 
@@ -36,8 +36,8 @@ def score_predictions(pred_dir: Path, prep: Path, cases: list[str]) -> dict:
     if missing:
         raise FileNotFoundError(f"{pred_dir}: {len(missing)} test predictions missing, e.g. {missing[0]}.png")
     for c in cases:
-        pred = read_mask(pred_dir / f"{c}.png").astype(np.float32)
         truth = read_mask(prep / "masks" / f"{c}.png")
+        pred = read_mask(pred_dir / f"{c}.png", truth.shape).astype(np.float32)
         rows.append({"case": c, **case_metrics(pred, truth, contract, surface=True)})
     s = summarize(rows, contract)
     both = [r["hd95"] for r in rows if not r["truth_empty"] and not r["pred_empty"]]

@@ -36,8 +36,10 @@ def main() -> None:
     cfg = load_run_config(a.run)
     torch.manual_seed(0)
     h, w = cfg.data.input_size
-    net = create_model(cfg.model.name, 1, cfg.model.channels, cfg.model.dropout, cfg.model.res_units)
-    x = torch.randn(a.batch, 1, h, w)
+    # the run's channel count (3 for colour sets), as state.json recorded it
+    chans = int(json.loads((a.run / "state.json").read_text()).get("in_channels", 1))
+    net = create_model(cfg.model.name, chans, cfg.model.channels, cfg.model.dropout, cfg.model.res_units)
+    x = torch.randn(a.batch, chans, h, w)
     y = torch.zeros(a.batch, 1, h, w)
     y[: a.batch // 2, :, h // 3 : h // 2, w // 3 : w // 2] = 1.0  # half the batch positive, ~3% foreground
     if a.channels_last:
@@ -64,7 +66,7 @@ def main() -> None:
         step()
     sec = (time.perf_counter() - t0) / a.steps
     print(json.dumps({
-        "model": cfg.model.name, "batch": a.batch, "input": [h, w], "channels_last": a.channels_last, "bf16": a.bf16,
+        "model": cfg.model.name, "batch": a.batch, "input": [chans, h, w], "channels_last": a.channels_last, "bf16": a.bf16,
         "tcmalloc": "tcmalloc" in os.environ.get("LD_PRELOAD", ""), "threads": torch.get_num_threads(),
         "seconds_per_step": sec, "images_per_s": a.batch / sec,
     }))
