@@ -155,6 +155,121 @@ def default_area_grid(case_shape: Sequence[int], fractions: Sequence[float]) -> 
     return sorted({int(round(f * plane)) for f in fractions})
 
 
+class RuleSearch:
+    """`tune_postprocess` case by case: `add` each case, then `result()`.
+
+    Only each case's confusion counts under every candidate rule are kept (a few hundred
+    numbers), never its probabilities, so tuning on a large validation set (LiTS: 6,060 slices,
+    ~1.6 GB of probabilities per TTA set at 256²) holds one case at a time.
+
+    Args:
+        contract / thresholds / area_fractions / keep_largest / min_scores: as `tune_postprocess`.
+    """
+
+    def __init__(self, contract: MetricContract, thresholds: Sequence[float], area_fractions: Sequence[float],
+                 keep_largest: Sequence[bool] = (False, True), min_scores: Sequence[float] = (0.0,)):
+        self.contract = contract
+        self.thresholds = sorted(set(float(t) for t in thresholds) | {float(contract.threshold)})
+        self.area_fractions = list(area_fractions)
+        self.keep_largest = list(keep_largest)
+        self.gates = sorted({0.0} | {float(g) for g in min_scores})
+        self.areas: Optional[list[int]] = None  # from the first case's plane, as fractions of one image
+        self.counts: list[list[tuple]] = []  # per case: counts per (threshold, keep_largest, min_area)
+        self.peaks: list[float] = []
+        self.as_empty: list[tuple] = []
+        self.plain: list[tuple] = []
+
+    def add(self, prob: np.ndarray, truth: np.ndarray, plain: Optional[np.ndarray] = None) -> None:
+        """One case (2D image or 3D volume).
+
+        Args:
+            prob: its probability map (any float dtype: compared with each threshold in float64,
+                without a float64 copy of the map).
+            truth: its binary mask.
+            plain: the plain (no TTA) probabilities when `prob` came from TTA: the raw baseline is
+                the contract's threshold on these.
+        """
+        prob = np.asarray(prob)
+        truth = np.asarray(truth).astype(bool)
+        if self.areas is None:
+            self.areas = default_area_grid(prob.shape, self.area_fractions)
+        n_truth, n = int(np.count_nonzero(truth)), int(truth.size)
+        per_threshold = len(self.keep_largest) * len(self.areas)
+        rows = []
+        for thr in self.thresholds:
+            hard = prob >= np.float64(thr)
+            if not hard.any():
+                rows += [(0.0, 0.0, float(n_truth), float(n - n_truth), n_truth == 0)] * per_threshold
+                continue
+            # each component's size and its overlap with the truth, once: a rule keeps a set of components,
+            # so its counts are sums over them (exact integers, no mask per candidate)
+            labels, sizes = _components(hard)
+            overlap = np.bincount(labels[truth], minlength=len(sizes))
+            overlap[0] = 0
+            for largest in self.keep_largest:
+                for area in self.areas:
+                    keep = _kept_labels(sizes, area, largest)
+                    tp, predicted = int(overlap[keep].sum()), int(sizes[keep].sum())
+                    fp, fn = predicted - tp, n_truth - tp
+                    rows.append((float(tp), float(fp), float(fn), float(n - tp - fp - fn), n_truth == 0 and predicted == 0))
+        self.counts.append(rows)
+        self.peaks.append(float(np.max(prob)) if prob.size else 0.0)
+        self.as_empty.append(_empty_counts(truth))
+        base = prob if plain is None else np.asarray(plain)
+        self.plain.append(_case_counts(base >= np.float64(self.contract.threshold), truth))
+
+    @property
+    def n_cases(self) -> int:
+        return len(self.counts)
+
+    def result(self, min_gain: float = 0.005, tta=(), where: str = "validation") -> dict:
+        """The search over every case added (see `tune_postprocess` for the fields)."""
+        if not self.counts:
+            raise ValueError("no cases to tune on")
+        contract = self.contract
+        rows = []
+        k = 0
+        for thr in self.thresholds:
+            for largest in self.keep_largest:
+                for area in self.areas:
+                    counts = [c[k] for c in self.counts]
+                    k += 1
+                    for gate in self.gates:
+                        # a gated case is predicted empty: its counts are known without redoing the mask
+                        gated = ([e if pk < gate else c for c, e, pk in zip(counts, self.as_empty, self.peaks)]
+                                 if gate > 0 else counts)
+                        rows.append({
+                            "threshold": thr, "min_area": int(area), "keep_largest": bool(largest), "min_score": gate,
+                            "dice": dice_from_counts(gated, contract), "n_empty_empty": sum(1 for c in gated if c[4]),
+                        })
+        # the baseline: the contract's threshold on the plain probabilities, nothing removed
+        raw = {"threshold": float(contract.threshold), "min_area": 0, "keep_largest": False, "min_score": 0.0,
+               "dice": dice_from_counts(self.plain, contract), "n_empty_empty": sum(1 for c in self.plain if c[4])}
+
+        def rank(r: dict) -> tuple:
+            # best Dice; ties go to the simplest rule: contract threshold, smaller area, all components, no gate
+            d = r["dice"] if math.isfinite(r["dice"]) else -math.inf
+            return (round(d, 9), -abs(r["threshold"] - contract.threshold), -r["min_area"], not r["keep_largest"], -r["min_score"])
+
+        def rule(r: dict) -> PostProcess:
+            return PostProcess(r["threshold"], r["min_area"], r["keep_largest"], r["min_score"], tta)
+
+        best = max(rows, key=rank)
+        gain = best["dice"] - raw["dice"] if math.isfinite(best["dice"]) and math.isfinite(raw["dice"]) else 0.0
+        n = self.n_cases
+        what = f"on {n} {where} case{'s' if n != 1 else ''}"  # the rule's text already says which TTA
+        if gain >= min_gain:
+            chosen = rule(best)
+            reason = f"{chosen.describe()}: Dice {best['dice']:.4f} vs {raw['dice']:.4f} raw {what} (+{gain:.4f})"
+        else:
+            chosen = PostProcess(float(contract.threshold), 0, False, 0.0, ())
+            reason = f"raw prediction kept: the best rule ({rule(best).describe()}) gains only {gain:+.4f} < {min_gain:g} {what}"
+        return {
+            "chosen": chosen.to_json(), "raw": raw, "best": best, "gain": gain, "rows": rows,
+            "n_cases": n, "min_gain": min_gain, "reason": reason,
+        }
+
+
 def tune_postprocess(
     probs: Sequence[np.ndarray],
     masks: Sequence[np.ndarray],
@@ -188,60 +303,51 @@ def tune_postprocess(
         {"chosen": PostProcess as dict, "raw": {...,"dice"}, "best": {..., "dice"}, "gain", "rows": all candidates,
          "n_cases", "min_gain", "reason"}.
     """
-    if not len(probs):
-        raise ValueError("no cases to tune on")
-    truths = [np.asarray(m).astype(bool) for m in masks]
-    areas = default_area_grid(np.asarray(probs[0]).shape, area_fractions)
-    gates = sorted({0.0} | {float(g) for g in min_scores})
-    peaks = [float(np.max(p)) if np.size(p) else 0.0 for p in probs]
-    as_empty = [_empty_counts(t) for t in truths]
-    rows = []
-    for thr in sorted(set(float(t) for t in thresholds) | {float(contract.threshold)}):
-        hards = [np.asarray(p, dtype=np.float64) >= thr for p in probs]
-        comps = [_components(h) if h.any() else (None, np.zeros(1, dtype=np.int64)) for h in hards]
-        for largest in keep_largest:
-            for area in areas:
-                counts = []
-                for hard, (labels, sizes), truth in zip(hards, comps, truths):
-                    if labels is None or (area <= 0 and not largest):
-                        pred = hard
-                    else:
-                        pred = np.isin(labels, _kept_labels(sizes, area, largest))
-                    counts.append(_case_counts(pred, truth))
-                for gate in gates:
-                    # a gated case is predicted empty: its counts are known without redoing the mask
-                    gated = [e if pk < gate else c for c, e, pk in zip(counts, as_empty, peaks)] if gate > 0 else counts
-                    rows.append({
-                        "threshold": thr, "min_area": int(area), "keep_largest": bool(largest), "min_score": gate,
-                        "dice": dice_from_counts(gated, contract), "n_empty_empty": sum(1 for c in gated if c[4]),
-                    })
-    # the baseline: the contract's threshold on the plain probabilities, nothing removed
-    plain = [_case_counts(np.asarray(p, dtype=np.float64) >= contract.threshold, t)
-             for p, t in zip(probs if raw_probs is None else raw_probs, truths)]
-    raw = {"threshold": float(contract.threshold), "min_area": 0, "keep_largest": False, "min_score": 0.0,
-           "dice": dice_from_counts(plain, contract), "n_empty_empty": sum(1 for c in plain if c[4])}
+    search = RuleSearch(contract, thresholds, area_fractions, keep_largest, min_scores)
+    for i, (p, m) in enumerate(zip(probs, masks)):
+        search.add(p, m, None if raw_probs is None else raw_probs[i])
+    return search.result(min_gain, tta, where)
 
-    def rank(r: dict) -> tuple:
-        # best Dice; ties go to the simplest rule: contract threshold, smaller area, all components, no gate
-        d = r["dice"] if math.isfinite(r["dice"]) else -math.inf
-        return (round(d, 9), -abs(r["threshold"] - contract.threshold), -r["min_area"], not r["keep_largest"], -r["min_score"])
 
-    def rule(r: dict) -> PostProcess:
-        return PostProcess(r["threshold"], r["min_area"], r["keep_largest"], r["min_score"], tta)
+class TTARuleSearch:
+    """`tune_over_tta` case by case: `add` a case's probabilities under every TTA set, then `result()`.
 
-    best = max(rows, key=rank)
-    gain = best["dice"] - raw["dice"] if math.isfinite(best["dice"]) and math.isfinite(raw["dice"]) else 0.0
-    what = f"on {len(probs)} {where} case{'s' if len(probs) != 1 else ''}"  # the rule's text already says which TTA
-    if gain >= min_gain:
-        chosen = rule(best)
-        reason = f"{chosen.describe()}: Dice {best['dice']:.4f} vs {raw['dice']:.4f} raw {what} (+{gain:.4f})"
-    else:
-        chosen = PostProcess(float(contract.threshold), 0, False, 0.0, ())
-        reason = f"raw prediction kept: the best rule ({rule(best).describe()}) gains only {gain:+.4f} < {min_gain:g} {what}"
-    return {
-        "chosen": chosen.to_json(), "raw": raw, "best": best, "gain": gain, "rows": rows,
-        "n_cases": len(probs), "min_gain": min_gain, "reason": reason,
-    }
+    Args:
+        sets: the TTA sets (transform names); the first must be the plain prediction (('identity',)).
+        (the rest as `RuleSearch`)
+    """
+
+    def __init__(self, sets: Sequence[Sequence[str]], contract: MetricContract, thresholds: Sequence[float],
+                 area_fractions: Sequence[float], keep_largest: Sequence[bool] = (False, True),
+                 min_scores: Sequence[float] = (0.0,)):
+        self.sets = [tuple(s) for s in sets]
+        self.searches = [RuleSearch(contract, thresholds, area_fractions, keep_largest, min_scores) for _ in self.sets]
+
+    def add(self, probs: Sequence[np.ndarray], truth: np.ndarray) -> None:
+        """One case: its probability map under each set (in `sets` order) and its binary mask."""
+        if len(probs) != len(self.sets):
+            raise ValueError(f"one probability map per TTA set: got {len(probs)} for {len(self.sets)} sets")
+        for search, p in zip(self.searches, probs):
+            search.add(p, truth, plain=probs[0])
+
+    def result(self, min_gain: float = 0.005, where: str = "validation") -> dict:
+        """`tune_postprocess`'s result for the set taken, plus "tta_sets" and "tta_reason" (see `tune_over_tta`)."""
+        results = [(normalise_tta(names), s.result(min_gain, names, where)) for names, s in zip(self.sets, self.searches)]
+
+        def best_dice(r: dict) -> float:
+            return r["best"]["dice"] if math.isfinite(r["best"]["dice"]) else -math.inf
+
+        top = max(best_dice(r) for _, r in results)
+        names, chosen = min((x for x in results if best_dice(x[1]) >= top - min_gain), key=lambda x: len(x[0]))
+        table = [{"tta": list(n) or ["identity"], "n_transforms": max(1, len(n)), "best_dice": r["best"]["dice"], "gain": r["gain"]}
+                 for n, r in results]
+        best_names = max(results, key=lambda x: best_dice(x[1]))[0]
+        if names == best_names:
+            why = f"{describe_tta(names)} gives the best tuned Dice {best_dice(chosen):.4f}"
+        else:
+            why = (f"{describe_tta(names)} ({max(1, len(names))} passes) is within {min_gain:g} of the best, "
+                   f"{describe_tta(best_names)} ({top:.4f}): the extra passes are not worth their cost")
+        return {**chosen, "tta_sets": table, "tta_reason": why}
 
 
 def tune_over_tta(
@@ -260,7 +366,7 @@ def tune_over_tta(
     Each set is searched on its own probabilities and must beat the same raw baseline (the first
     set's, the plain prediction). The set with the best tuned Dice is found; then the set with the
     fewest transforms whose best is within `min_gain` of it is taken: a TTA set that adds inference
-    cost must add Dice too.
+    cost must add Dice too. `TTARuleSearch` does the same case by case.
 
     Args:
         probs_by_set: (transform names, per-case probabilities) per TTA set; the first must be
@@ -271,27 +377,11 @@ def tune_over_tta(
         `tune_postprocess`'s result for the set taken, plus "tta_sets": [{"tta", "n_transforms",
         "best_dice", "gain"}] and "tta_reason".
     """
-    plain = probs_by_set[0][1]
-    results = []
-    for names, probs in probs_by_set:
-        r = tune_postprocess(probs, masks, contract, thresholds, area_fractions, keep_largest, min_gain, min_scores,
-                             tta=names, raw_probs=plain, where=where)
-        results.append((normalise_tta(names), r))
-
-    def best_dice(r: dict) -> float:
-        return r["best"]["dice"] if math.isfinite(r["best"]["dice"]) else -math.inf
-
-    top = max(best_dice(r) for _, r in results)
-    names, chosen = min((x for x in results if best_dice(x[1]) >= top - min_gain), key=lambda x: len(x[0]))
-    table = [{"tta": list(n) or ["identity"], "n_transforms": max(1, len(n)), "best_dice": r["best"]["dice"], "gain": r["gain"]}
-             for n, r in results]
-    best_names = max(results, key=lambda x: best_dice(x[1]))[0]
-    if names == best_names:
-        why = f"{describe_tta(names)} gives the best tuned Dice {best_dice(chosen):.4f}"
-    else:
-        why = (f"{describe_tta(names)} ({max(1, len(names))} passes) is within {min_gain:g} of the best, "
-               f"{describe_tta(best_names)} ({top:.4f}): the extra passes are not worth their cost")
-    return {**chosen, "tta_sets": table, "tta_reason": why}
+    search = TTARuleSearch([names for names, _ in probs_by_set], contract, thresholds, area_fractions, keep_largest,
+                           min_scores)
+    for i, m in enumerate(masks):
+        search.add([probs[i] for _, probs in probs_by_set], m)
+    return search.result(min_gain, where)
 
 
 def case_dice(pred: np.ndarray, truth: np.ndarray, contract: MetricContract) -> float:

@@ -178,3 +178,30 @@ def test_the_cheapest_tta_set_within_min_gain_wins():
 
 
 DIHEDRAL_NAMES = ("identity", "hflip", "vflip", "rot90", "rot180", "rot270", "transpose", "antitranspose")
+
+
+@pytest.mark.parametrize("volumes", [False, True])
+def test_every_candidate_row_scores_like_numpy_applying_that_rule(volumes):
+    """All rows of the search (thresholds on float32 values exactly, areas, keep_largest, gates) against PostProcess.apply,
+    on images and on volumes (3D components, as a per-volume contract tunes)."""
+    rng = np.random.default_rng(5)
+    probs, truths = [], []
+    for i in range(8):
+        p = rng.uniform(0, 0.6, (40, 40)).astype(np.float32)
+        t = _disk((40, 40), 20, 20, 5 + i % 3) if i % 3 else np.zeros((40, 40), bool)
+        p[_disk((40, 40), 20, 21, 6)] = np.float32(0.35)  # exactly float32(0.35) < 0.35: below that threshold
+        p[3:5, 30:36] = rng.uniform(0.4, 1.0)
+        probs.append(p)
+        truths.append(t)
+    if volumes:  # four volumes of 2 slices; a lesion's slices touch across the volume's depth
+        probs = [np.stack(probs[i:i + 2]) for i in range(0, 8, 2)]
+        truths = [np.stack(truths[i:i + 2]) for i in range(0, 8, 2)]
+    c = MetricContract(reduction="per_volume") if volumes else MetricContract()
+    res = tune_postprocess(probs, truths, c, [0.35, 0.5, 0.7], [0.0, 0.003, 0.02], min_scores=[0.8])
+    assert len(res["rows"]) == 3 * 3 * 2 * 2
+    for row in res["rows"]:
+        rule = PostProcess(row["threshold"], row["min_area"], row["keep_largest"], row["min_score"])
+        want = np.mean([_np_dice(rule.apply(p), t) for p, t in zip(probs, truths)])
+        assert row["dice"] == pytest.approx(want, abs=1e-12), row
+    assert res["n_cases"] == len(probs)
+    assert len({round(r["dice"], 6) for r in res["rows"]}) > 4  # the rules differ on these cases

@@ -10,15 +10,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 from rich.console import Console
 
 from medseg import runfolder as runfs
 from medseg.commands.console import print_tuning
 from medseg.config import apply_overrides, config_from_dict, read_yaml
 from medseg.errors import MedsegError
+from medseg.data.arrays import take
+from medseg.data.sources.base import progress_items
 from medseg.inference import run_prob_sets
 from medseg.metrics import sweep_cases
-from medseg.postprocess import tune_over_tta
+from medseg.metrics.validation import case_chunks
+from medseg.postprocess import TTARuleSearch
 
 
 def tune_run(
@@ -50,15 +54,17 @@ def tune_run(
     contract = cfg.eval.contract
     pp = cfg.postprocess
     sets = pp.tta_sets()
-    # every transform runs once; each TTA set averages its own (the first set is the plain prediction)
-    by_set = run_prob_sets(net, val.images, cfg, state, sets)
-    cases_m = None
-    probs_by_set = []
-    for names, probs in zip(sets, by_set):
-        cases_p, cases_m = sweep_cases(probs, val.masks, val.meta, contract)
-        probs_by_set.append((names, cases_p))
-    result = tune_over_tta(probs_by_set, cases_m, contract, pp.thresholds, pp.min_area_fractions, pp.keep_largest,
-                           pp.min_gain, min_scores=pp.min_scores)
+    search = TTARuleSearch(sets, contract, pp.thresholds, pp.min_area_fractions, pp.keep_largest, pp.min_scores)
+    # a chunk of whole cases at a time (one volume, or a few eval batches of images): memory holds that
+    # chunk's probabilities under each TTA set, never the part's (LiTS: ~1.6 GB per set at 256²)
+    for idx in progress_items(case_chunks(val.meta, cfg.eval.batch_size), "Tuning post-processing", progress):
+        masks = np.asarray(val.masks[idx])
+        meta = [val.meta[i] for i in idx]
+        # every transform runs once; each TTA set averages its own (the first set is the plain prediction)
+        by_set = [sweep_cases(p, masks, meta, contract) for p in run_prob_sets(net, take(val.images, idx), cfg, state, sets)]
+        for j, truth in enumerate(by_set[0][1]):
+            search.add([cases_p[j] for cases_p, _ in by_set], truth)
+    result = search.result(pp.min_gain)
     result["checkpoint"] = runfs.BEST_CKPT
     result["best_epoch"] = info["epoch"]
     result["contract_text"] = contract.describe()

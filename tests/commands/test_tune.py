@@ -122,3 +122,57 @@ def test_predict_follows_a_tta_rule_and_its_gate(tuned_run, tmp_path):
     (run / "postprocess.json").write_text(json.dumps({"chosen": {"threshold": 0.5, "min_area": 0, "keep_largest": False, "min_score": 0.999999, "tta": False}}))
     gated = predict_run(run, new, tmp_path / "gated")
     assert not np.array(Image.open(gated / "masks" / "x.png")).any()
+
+
+@pytest.mark.slow
+def test_tune_streams_volume_by_volume_and_chooses_what_the_whole_part_search_chooses(tmp_path, monkeypatch):
+    """LiTS-like volumes from the cache, a per-volume contract and two TTA sets: tune holds one volume at a time."""
+    import medseg.commands.tune as tune_mod
+    from bench.synthetic_sets import write_lits
+    from medseg.commands.tune import tune_run
+    from medseg.inference import run_prob_sets
+    from medseg.metrics import sweep_cases
+    from medseg.postprocess import tune_over_tta
+    from medseg.runfolder import load_network, load_split_part, load_state
+
+    root = tmp_path / "lits"
+    write_lits(root, 6, side=48, slices=(8, 14))
+    raw = tiny_config(root, tmp_path / "runs", train__epochs=1, schedule__warmup_epochs=0,
+                      data={"source": "volumes", "root": str(root), "input_size": [32, 32], "context_slices": 1,
+                            "cache_dir": str(tmp_path / "cache")},
+                      model={"name": "unet", "channels": [4, 8], "res_units": 0},
+                      split={"mode": "holdout", "val_fraction": 0.34, "test_fraction": 0.0},
+                      eval={"batch_size": 2, "contract": {"reduction": "per_volume"}},
+                      postprocess={"tta": True, "min_scores": [0.6, 0.9]})
+    run = fit(config_from_dict(raw), progress=False)
+    cfg, state = load_run_config(run), load_state(run)
+    val = load_split_part(run, cfg)
+    n_volumes = len({m["volume"] for m in val.meta})
+    assert n_volumes >= 2
+
+    seen = []
+    monkeypatch.setattr(tune_mod, "run_prob_sets", lambda net, images, *a: seen.append(len(images)) or run_prob_sets(net, images, *a))
+    streamed = tune_run(run, force=True, progress=False)
+
+    # what tune did before it streamed: every probability of the part under each set, then one search
+    net, _ = load_network(run, cfg, state["in_channels"])
+    sets = cfg.postprocess.tta_sets()
+    whole = []
+    for names, probs in zip(sets, run_prob_sets(net, np.asarray(val.images), cfg, state, sets)):
+        cases_p, truths = sweep_cases(probs, np.asarray(val.masks), val.meta, cfg.eval.contract)
+        whole.append((names, cases_p))
+    pp = cfg.postprocess
+    want = tune_over_tta(whole, truths, cfg.eval.contract, pp.thresholds, pp.min_area_fractions, pp.keep_largest,
+                         pp.min_gain, min_scores=pp.min_scores)
+
+    longest = max(m["n_slices"] for m in val.meta)
+    assert len(seen) == n_volumes and max(seen) <= longest and sum(seen) == len(val.meta)  # one volume per call
+    assert streamed["n_cases"] == want["n_cases"] == n_volumes
+    assert streamed["chosen"] == want["chosen"] and len(streamed["tta_sets"]) == len(want["tta_sets"]) == len(sets) > 1
+    for a, b in zip(streamed["tta_sets"], want["tta_sets"]):
+        assert a["tta"] == b["tta"] and a["best_dice"] == pytest.approx(b["best_dice"], abs=1e-9)
+    assert len(streamed["rows"]) == len(want["rows"])
+    for a, b in zip(streamed["rows"], want["rows"]):
+        assert {k: v for k, v in a.items() if k != "dice"} == {k: v for k, v in b.items() if k != "dice"}
+        assert a["dice"] == pytest.approx(b["dice"], abs=1e-9, nan_ok=True)
+    assert streamed["raw"]["dice"] == pytest.approx(want["raw"]["dice"], abs=1e-9)
