@@ -31,6 +31,7 @@ from scipy import ndimage
 
 from medseg.data.tta import DIHEDRAL, FLIP
 from medseg.metrics.contract import MetricContract
+from medseg.metrics.overlap import overlap_scores
 from medseg.metrics.validation import dice_from_counts
 
 
@@ -143,12 +144,6 @@ def _case_counts(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float, flo
     return tp, fp, fn, float(truth.size - tp - fp - fn), (not truth.any()) and (not pred.any())
 
 
-def _empty_counts(truth: np.ndarray) -> tuple[float, float, float, float, bool]:
-    """(tp, fp, fn, tn, empty_empty) of one case predicted empty."""
-    fn = float(np.count_nonzero(truth))
-    return 0.0, 0.0, fn, float(truth.size - fn), fn == 0
-
-
 def default_area_grid(case_shape: Sequence[int], fractions: Sequence[float]) -> list[int]:
     """Candidate `min_area` values: fractions of one 2D image (slice) area, rounded, unique."""
     plane = int(case_shape[-1]) * int(case_shape[-2])
@@ -158,9 +153,10 @@ def default_area_grid(case_shape: Sequence[int], fractions: Sequence[float]) -> 
 class RuleSearch:
     """`tune_postprocess` case by case: `add` each case, then `result()`.
 
-    Only each case's confusion counts under every candidate rule are kept (a few hundred
-    numbers), never its probabilities, so tuning on a large validation set (LiTS: 6,060 slices,
-    ~1.6 GB of probabilities per TTA set at 256²) holds one case at a time.
+    Each case is scored under every candidate rule as it is added and only the contract's sums
+    are kept (per rule and gate: the sum and number of finite per-case Dice values, or the pooled
+    counts for a global contract), so memory does not grow with the validation set (LiTS: 6,060
+    slices under 176 rules x 7 gates x 3 TTA sets) and no probabilities are held.
 
     Args:
         contract / thresholds / area_fractions / keep_largest / min_scores: as `tune_postprocess`.
@@ -174,10 +170,8 @@ class RuleSearch:
         self.keep_largest = list(keep_largest)
         self.gates = sorted({0.0} | {float(g) for g in min_scores})
         self.areas: Optional[list[int]] = None  # from the first case's plane, as fractions of one image
-        self.counts: list[list[tuple]] = []  # per case: counts per (threshold, keep_largest, min_area)
-        self.peaks: list[float] = []
-        self.as_empty: list[tuple] = []
-        self.plain: list[tuple] = []
+        self.n_cases = 0
+        self._rules = self._plain = None
 
     def add(self, prob: np.ndarray, truth: np.ndarray, plain: Optional[np.ndarray] = None) -> None:
         """One case (2D image or 3D volume).
@@ -193,13 +187,16 @@ class RuleSearch:
         truth = np.asarray(truth).astype(bool)
         if self.areas is None:
             self.areas = default_area_grid(prob.shape, self.area_fractions)
+            n_rules = len(self.thresholds) * len(self.keep_largest) * len(self.areas)
+            self._rules = _ScoreSums(self.contract, (len(self.gates), n_rules))
+            self._plain = _ScoreSums(self.contract, (1, 1))
         n_truth, n = int(np.count_nonzero(truth)), int(truth.size)
         per_threshold = len(self.keep_largest) * len(self.areas)
-        rows = []
+        counts = []
         for thr in self.thresholds:
             hard = prob >= np.float64(thr)
             if not hard.any():
-                rows += [(0.0, 0.0, float(n_truth), float(n - n_truth), n_truth == 0)] * per_threshold
+                counts += [(0, 0)] * per_threshold
                 continue
             # each component's size and its overlap with the truth, once: a rule keeps a set of components,
             # so its counts are sums over them (exact integers, no mask per candidate)
@@ -209,42 +206,42 @@ class RuleSearch:
             for largest in self.keep_largest:
                 for area in self.areas:
                     keep = _kept_labels(sizes, area, largest)
-                    tp, predicted = int(overlap[keep].sum()), int(sizes[keep].sum())
-                    fp, fn = predicted - tp, n_truth - tp
-                    rows.append((float(tp), float(fp), float(fn), float(n - tp - fp - fn), n_truth == 0 and predicted == 0))
-        self.counts.append(rows)
-        self.peaks.append(float(np.max(prob)) if prob.size else 0.0)
-        self.as_empty.append(_empty_counts(truth))
-        base = prob if plain is None else np.asarray(plain)
-        self.plain.append(_case_counts(base >= np.float64(self.contract.threshold), truth))
-
-    @property
-    def n_cases(self) -> int:
-        return len(self.counts)
+                    counts.append((int(overlap[keep].sum()), int(sizes[keep].sum())))
+        tp, predicted = (np.array(c, dtype=np.float64) for c in zip(*counts))
+        rule = np.stack([tp, predicted - tp, n_truth - tp, n - n_truth - (predicted - tp)], axis=1)
+        ee = (n_truth == 0) & (predicted == 0)
+        empty = np.array([0.0, 0.0, n_truth, n - n_truth])
+        peak = float(np.max(prob)) if prob.size else 0.0
+        for g, gate in enumerate(self.gates):
+            if gate > 0 and peak < gate:  # a gated case is predicted empty under every rule
+                self._rules.add(g, np.broadcast_to(empty, rule.shape), np.full(len(ee), n_truth == 0))
+            else:
+                self._rules.add(g, rule, ee)
+        base = np.asarray(prob if plain is None else plain) >= np.float64(self.contract.threshold)
+        tp, fp, fn, tn, ee_plain = _case_counts(base, truth)
+        self._plain.add(0, np.array([[tp, fp, fn, tn]]), np.array([ee_plain]))
+        self.n_cases += 1
 
     def result(self, min_gain: float = 0.005, tta=(), where: str = "validation") -> dict:
         """The search over every case added (see `tune_postprocess` for the fields)."""
-        if not self.counts:
+        if not self.n_cases:
             raise ValueError("no cases to tune on")
         contract = self.contract
+        dice, n_ee = self._rules.dice(), self._rules.n_empty_empty
         rows = []
         k = 0
         for thr in self.thresholds:
             for largest in self.keep_largest:
                 for area in self.areas:
-                    counts = [c[k] for c in self.counts]
-                    k += 1
-                    for gate in self.gates:
-                        # a gated case is predicted empty: its counts are known without redoing the mask
-                        gated = ([e if pk < gate else c for c, e, pk in zip(counts, self.as_empty, self.peaks)]
-                                 if gate > 0 else counts)
+                    for g, gate in enumerate(self.gates):
                         rows.append({
                             "threshold": thr, "min_area": int(area), "keep_largest": bool(largest), "min_score": gate,
-                            "dice": dice_from_counts(gated, contract), "n_empty_empty": sum(1 for c in gated if c[4]),
+                            "dice": float(dice[g, k]), "n_empty_empty": int(n_ee[g, k]),
                         })
+                    k += 1
         # the baseline: the contract's threshold on the plain probabilities, nothing removed
         raw = {"threshold": float(contract.threshold), "min_area": 0, "keep_largest": False, "min_score": 0.0,
-               "dice": dice_from_counts(self.plain, contract), "n_empty_empty": sum(1 for c in self.plain if c[4])}
+               "dice": float(self._plain.dice()[0, 0]), "n_empty_empty": int(self._plain.n_empty_empty[0, 0])}
 
         def rank(r: dict) -> tuple:
             # best Dice; ties go to the simplest rule: contract threshold, smaller area, all components, no gate
@@ -268,6 +265,43 @@ class RuleSearch:
             "chosen": chosen.to_json(), "raw": raw, "best": best, "gain": gain, "rows": rows,
             "n_cases": n, "min_gain": min_gain, "reason": reason,
         }
+
+
+class _ScoreSums:
+    """The contract's Dice of many candidates, accumulated case by case (what `dice_from_counts` gives for all cases).
+
+    A global contract pools the counts (and needs every case empty/empty for the empty score);
+    the others take the NaN-ignoring mean of per-case Dice, kept as a sum and a count.
+    """
+
+    def __init__(self, contract: MetricContract, shape: tuple[int, int]):
+        self.contract, self.empty_score = contract, contract.empty_score()
+        self.pooled = contract.reduction == "global"
+        self.sums = np.zeros(shape + ((4,) if self.pooled else ()), dtype=np.float64)
+        self.finite = np.zeros(shape, dtype=np.int64)
+        self.all_empty = np.ones(shape, dtype=bool)
+        self.n_empty_empty = np.zeros(shape, dtype=np.int64)
+
+    def add(self, row: int, counts: np.ndarray, empty_empty: np.ndarray) -> None:
+        """One case's (tp, fp, fn, tn) and empty/empty flag under each candidate of `row`."""
+        self.n_empty_empty[row] += empty_empty
+        if self.pooled:
+            self.sums[row] += counts
+            self.all_empty[row] &= empty_empty
+            return
+        d = np.asarray(overlap_scores(counts[:, 0], counts[:, 1], counts[:, 2], counts[:, 3], empty_empty,
+                                      self.empty_score)["dice"], dtype=np.float64)
+        ok = np.isfinite(d)
+        self.sums[row] += np.where(ok, d, 0.0)
+        self.finite[row] += ok
+
+    def dice(self) -> np.ndarray:
+        if self.pooled:
+            s = self.sums
+            return np.asarray(overlap_scores(s[..., 0], s[..., 1], s[..., 2], s[..., 3], self.all_empty,
+                                             self.empty_score)["dice"], dtype=np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(self.finite > 0, self.sums / np.maximum(self.finite, 1), math.nan)
 
 
 def tune_postprocess(

@@ -180,10 +180,11 @@ def test_the_cheapest_tta_set_within_min_gain_wins():
 DIHEDRAL_NAMES = ("identity", "hflip", "vflip", "rot90", "rot180", "rot270", "transpose", "antitranspose")
 
 
-@pytest.mark.parametrize("volumes", [False, True])
-def test_every_candidate_row_scores_like_numpy_applying_that_rule(volumes):
+@pytest.mark.parametrize("volumes, reduction, empty", [(False, "per_image", "one"), (True, "per_volume", "one"),
+                                                       (False, "global", "one"), (False, "per_image", "nan")])
+def test_every_candidate_row_scores_like_numpy_applying_that_rule(volumes, reduction, empty):
     """All rows of the search (thresholds on float32 values exactly, areas, keep_largest, gates) against PostProcess.apply,
-    on images and on volumes (3D components, as a per-volume contract tunes)."""
+    on images and on volumes (3D components, as a per-volume contract tunes), for each reduction and empty policy."""
     rng = np.random.default_rng(5)
     probs, truths = [], []
     for i in range(8):
@@ -196,12 +197,21 @@ def test_every_candidate_row_scores_like_numpy_applying_that_rule(volumes):
     if volumes:  # four volumes of 2 slices; a lesion's slices touch across the volume's depth
         probs = [np.stack(probs[i:i + 2]) for i in range(0, 8, 2)]
         truths = [np.stack(truths[i:i + 2]) for i in range(0, 8, 2)]
-    c = MetricContract(reduction="per_volume") if volumes else MetricContract()
+    c = MetricContract(reduction=reduction, empty=empty)
     res = tune_postprocess(probs, truths, c, [0.35, 0.5, 0.7], [0.0, 0.003, 0.02], min_scores=[0.8])
     assert len(res["rows"]) == 3 * 3 * 2 * 2
+
+    def numpy_dice(preds):
+        if reduction == "global":  # pooled over all cases
+            p, t = np.concatenate([x.ravel() for x in preds]), np.concatenate([x.ravel() for x in truths])
+            return _np_dice(p, t)
+        return np.nanmean([_np_dice(x, t, empty=math.nan if empty == "nan" else 1.0) for x, t in zip(preds, truths)])
+
     for row in res["rows"]:
         rule = PostProcess(row["threshold"], row["min_area"], row["keep_largest"], row["min_score"])
-        want = np.mean([_np_dice(rule.apply(p), t) for p, t in zip(probs, truths)])
-        assert row["dice"] == pytest.approx(want, abs=1e-12), row
+        preds = [rule.apply(p) for p in probs]
+        assert row["dice"] == pytest.approx(numpy_dice(preds), abs=1e-12), row
+        assert row["n_empty_empty"] == sum(1 for x, t in zip(preds, truths) if not x.any() and not t.any())
+    assert res["raw"]["dice"] == pytest.approx(numpy_dice([p >= 0.5 for p in probs]), abs=1e-12)
     assert res["n_cases"] == len(probs)
     assert len({round(r["dice"], 6) for r in res["rows"]}) > 4  # the rules differ on these cases

@@ -16,9 +16,9 @@ from rich.console import Console
 from medseg import runfolder as runfs
 from medseg.commands.console import print_tuning
 from medseg.config import apply_overrides, config_from_dict, read_yaml
-from medseg.errors import MedsegError
 from medseg.data.arrays import take
 from medseg.data.sources.base import progress_items
+from medseg.errors import MedsegError
 from medseg.inference import run_prob_sets
 from medseg.metrics import sweep_cases
 from medseg.metrics.validation import case_chunks
