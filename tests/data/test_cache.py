@@ -148,6 +148,33 @@ def test_siim_from_the_cache_equals_memory(tmp_path, cfg_for, dicom, rng):
     assert store.built == 2 and not np.asarray(after.samples[0].mask).any()
 
 
+def test_restored_meta_shares_equal_values_and_lazy_arrays_pickle(blobs, tmp_path, cfg_for, rng):
+    # a SIIM-size set holds a record per image: equal parts are one object, values unchanged
+    cfg = cfg_for(blobs, input_size=(32, 32)).model_copy(update={"cache_dir": tmp_path / "cache"})
+    load_data(cfg)
+    memory = load_data(cfg.model_copy(update={"cache_dir": None}))
+    again = load_data(cfg)
+    assert_same_samples(memory, again)
+    a, b = again.samples[0].meta, again.samples[1].meta
+    assert a["resize"] == b["resize"] and a["resize"] is b["resize"]
+    assert a["orig_shape"] is b["orig_shape"]
+    assert next(iter(a)) is next(iter(b))  # keys too
+    assert a["path"] != b["path"]
+    # DataLoader workers get the samples pickled: slotted lazy arrays must come back whole
+    import pickle
+
+    vol_root = tmp_path / "vols"
+    _volume_pair(vol_root, "v0", rng)
+    vcfg = cfg_for(vol_root, source="volumes", context_slices=1, input_size=(16, 16), cache_dir=tmp_path / "vcache")
+    vol = load_data(vcfg)
+    for s in (again.samples[2], vol.samples[3]):
+        back = pickle.loads(pickle.dumps(s))
+        for x, y in ((s.image, back.image), (s.mask, back.mask)):
+            assert type(x) is type(y) and x.shape == y.shape and x.dtype == y.dtype
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    assert not hasattr(StoredArray.__new__(StoredArray), "__dict__")
+
+
 class Killed(BaseException):
     pass
 
