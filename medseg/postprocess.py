@@ -32,6 +32,7 @@ from scipy import ndimage
 from medseg.data.tta import DIHEDRAL, FLIP
 from medseg.metrics.contract import MetricContract
 from medseg.metrics.overlap import overlap_scores
+from medseg.metrics.sweep import sweep_cases
 from medseg.metrics.validation import dice_from_counts
 
 
@@ -222,6 +223,44 @@ class RuleSearch:
         self._plain.add(0, np.array([[tp, fp, fn, tn]]), np.array([ee_plain]))
         self.n_cases += 1
 
+    def _grid(self) -> tuple:
+        return self.contract, self.thresholds, self.area_fractions, self.keep_largest, self.gates
+
+    @classmethod
+    def merged(cls, searches: Sequence["RuleSearch"]) -> "RuleSearch":
+        """One search holding every case of these searches: what one search fed all their cases gives.
+
+        The kept sums add up (per-case Dice sums and counts, pooled counts), so cases scored once
+        serve any union of them: an experiment searches each fold once and merges the folds for
+        the rule chosen on all of them and for each rule chosen without one. Floats agree with one
+        search fed every case up to rounding (the per-case Dice values are added in another order).
+
+        Args:
+            searches: searches of one grid (contract, thresholds, area fractions, keep_largest,
+                gates); those without cases are skipped.
+
+        Raises:
+            ValueError: no search given, or their grids differ.
+        """
+        searches = list(searches)
+        if not searches:
+            raise ValueError("no search to merge")
+        first = searches[0]
+        for s in searches:
+            if s._grid() != first._grid():
+                raise ValueError("searches of different grids (contract, thresholds, areas, keep_largest or gates) do not merge")
+        out = cls(first.contract, first.thresholds, first.area_fractions, first.keep_largest, first.gates)
+        fed = [s for s in searches if s.n_cases]
+        if not fed:
+            return out
+        if any(s.areas != fed[0].areas for s in fed):
+            raise ValueError("searches of different image (slice) sizes do not merge: their min_area grids differ")
+        out.areas = fed[0].areas
+        out._rules = _ScoreSums.merged([s._rules for s in fed])
+        out._plain = _ScoreSums.merged([s._plain for s in fed])
+        out.n_cases = sum(s.n_cases for s in fed)
+        return out
+
     def result(self, min_gain: float = 0.005, tta=(), where: str = "validation") -> dict:
         """The search over every case added (see `tune_postprocess` for the fields)."""
         if not self.n_cases:
@@ -295,6 +334,19 @@ class _ScoreSums:
         self.sums[row] += np.where(ok, d, 0.0)
         self.finite[row] += ok
 
+    @classmethod
+    def merged(cls, parts: Sequence["_ScoreSums"]) -> "_ScoreSums":
+        """The sums of the cases of all these (one contract, one shape): sums, counts and empty/empty tallies add, `all_empty` ANDs."""
+        out = cls(parts[0].contract, parts[0].finite.shape)
+        for p in parts:
+            if p.contract != out.contract or p.finite.shape != out.finite.shape:
+                raise ValueError("score sums of different contracts or candidates do not merge")
+            out.sums += p.sums
+            out.finite += p.finite
+            out.all_empty &= p.all_empty
+            out.n_empty_empty += p.n_empty_empty
+        return out
+
     def dice(self) -> np.ndarray:
         if self.pooled:
             s = self.sums
@@ -363,6 +415,40 @@ class TTARuleSearch:
             raise ValueError(f"one probability map per TTA set: got {len(probs)} for {len(self.sets)} sets")
         for search, p in zip(self.searches, probs):
             search.add(p, truth, plain=probs[0])
+
+    def add_chunk(self, probs_by_set: Sequence[np.ndarray], masks, meta: Optional[Sequence[dict]]) -> None:
+        """Per-slice arrays of whole cases (every slice of a volume in the chunk), grouped as `sweep_cases` groups them.
+
+        Args:
+            probs_by_set: the chunk's (n, H, W) probabilities under each set, in `sets` order.
+            masks: their (n, H, W) binary masks.
+            meta: their per-sample meta (`volume`/`slice` for volume data).
+        """
+        contract = self.searches[0].contract
+        by_set = [sweep_cases(p, masks, meta, contract) for p in probs_by_set]
+        for j, truth in enumerate(by_set[0][1]):
+            self.add([cases[j] for cases, _ in by_set], truth)
+
+    @classmethod
+    def merged(cls, searches: Sequence["TTARuleSearch"]) -> "TTARuleSearch":
+        """One search holding every case of these (same sets, same grid): see `RuleSearch.merged`.
+
+        Args:
+            searches: the searches to merge; those without cases are skipped.
+
+        Raises:
+            ValueError: no search given, or their sets or grids differ.
+        """
+        searches = list(searches)
+        if not searches:
+            raise ValueError("no search to merge")
+        sets = searches[0].sets
+        if any(s.sets != sets for s in searches):
+            raise ValueError("searches over different TTA sets do not merge")
+        r = searches[0].searches[0]
+        out = cls(sets, r.contract, r.thresholds, r.area_fractions, r.keep_largest, r.gates)
+        out.searches = [RuleSearch.merged([s.searches[i] for s in searches]) for i in range(len(sets))]
+        return out
 
     def result(self, min_gain: float = 0.005, where: str = "validation") -> dict:
         """`tune_postprocess`'s result for the set taken, plus "tta_sets" and "tta_reason" (see `tune_over_tta`)."""

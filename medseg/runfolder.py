@@ -479,25 +479,69 @@ def save_oof(experiment: Path, fold: int, names, sample_ids: list[str], probs) -
     write_json(folder / f"fold-{fold}.json", list(sample_ids))
 
 
-def load_oof(experiment: Path, names, folds: list[int]) -> tuple[list[str], "object"]:
-    """(sample ids, probabilities (N, H, W) float32) of these folds' out-of-fold predictions for one TTA set."""
+class OOFProbs:
+    """One TTA set's out-of-fold probabilities of some folds, memory-mapped: rows are read when asked for.
+
+    At SIIM scale one set of all folds is 12k x 256² (3.2 GB as float32), so the stored float16
+    arrays stay on disk and a chunk of whole cases is read (and made float32) at a time.
+
+    Attributes:
+        ids: the sample ids, fold after fold, each fold's in its stored order.
+        folds: the fold of each row (of each id).
+        shape: (rows, H, W).
+    """
+
+    def __init__(self, ids: list[str], folds: list[int], arrays: list):
+        import numpy as np
+
+        self.ids, self.folds, self._arrays = ids, folds, arrays
+        sizes = np.array([len(a) for a in arrays], dtype=np.int64)
+        self._ends = np.cumsum(sizes)
+        self._starts = self._ends - sizes
+        self.shape = (len(ids), *tuple(arrays[0].shape[1:])) if arrays else (0, 1, 1)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def rows(self, idx) -> "object":
+        """(len(idx), H, W) float32 probabilities of these rows (of `ids`), read from the files."""
+        import numpy as np
+
+        idx = np.asarray(idx, dtype=np.int64).reshape(-1)
+        out = np.empty((len(idx), *self.shape[1:]), np.float32)
+        part = np.searchsorted(self._ends, idx, side="right")
+        for j, (i, f) in enumerate(zip(idx, part)):
+            out[j] = self._arrays[f][i - self._starts[f]]  # one row read and converted: never a fold's array whole
+        return out
+
+
+def open_oof(experiment: Path, names, folds: list[int]) -> OOFProbs:
+    """These folds' out-of-fold predictions for one TTA set, memory-mapped (see `OOFProbs`).
+
+    Args:
+        experiment: the experiment folder.
+        names: the TTA set (transform names).
+        folds: which folds, in this order.
+    """
     import numpy as np
 
     folder = Path(experiment) / OOF / tta_key(names)
     ids: list[str] = []
-    parts = []
+    fold_of: list[int] = []
+    arrays = []
     for f in folds:
         arr_path, ids_path = folder / f"fold-{f}.npy", folder / f"fold-{f}.json"
         if not arr_path.is_file() or not ids_path.is_file():
             raise MedsegError(f"{arr_path}: missing (has fold {f} finished? medseg fit --resume {experiment})")
         try:
-            arr = np.load(arr_path, allow_pickle=False)
+            arr = np.load(arr_path, mmap_mode="r", allow_pickle=False)
         except Exception as e:  # noqa: BLE001 - a damaged file is one line naming it
             raise MedsegError(f"{arr_path}: unreadable ({type(e).__name__})") from None
         fold_ids = read_json(ids_path)
         if not isinstance(fold_ids, list) or len(fold_ids) != len(arr):
             raise MedsegError(f"{ids_path}: does not list the {len(arr)} samples of {arr_path.name}")
         ids.extend(str(i) for i in fold_ids)
-        parts.append(arr.astype(np.float32))
-    return ids, (np.concatenate(parts) if parts else np.zeros((0, 1, 1), np.float32))
+        fold_of.extend([f] * len(arr))
+        arrays.append(arr)
+    return OOFProbs(ids, fold_of, arrays)
 

@@ -215,3 +215,87 @@ def test_every_candidate_row_scores_like_numpy_applying_that_rule(volumes, reduc
     assert res["raw"]["dice"] == pytest.approx(numpy_dice([p >= 0.5 for p in probs]), abs=1e-12)
     assert res["n_cases"] == len(probs)
     assert len({round(r["dice"], 6) for r in res["rows"]}) > 4  # the rules differ on these cases
+
+
+def _mixed_cases(rng, n=9, shape=(40, 40)):
+    """Images with a lesion, normal images with specks or lukewarm blobs: rules and gates differ on them."""
+    probs, truths = [], []
+    for i in range(n):
+        p = rng.uniform(0, 0.6, shape).astype(np.float32)
+        t = _disk(shape, 20, 20, 5 + i % 3) if i % 3 else np.zeros(shape, bool)
+        p[_disk(shape, 20, 21, 6)] = rng.uniform(0.45, 0.99)
+        p[3:5, 30:36] = rng.uniform(0.4, 1.0)
+        probs.append(p)
+        truths.append(t)
+    return probs, truths
+
+
+def _assert_same_search(got: dict, want: dict):
+    assert got["n_cases"] == want["n_cases"] and got["chosen"] == want["chosen"] and got["reason"] == want["reason"]
+    assert len(got["rows"]) == len(want["rows"])
+    for a, b in zip([got["raw"], got["best"], *got["rows"]], [want["raw"], want["best"], *want["rows"]]):
+        assert {k: v for k, v in a.items() if k != "dice"} == {k: v for k, v in b.items() if k != "dice"}
+        assert a["dice"] == pytest.approx(b["dice"], abs=1e-12, nan_ok=True)
+    assert got["gain"] == pytest.approx(want["gain"], abs=1e-12)
+
+
+@pytest.mark.parametrize("volumes, reduction, empty", [(False, "per_image", "one"), (False, "global", "one"),
+                                                       (False, "per_image", "nan"), (True, "per_volume", "one"),
+                                                       (True, "global", "one")])
+def test_merged_searches_equal_one_search_fed_every_case(volumes, reduction, empty):
+    """Each part searched on its own, then merged (an empty search skipped): every row as one search over all cases."""
+    from medseg.postprocess import RuleSearch, TTARuleSearch
+
+    rng = np.random.default_rng(7)
+    probs, truths = _mixed_cases(rng, n=12)
+    if volumes:  # six volumes of 2 slices
+        probs = [np.stack(probs[i:i + 2]) for i in range(0, 12, 2)]
+        truths = [np.stack(truths[i:i + 2]) for i in range(0, 12, 2)]
+    flipped = [np.clip(p + rng.normal(0, 0.05, p.shape), 0, 1).astype(np.float32) for p in probs]
+    c = MetricContract(reduction=reduction, empty=empty)
+    grid = (c, [0.35, 0.5, 0.7], [0.0, 0.003, 0.02], (False, True), [0.8, 0.9])
+    sets = [("identity",), ("identity", "hflip")]
+    parts = [range(0, 2), range(2, 3), range(3, len(probs)), range(0)]  # uneven, and one with no case
+
+    one, one_tta = RuleSearch(*grid), TTARuleSearch(sets, *grid)
+    for p, q, t in zip(probs, flipped, truths):
+        one.add(q, t, plain=p)
+        one_tta.add([p, q], t)
+    pieces, tta_pieces = [], []
+    for idx in parts:
+        s, st = RuleSearch(*grid), TTARuleSearch(sets, *grid)
+        for i in idx:
+            s.add(flipped[i], truths[i], plain=probs[i])
+            st.add([probs[i], flipped[i]], truths[i])
+        pieces.append(s)
+        tta_pieces.append(st)
+    _assert_same_search(RuleSearch.merged(pieces).result(0.005, sets[1]), one.result(0.005, sets[1]))
+    got, want = TTARuleSearch.merged(tta_pieces).result(0.005), one_tta.result(0.005)
+    _assert_same_search(got, want)
+    assert got["tta_reason"] == want["tta_reason"] and len(got["tta_sets"]) == 2
+    for a, b in zip(got["tta_sets"], want["tta_sets"]):
+        assert a["tta"] == b["tta"] and a["best_dice"] == pytest.approx(b["best_dice"], abs=1e-12)
+    # a leave-one-part-out merge is the search on the other parts' cases
+    rest = RuleSearch(*grid)
+    for i in [*parts[0], *parts[2]]:
+        rest.add(flipped[i], truths[i], plain=probs[i])
+    _assert_same_search(RuleSearch.merged([pieces[0], pieces[2], pieces[3]]).result(), rest.result())
+
+
+def test_searches_of_different_grids_or_sets_do_not_merge():
+    from medseg.postprocess import RuleSearch, TTARuleSearch
+
+    c = MetricContract()
+    a, b = RuleSearch(c, [0.5], [0.0]), RuleSearch(c, [0.5, 0.6], [0.0])
+    with pytest.raises(ValueError, match="different grids"):
+        RuleSearch.merged([a, b])
+    small, big = RuleSearch(c, [0.5], [0.01]), RuleSearch(c, [0.5], [0.01])
+    small.add(np.zeros((10, 10), np.float32), np.zeros((10, 10), bool))
+    big.add(np.zeros((40, 40), np.float32), np.zeros((40, 40), bool))
+    with pytest.raises(ValueError, match="image"):
+        RuleSearch.merged([small, big])
+    with pytest.raises(ValueError, match="TTA sets"):
+        TTARuleSearch.merged([TTARuleSearch([("identity",)], c, [0.5], [0.0]),
+                              TTARuleSearch([("identity",), ("identity", "hflip")], c, [0.5], [0.0])])
+    with pytest.raises(ValueError, match="no cases"):
+        RuleSearch.merged([a]).result()

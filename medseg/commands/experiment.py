@@ -13,7 +13,9 @@ bootstrap CI excludes zero: a rule that only fits the cases it was chosen on is 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from datetime import datetime, timezone
+from itertools import groupby
 from pathlib import Path
 from typing import Optional
 
@@ -35,9 +37,10 @@ from medseg.errors import MedsegError
 from medseg.inference import run_prob_sets
 from medseg.metrics import sweep_cases
 from medseg.metrics.paired import bootstrap_mean_ci
-from medseg.metrics.validation import score_postprocessed, score_validation
+from medseg.metrics.validation import (PostprocessedScorer, ValidationScorer, case_chunks, has_volumes, score_postprocessed,
+                                       score_validation)
 from medseg.planning import plan_run
-from medseg.postprocess import PostProcess, case_dice, tune_over_tta
+from medseg.postprocess import PostProcess, TTARuleSearch, case_dice
 from medseg.training import distributed
 
 EXPERIMENT_VERSION = 1
@@ -164,46 +167,123 @@ def _save_fold_oof(experiment: Path, fold: int, val_cases: list[str], loaded, se
 
 # ---------------------------------------------------------------------------------------
 # Out-of-fold tuning
+#
+# The stored OOF probabilities (float16, one file per fold and TTA set) are memory-mapped and walked
+# a chunk of whole cases at a time, in three passes: every case is scored once under every candidate
+# rule, into its own fold's search (the search on all folds and the one without each fold are merges of
+# those); each fold is scored with the rule chosen without it; the OOF metrics score the plain
+# prediction and the rule finally chosen (which needs the second pass's verdict).
 
 
-def _oof_cases(experiment: Path, doc: dict, cfg: Config, loaded, folds: list[int], sets):
-    """Per TTA set, the out-of-fold probabilities of these folds as tuning cases (volumes for a per-volume contract)."""
+class _OOFCases:
+    """An experiment's out-of-fold predictions, opened and checked, walked a chunk of whole cases at a time.
+
+    Args:
+        experiment: the experiment folder.
+        loaded: the data (`load_data`, with masks): the truths and meta of the OOF samples.
+        folds: the folds, in experiment order.
+        sets: the TTA sets (transform names); the first is the plain prediction.
+        contract: the metric contract (per-volume contracts make volumes the cases).
+        batch_size: eval.batch_size (images per chunk: `metrics.validation.case_chunks`).
+    """
+
+    def __init__(self, experiment: Path, loaded, folds: list[int], sets: list[tuple], contract, batch_size: int):
+        plain = runfs.open_oof(experiment, sets[0], folds)
+        by_id = {s.sample_id: s for s in loaded.samples}
+        missing = [i for i in plain.ids if i not in by_id]
+        if missing:
+            raise MedsegError(f"{experiment / runfs.OOF}: sample '{missing[0]}' is not in the data any more")
+        self.probs = [plain]
+        for names in sets[1:]:
+            got = runfs.open_oof(experiment, names, folds)
+            if got.ids != plain.ids:
+                raise MedsegError(f"{experiment / runfs.OOF / runfs.tta_key(names)}: its samples differ from the plain predictions'")
+            self.probs.append(got)
+        self.loaded, self.sets, self.folds, self.batch_size = loaded, list(sets), list(folds), batch_size
+        self.ids = plain.ids
+        self.fold_of = dict(zip(plain.ids, plain.folds))
+        self._row_fold = plain.folds
+        self.samples = [by_id[i] for i in plain.ids]
+        self.volume_cases = contract.reduction == "per_volume" and has_volumes([s.meta for s in self.samples])
+
+    def read(self, names, rows: list[int]) -> np.ndarray:
+        """(len(rows), H, W) float32 probabilities of these rows under a TTA set (a rule's: see `_rule_set`)."""
+        return self.probs[self.sets.index(tuple(names))].rows(rows)
+
+    def chunks(self):
+        """(fold, rows, part) per chunk of whole cases: an image chunk never spans two folds (a volume is one case's).
+
+        Chunks come in the order `sweep_cases` lists the cases of all rows (volumes by name, images by
+        row); `part` is `stack_part` of just the chunk's samples: their meta and (uint8) masks.
+        """
+        for idx in case_chunks([s.meta for s in self.samples], self.batch_size):
+            for fold, rows in groupby(idx, key=self._row_fold.__getitem__):
+                rows = list(rows)
+                chosen = [self.samples[i] for i in rows]
+                # stack_part on a view of just these samples: their meta and masks, nothing else of the data stacked or read
+                part = stack_part(replace(self.loaded, samples=chosen), sorted({s.case_id for s in chosen}))
+                yield fold, rows, part
+
+
+def _rule_set(rule: PostProcess, sets: list[tuple]) -> tuple:
+    """The TTA set whose probabilities a rule reads (the plain set when it names none of them)."""
+    names = tuple(rule.tta) or ("identity",)
+    return names if names in sets else sets[0]
+
+
+def _in_row_order(items: list, rows: list[int]) -> list:
+    """Per-image items listed as the chunks visited their rows, put back in row order (folds one after another).
+
+    The whole-array scorers listed images in row order; volumes come in name order either way, so
+    only image lists of volume data move.
+    """
+    return [items[j] for j in np.argsort(np.asarray(rows), kind="stable")]
+
+
+def _fold_searches(cfg: Config, oof: _OOFCases) -> dict[int, TTARuleSearch]:
+    """Pass 1: each fold's post-processing search, each case scored once under every candidate rule and TTA set."""
+    pp, contract = cfg.postprocess, cfg.eval.contract
+    searches = {k: TTARuleSearch(oof.sets, contract, pp.thresholds, pp.min_area_fractions, pp.keep_largest, pp.min_scores)
+                for k in oof.folds}
+    for k, rows, part in oof.chunks():
+        searches[k].add_chunk([oof.read(names, rows) for names in oof.sets], np.asarray(part.masks), part.meta)
+    return searches
+
+
+def _leave_one_fold_out(cfg: Config, oof: _OOFCases, rules: dict[int, PostProcess]) -> tuple[dict, dict]:
+    """Pass 2: per fold, per-case Dice of the raw prediction and of the rule chosen without that fold.
+
+    Args:
+        cfg: the experiment's config.
+        oof: the out-of-fold predictions.
+        rules: fold -> the rule chosen on the other folds.
+
+    Returns:
+        ({fold: raw Dice per case}, {fold: tuned Dice per case}), each fold's cases as `sweep_cases` lists them.
+    """
     contract = cfg.eval.contract
-    ids, _ = runfs.load_oof(experiment, sets[0], folds)
-    by_id = {s.sample_id: s for s in loaded.samples}
-    missing = [i for i in ids if i not in by_id]
-    if missing:
-        raise MedsegError(f"{experiment / runfs.OOF}: sample '{missing[0]}' is not in the data any more")
-    part = stack_part(loaded, sorted({by_id[i].case_id for i in ids}))
-    order = {m["sample_id"]: j for j, m in enumerate(part.meta)}
-    idx = [order[i] for i in ids]
-    masks, meta = part.masks[idx], [part.meta[j] for j in idx]
-    out = []
-    for names in sets:
-        got_ids, probs = runfs.load_oof(experiment, names, folds)
-        if got_ids != ids:
-            raise MedsegError(f"{experiment / runfs.OOF / runfs.tta_key(names)}: its samples differ from the plain predictions'")
-        out.append((names, probs))
-    return ids, masks, meta, out
-
-
-def _tune(cfg: Config, masks, meta, probs_by_set, where: str) -> dict:
-    pp = cfg.postprocess
-    contract = cfg.eval.contract
-    cases = []
-    truths = None
-    for names, probs in probs_by_set:
-        cp, truths = sweep_cases(probs, masks, meta, contract)
-        cases.append((names, cp))
-    return tune_over_tta(cases, truths, contract, pp.thresholds, pp.min_area_fractions, pp.keep_largest, pp.min_gain,
-                         min_scores=pp.min_scores, where=where)
+    raw, tuned, case_rows = ({k: [] for k in oof.folds} for _ in range(3))
+    for k, rows, part in oof.chunks():
+        masks, rule = np.asarray(part.masks), rules[k]
+        plain = oof.read(oof.sets[0], rows)
+        plain_cases, truths = sweep_cases(plain, masks, part.meta, contract)
+        names = _rule_set(rule, oof.sets)
+        rule_cases = plain_cases if names == oof.sets[0] else sweep_cases(oof.read(names, rows), masks, part.meta, contract)[0]
+        raw[k] += [case_dice(p >= contract.threshold, t, contract) for p, t in zip(plain_cases, truths)]
+        tuned[k] += [case_dice(rule.apply(p), t, contract) for p, t in zip(rule_cases, truths)]
+        case_rows[k] += rows
+    if not oof.volume_cases:  # the cases are images: the bootstrap's order is the fold's row order
+        raw = {k: _in_row_order(v, case_rows[k]) for k, v in raw.items()}
+        tuned = {k: _in_row_order(v, case_rows[k]) for k, v in tuned.items()}
+    return raw, tuned
 
 
 def tune_experiment(experiment: Path, console: Optional[Console] = None, loaded=None, force: bool = False) -> dict:
     """Choose the post-processing on the out-of-fold predictions; keep it only if it wins out of sample.
 
     Writes postprocess.json / postprocess.csv, the out-of-fold metrics (metrics/cases.csv,
-    metrics/summary.json: what `compare` reads) and the experiment's report.
+    metrics/summary.json: what `compare` reads) and the experiment's report. The OOF
+    probabilities are read a chunk of whole cases at a time, never whole.
 
     Args:
         experiment: the experiment folder (every fold done).
@@ -219,48 +299,45 @@ def tune_experiment(experiment: Path, console: Optional[Console] = None, loaded=
     if pending:
         raise MedsegError(f"{experiment}: folds {pending} are not done; medseg fit --resume {experiment}")
     cfg = config_from_dict(read_yaml(experiment / runfs.CONFIG), experiment)
-    contract = cfg.eval.contract
+    contract, pp = cfg.eval.contract, cfg.postprocess
     if loaded is None:
         loaded = load_data(cfg.data, with_masks=True, progress=False)
     sets = [tuple(s) for s in doc["tta_sets"]]
     all_folds = [f["fold"] for f in doc["folds"]]
-    ids, masks, meta, probs_by_set = _oof_cases(experiment, doc, cfg, loaded, all_folds, sets)
-    full = _tune(cfg, masks, meta, probs_by_set, "out-of-fold")
+    oof = _OOFCases(experiment, loaded, all_folds, sets, contract, cfg.eval.batch_size)
+    searches = _fold_searches(cfg, oof)
+    full = TTARuleSearch.merged(searches.values()).result(pp.min_gain, "out-of-fold")
 
-    # leave-one-fold-out: a rule chosen without fold k, scored on fold k, against the raw prediction there
-    fold_of = {i: f["fold"] for f in doc["folds"] for i in _ids_of_fold(experiment, sets[0], f["fold"])}
+    # leave-one-fold-out: a rule chosen without fold k (the other folds' searches merged), scored on fold k,
+    # against the raw prediction there
+    rules = {}
+    for k in all_folds:
+        without_k = TTARuleSearch.merged([s for j, s in searches.items() if j != k])
+        rules[k] = PostProcess.from_json(without_k.result(pp.min_gain, "out-of-fold")["chosen"])
+    raw_by_fold, tuned_by_fold = _leave_one_fold_out(cfg, oof, rules)
     honest_raw, honest_tuned, per_fold = [], [], []
     for k in all_folds:
-        train_folds = [f for f in all_folds if f != k]
-        _, m_in, meta_in, p_in = _oof_cases(experiment, doc, cfg, loaded, train_folds, sets)
-        rule_k = PostProcess.from_json(_tune(cfg, m_in, meta_in, p_in, "out-of-fold")["chosen"])
-        _, m_out, meta_out, p_out = _oof_cases(experiment, doc, cfg, loaded, [k], sets)
-        plain_cases, truths = sweep_cases(p_out[0][1], m_out, meta_out, contract)
-        set_probs = dict((tuple(n), p) for n, p in p_out)
-        rule_probs = set_probs.get(tuple(rule_k.tta) or ("identity",), p_out[0][1])
-        rule_cases, _ = sweep_cases(rule_probs, m_out, meta_out, contract)
-        raw_d = [case_dice(p >= contract.threshold, t, contract) for p, t in zip(plain_cases, truths)]
-        tuned_d = [case_dice(rule_k.apply(p), t, contract) for p, t in zip(rule_cases, truths)]
+        raw_d, tuned_d = raw_by_fold[k], tuned_by_fold[k]
         honest_raw += raw_d
         honest_tuned += tuned_d
-        per_fold.append({"fold": k, "rule": rule_k.to_json(), "rule_text": rule_k.describe(),
+        per_fold.append({"fold": k, "rule": rules[k].to_json(), "rule_text": rules[k].describe(),
                          "raw_dice": float(np.nanmean(raw_d)), "tuned_dice": float(np.nanmean(tuned_d)), "n_cases": len(raw_d)})
-    honest = {**keep_decision(full["gain"], honest_raw, honest_tuned, cfg.postprocess.min_gain, cfg.seed), "per_fold": per_fold}
+    honest = {**keep_decision(full["gain"], honest_raw, honest_tuned, pp.min_gain, cfg.seed), "per_fold": per_fold}
     gain, low, high = honest["gain"], honest["ci_low"], honest["ci_high"]
     if honest["keep"]:
         chosen = PostProcess.from_json(full["chosen"])
-        reason = (f"{chosen.describe()}: chosen on {len(ids)} out-of-fold cases; leave-one-fold-out gain {gain:+.4f} "
+        reason = (f"{chosen.describe()}: chosen on {len(oof.ids)} out-of-fold cases; leave-one-fold-out gain {gain:+.4f} "
                   f"(95% CI {low:+.4f} to {high:+.4f}) over raw")
     else:
         chosen = PostProcess(float(contract.threshold))
         reason = (f"raw prediction kept: the rule chosen without each fold gained {gain:+.4f} on it "
                   f"(95% CI {low:+.4f} to {high:+.4f}), not a gain that excludes 0 by at least min_gain "
-                  f"{cfg.postprocess.min_gain:g}")
+                  f"{pp.min_gain:g}")
     result = {**full, "chosen": chosen.to_json(), "reason": reason, "candidate": full["chosen"], "candidate_reason": full["reason"],
               "honest": honest, "where": "out-of-fold", "contract_text": contract.describe(), "n_folds": len(all_folds)}
     runfs.write_csv(experiment / runfs.POSTPROCESS_CSV, full["rows"])
     runfs.write_json(experiment / runfs.POSTPROCESS, {k: v for k, v in result.items() if k != "rows"})
-    summary = _write_oof_metrics(experiment, cfg, ids, masks, meta, probs_by_set, chosen, fold_of, honest)
+    summary = _write_oof_metrics(experiment, cfg, oof, chosen, honest)
     print_tuning(console, result)
     _print_oof(console, summary, honest)
     try:
@@ -292,25 +369,37 @@ def keep_decision(full_gain: float, raw: list[float], tuned: list[float], min_ga
             "gain": gain, "ci_low": low, "ci_high": high, "n_cases": int(diffs.size), "keep": keep}
 
 
-def _ids_of_fold(experiment: Path, names, fold: int) -> list[str]:
-    ids = runfs.read_json(Path(experiment) / runfs.OOF / runfs.tta_key(names) / f"fold-{fold}.json")
-    return [str(i) for i in ids]
+def _write_oof_metrics(experiment: Path, cfg: Config, oof: _OOFCases, rule: PostProcess, honest: dict) -> dict:
+    """Pass 3: score the plain OOF prediction and `rule` on it; write metrics/cases.csv, volumes.csv, summary.json.
 
-
-def _write_oof_metrics(experiment: Path, cfg: Config, ids, masks, meta, probs_by_set, rule: PostProcess, fold_of: dict,
-                       honest: dict) -> dict:
+    Args:
+        experiment: the experiment folder.
+        cfg: its config.
+        oof: the out-of-fold predictions.
+        rule: the rule the tuning chose (raw when the leave-one-fold-out check did not keep the candidate).
+        honest: the leave-one-fold-out result.
+    """
     contract = cfg.eval.contract
-    plain = probs_by_set[0][1]
-    scores = score_validation(plain, masks, meta, contract, surface=True)
-    rows = [{**r, "fold": fold_of.get(r["case"])} for r in scores.image_rows]
+    scorer = ValidationScorer(contract, surface=True)
+    pp_scorer = PostprocessedScorer(contract, rule.apply)
+    names = _rule_set(rule, oof.sets)
+    visited: list[int] = []
+    for _, rows, part in oof.chunks():
+        masks = np.asarray(part.masks)
+        plain = oof.read(oof.sets[0], rows)
+        scorer.add(plain, masks, part.meta)
+        pp_scorer.add(plain if names == oof.sets[0] else oof.read(names, rows), masks, part.meta)
+        visited += rows
+    scores = scorer.result()
+    rows = [{**r, "fold": oof.fold_of.get(r["case"])} for r in _in_row_order(scores.image_rows, visited)]
     summary = {**scores.summary, "evaluated_on": "out-of-fold predictions (each case by the fold that did not train on it)",
-               "n_folds": len(set(fold_of.values())), "soft_dice": scores.soft_dice}
+               "n_folds": len(set(oof.fold_of.values())), "soft_dice": scores.soft_dice}
     if scores.volume_summary is not None:
         summary["per_volume"] = {**scores.volume_summary, "rows": scores.volume_rows}
         runfs.write_csv(experiment / runfs.VOLUMES_CSV, scores.volume_rows)
-    set_probs = dict((tuple(n), p) for n, p in probs_by_set)
-    rule_probs = set_probs.get(tuple(rule.tta) or ("identity",), plain)
-    pp_summary, pp_rows = score_postprocessed(rule_probs, masks, meta, contract, rule.apply)
+    pp_summary, pp_rows = pp_scorer.result()
+    if not oof.volume_cases:  # one row per image: numbered in row order, as the whole-array scorer numbered them
+        pp_rows = [{**r, "case_index": j} for j, r in enumerate(_in_row_order(pp_rows, visited))]
     summary["postprocessed"] = {**pp_summary, "rule": rule.to_json(), "rule_text": rule.describe(),
                                 "note": "the rule chosen on these same out-of-fold cases; the honest estimate is `leave_one_fold_out`"}
     summary["leave_one_fold_out"] = {k: v for k, v in honest.items() if k != "per_fold"}

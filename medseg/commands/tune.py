@@ -20,7 +20,6 @@ from medseg.data.arrays import take
 from medseg.data.sources.base import progress_items
 from medseg.errors import MedsegError
 from medseg.inference import run_prob_sets
-from medseg.metrics import sweep_cases
 from medseg.metrics.validation import case_chunks
 from medseg.postprocess import TTARuleSearch
 
@@ -58,12 +57,9 @@ def tune_run(
     # a chunk of whole cases at a time (one volume, or a few eval batches of images): memory holds that
     # chunk's probabilities under each TTA set, never the part's (LiTS: ~1.6 GB per set at 256²)
     for idx in progress_items(case_chunks(val.meta, cfg.eval.batch_size), "Tuning post-processing", progress):
-        masks = np.asarray(val.masks[idx])
-        meta = [val.meta[i] for i in idx]
         # every transform runs once; each TTA set averages its own (the first set is the plain prediction)
-        by_set = [sweep_cases(p, masks, meta, contract) for p in run_prob_sets(net, take(val.images, idx), cfg, state, sets)]
-        for j, truth in enumerate(by_set[0][1]):
-            search.add([cases_p[j] for cases_p, _ in by_set], truth)
+        probs_by_set = run_prob_sets(net, take(val.images, idx), cfg, state, sets)
+        search.add_chunk(probs_by_set, np.asarray(val.masks[idx]), [val.meta[i] for i in idx])
     result = search.result(pp.min_gain)
     result["checkpoint"] = runfs.BEST_CKPT
     result["best_epoch"] = info["epoch"]

@@ -61,7 +61,8 @@ def test_out_of_fold_predictions_cover_every_case_once_from_a_model_that_did_not
     for f in doc["folds"]:
         run = runfs.fold_dir(exp, f["fold"])
         split = runfs.read_json(run / runfs.SPLIT)
-        ids, probs = runfs.load_oof(exp, ("identity",), [f["fold"]])
+        oof = runfs.open_oof(exp, ("identity",), [f["fold"]])
+        ids, probs = oof.ids, oof.rows(range(len(oof)))
         assert not set(ids) & set(split["train"]) and set(ids) == set(split["val"]) == set(f["val"])
         assert not set(split["test"]) & set(ids) and sorted(split["test"]) == sorted(doc["test"])
         cfg, state = runfs.load_run_config(run), runfs.load_state(run)
@@ -191,3 +192,221 @@ def test_the_keep_rule_needs_an_out_of_fold_gain_whose_ci_excludes_zero():
     assert not keep_decision(0.002, raw, better, 0.005)["keep"]  # too small where it was chosen
     tiny = [r + 0.001 for r in raw]
     assert not keep_decision(0.06, raw, tiny, 0.005)["keep"]  # real but below min_gain
+
+
+# ---------------------------------------------------------------------------------------
+# Out-of-fold tuning, streamed, against the whole-array computation it replaced
+
+
+def _fake_experiment(tmp, volumes: bool, reduction: str, min_gain: float = 0.005, k: int = 3):
+    """An experiment folder whose folds 'predicted' noisy copies of the truths (specks on normal images), without training.
+
+    Folds take the cases round robin, so the stored OOF rows (fold after fold) interleave the volumes' name order.
+    """
+    from medseg.config import dump_config
+
+    if volumes:
+        from bench.synthetic_sets import write_lits
+
+        root = write_lits(tmp / "lits", 6, side=48, slices=(4, 7))[0].parent
+        data = {"source": "volumes", "root": str(root), "input_size": [32, 32], "context_slices": 1, "cache_dir": str(tmp / "cache")}
+    else:
+        root = make_blob_folder(tmp / "d", n=18, size=32)
+        data = {"source": "images", "root": str(root), "input_size": [32, 32]}
+    raw = tiny_config(root, tmp / "runs", name="fake", data=data, eval={"batch_size": 2, "contract": {"reduction": reduction}},
+                      postprocess={"thresholds": [0.4, 0.5, 0.6], "min_area_fractions": [0.0, 0.004, 0.02], "min_scores": [0.8, 0.95],
+                                                   "min_gain": min_gain})
+    cfg = config_from_dict(raw)
+    loaded = load_data(cfg.data, with_masks=True, progress=False)
+    exp = runfs.create_run(tmp / "runs", "fake", subfolders=(runfs.METRICS, runfs.SPLITS))
+    (exp / runfs.CONFIG).write_text(dump_config(cfg))
+    cases = sorted({s.case_id for s in loaded.samples})
+    folds = [cases[i::k] for i in range(k)]
+    sets = cfg.postprocess.tta_sets()
+    rng = np.random.default_rng(3)
+    for i, val in enumerate(folds):
+        part = stack_part(loaded, val)
+        truth = np.asarray(part.masks).astype(np.float32)
+        base = np.clip(0.45 * truth + rng.uniform(0, 0.55, truth.shape), 0, 1)  # stray pixels above 0.5, lesion pixels below
+        for j, m in enumerate(part.masks):
+            if not np.asarray(m).any() and j % 2 == 0:
+                base[j, 3:5, 3:5] = 0.9  # a speck on a normal image: min_area removes it
+        ids = [m["sample_id"] for m in part.meta]
+        for s, names in enumerate(sets):
+            runfs.save_oof(exp, i, names, ids, np.clip(base + rng.normal(0, 0.02 * s, base.shape), 0, 1))
+    doc = {"experiment_version": 1, "k": k, "seed": 0, "test": [], "tta_sets": [list(s) for s in sets],
+           "folds": [{"fold": i, "run": f"fold-{i}", "val": val, "status": "done"} for i, val in enumerate(folds)]}
+    runfs.write_json(exp / runfs.EXPERIMENT, doc)
+    return exp, loaded
+
+
+def _all_rows(oof):
+    """Every row of an opened OOF set, in memory: what the whole-array tuning held."""
+    return oof.rows(range(len(oof)))
+
+
+def _whole_array_tuning(exp, loaded) -> dict:
+    """What tune_experiment computed before it streamed: every fold's probabilities and masks in memory, searched K+1 times."""
+    from medseg.commands.experiment import keep_decision
+    from medseg.config import read_yaml
+    from medseg.metrics import sweep_cases
+    from medseg.metrics.validation import score_postprocessed, score_validation
+    from medseg.postprocess import PostProcess, case_dice, tune_over_tta
+
+    exp, doc = runfs.open_experiment(exp)
+    cfg = config_from_dict(read_yaml(exp / runfs.CONFIG), exp)
+    c, pp = cfg.eval.contract, cfg.postprocess
+    sets = [tuple(s) for s in doc["tta_sets"]]
+    folds = [f["fold"] for f in doc["folds"]]
+    by_id = {s.sample_id: s for s in loaded.samples}
+
+    def oof(fs):
+        ids = runfs.open_oof(exp, sets[0], fs).ids
+        part = stack_part(loaded, sorted({by_id[i].case_id for i in ids}))
+        row = {m["sample_id"]: j for j, m in enumerate(part.meta)}
+        idx = [row[i] for i in ids]
+        return ids, np.asarray(part.masks)[idx], [part.meta[j] for j in idx], {n: _all_rows(runfs.open_oof(exp, n, fs)) for n in sets}
+
+    def search(fs):
+        _, masks, meta, probs = oof(fs)
+        by_set = [(n, sweep_cases(probs[n], masks, meta, c)[0]) for n in sets]
+        truths = sweep_cases(probs[sets[0]], masks, meta, c)[1]
+        return tune_over_tta(by_set, truths, c, pp.thresholds, pp.min_area_fractions, pp.keep_largest, pp.min_gain,
+                             min_scores=pp.min_scores, where="out-of-fold")
+
+    full = search(folds)
+    raw, tuned, per_fold = [], [], []
+    for k in folds:
+        rule = PostProcess.from_json(search([f for f in folds if f != k])["chosen"])
+        _, masks, meta, probs = oof([k])
+        plain, truths = sweep_cases(probs[sets[0]], masks, meta, c)
+        ruled = sweep_cases(probs[tuple(rule.tta) or ("identity",)], masks, meta, c)[0]
+        r = [case_dice(p >= c.threshold, t, c) for p, t in zip(plain, truths)]
+        t_ = [case_dice(rule.apply(p), t, c) for p, t in zip(ruled, truths)]
+        raw += r
+        tuned += t_
+        per_fold.append({"fold": k, "rule": rule.to_json(), "rule_text": rule.describe(), "raw_dice": float(np.nanmean(r)),
+                         "tuned_dice": float(np.nanmean(t_)), "n_cases": len(r)})
+    honest = {**keep_decision(full["gain"], raw, tuned, pp.min_gain, cfg.seed), "per_fold": per_fold}
+    chosen = PostProcess.from_json(full["chosen"]) if honest["keep"] else PostProcess(float(c.threshold))
+    ids, masks, meta, probs = oof(folds)
+    fold_of = {i: k for k in folds for i in runfs.open_oof(exp, sets[0], [k]).ids}
+    scores = score_validation(probs[sets[0]], masks, meta, c, surface=True)
+    pp_summary, pp_rows = score_postprocessed(probs[tuple(chosen.tta) or ("identity",)], masks, meta, c, chosen.apply)
+    summary = {**scores.summary, "n_folds": len(folds), "soft_dice": scores.soft_dice,
+               "postprocessed": {**pp_summary, "rule": chosen.to_json()},
+               "leave_one_fold_out": {k: v for k, v in honest.items() if k != "per_fold"}}
+    if scores.volume_summary is not None:
+        summary["per_volume"] = {**scores.volume_summary, "rows": scores.volume_rows}
+    return {"full": full, "honest": honest, "chosen": chosen.to_json(), "summary": summary, "volume_rows": scores.volume_rows,
+            "cases": [{**r, "fold": fold_of[r["case"]]} for r in scores.image_rows], "pp_rows": pp_rows}
+
+
+def _assert_close(got, want, tol, where="") -> None:
+    """JSON-like values equal, floats within tol (NaN and None alike: JSON writes NaN as null)."""
+    if isinstance(want, float) or isinstance(got, float):
+        if want is None or got is None or (isinstance(want, float) and np.isnan(want)):
+            assert (got is None or np.isnan(got)) and (want is None or np.isnan(want)), where
+        else:
+            assert got == pytest.approx(want, abs=tol), where
+    elif isinstance(want, dict):
+        assert set(got) >= set(want), (where, set(want) - set(got))
+        for k in want:
+            _assert_close(got[k], want[k], tol, f"{where}.{k}")
+    elif isinstance(want, (list, tuple)):
+        assert len(got) == len(want), where
+        for i, (a, b) in enumerate(zip(got, want)):
+            _assert_close(a, b, tol, f"{where}[{i}]")
+    else:
+        assert got == want, where
+
+
+def _csv_rows(path) -> list[dict]:
+    def num(v):
+        try:
+            return float(v) if v != "" else None
+        except ValueError:
+            return v
+    with open(path, newline="") as f:
+        return [{k: num(v) for k, v in r.items()} for r in csv.DictReader(f)]
+
+
+def _written(path, rows):
+    runfs.write_csv(path, rows)
+    return path
+
+
+@pytest.mark.parametrize("volumes, reduction, min_gain", [(False, "per_image", 0.005), (False, "global", 0.005),
+                                                           (True, "per_volume", 0.005), (True, "per_image", 0.005),
+                                                           (True, "per_volume", 0.45)])
+def test_streamed_oof_tuning_equals_the_whole_array_tuning(tmp_path, monkeypatch, volumes, reduction, min_gain):
+    """One pass of per-fold searches, merged, and streamed LOFO and metrics give what K+1 whole-array searches gave.
+
+    Images and LiTS-like volumes from the cache (per-volume and per-image contracts); min_gain 0.45 makes the
+    candidate lose out of fold there (the raw prediction is kept). The OOF files are memory-mapped, never
+    loaded whole, and read a chunk of whole cases at a time.
+    """
+    from medseg.commands.experiment import tune_experiment
+    from medseg.metrics.validation import CHUNK_BATCHES
+
+    exp, loaded = _fake_experiment(tmp_path, volumes, reduction, min_gain)
+    want = _whole_array_tuning(exp, loaded)
+
+    loads, reads = [], []
+    real_load, real_rows = np.load, runfs.OOFProbs.rows
+    with monkeypatch.context() as m:
+        m.setattr(np, "load", lambda path, *a, **kw: loads.append((str(path), kw.get("mmap_mode"))) or real_load(path, *a, **kw))
+        m.setattr(runfs.OOFProbs, "rows", lambda self, idx: reads.append(list(idx)) or real_rows(self, idx))
+        got = tune_experiment(exp, loaded=loaded, force=True)
+    n_rows, n_sets = sum(len(runfs.open_oof(exp, ("identity",), [k])) for k in range(3)), 3
+    oof_loads = [mode for path, mode in loads if path.startswith(str(exp / runfs.OOF))]
+    assert oof_loads == ["r"] * 3 * n_sets  # every fold's file of every set opened once, memory-mapped
+    largest = max(s.meta["n_slices"] for s in loaded.samples) if volumes else CHUNK_BATCHES * 2
+    assert max(map(len, reads)) <= largest < n_rows  # a volume, or a few eval batches of images, at a time
+
+    full, honest = want["full"], want["honest"]
+    saved = runfs.read_json(exp / runfs.POSTPROCESS)
+    assert got["chosen"] == saved["chosen"] == want["chosen"] and got["candidate"] == full["chosen"]
+    assert got["reason"] == saved["reason"] and got["candidate_reason"] == full["reason"]
+    _assert_close(got["rows"], full["rows"], 1e-12, "rows")
+    _assert_close(_csv_rows(exp / runfs.POSTPROCESS_CSV), _csv_rows(_written(tmp_path / "grid.csv", full["rows"])), 1e-12,
+                  "postprocess.csv")
+    searched = {k: v for k, v in full.items() if k not in ("rows", "chosen", "reason")}
+    _assert_close(saved, runfs.jsonable(searched), 1e-12, "postprocess.json")
+    _assert_close(saved["honest"], runfs.jsonable(honest), 1e-12, "honest")  # the same cases in the same order: the same bootstrap
+    _assert_close(runfs.read_json(exp / runfs.SUMMARY), runfs.jsonable(want["summary"]), 1e-9, "summary.json")
+    _assert_close(_csv_rows(exp / runfs.CASES_CSV), _csv_rows(_written(tmp_path / "cases.csv", want["cases"])), 1e-9, "cases.csv")
+    _assert_close(_csv_rows(exp / runfs.METRICS / runfs.CASES_PP_NAME), _csv_rows(_written(tmp_path / "pp.csv", want["pp_rows"])), 1e-9,
+                  "cases_postprocessed.csv")
+    if volumes:
+        _assert_close(_csv_rows(exp / runfs.VOLUMES_CSV), _csv_rows(_written(tmp_path / "v.csv", want["volume_rows"])), 1e-9, "volumes.csv")
+    assert got["n_cases"] == full["n_cases"] and len(honest["per_fold"]) == 3
+    assert honest["keep"] == (min_gain < 0.1) and (got["chosen"] != got["candidate"]) == (min_gain > 0.1)  # both branches
+
+
+def test_missing_damaged_or_mismatched_oof_files_are_one_line_errors(tmp_path):
+    from medseg.commands.experiment import tune_experiment
+    from medseg.errors import MedsegError
+
+    exp, loaded = _fake_experiment(tmp_path, False, "per_image")
+    flip = exp / runfs.OOF / "identity+hflip"
+    ids = runfs.read_json(flip / "fold-1.json")
+    runfs.write_json(flip / "fold-1.json", ids[::-1])
+    with pytest.raises(MedsegError, match="identity\\+hflip: its samples differ from the plain predictions'"):
+        tune_experiment(exp, loaded=loaded, force=True)
+    runfs.write_json(flip / "fold-1.json", ids[1:])
+    with pytest.raises(MedsegError, match=f"fold-1.json: does not list the {len(ids)} samples of fold-1.npy"):
+        tune_experiment(exp, loaded=loaded, force=True)
+    runfs.write_json(flip / "fold-1.json", ids)
+    data = (flip / "fold-1.npy").read_bytes()
+    (flip / "fold-1.npy").write_bytes(data[: len(data) // 2])  # truncated: the map would run past the end
+    with pytest.raises(MedsegError, match="fold-1.npy: unreadable"):
+        tune_experiment(exp, loaded=loaded, force=True)
+    (flip / "fold-1.npy").unlink()
+    with pytest.raises(MedsegError, match="fold-1.npy: missing"):
+        tune_experiment(exp, loaded=loaded, force=True)
+    plain = exp / runfs.OOF / "identity"
+    runfs.write_json(plain / "fold-0.json", ["gone", *runfs.read_json(plain / "fold-0.json")[1:]])
+    with pytest.raises(MedsegError, match="sample 'gone' is not in the data any more"):
+        tune_experiment(exp, loaded=loaded, force=True)
+    assert not (exp / runfs.POSTPROCESS).exists()  # nothing written before the files are known good
