@@ -480,10 +480,12 @@ def save_oof(experiment: Path, fold: int, names, sample_ids: list[str], probs) -
 
 
 class OOFProbs:
-    """One TTA set's out-of-fold probabilities of some folds, memory-mapped: rows are read when asked for.
+    """One TTA set's out-of-fold probabilities of some folds, on disk: rows are read when asked for.
 
     At SIIM scale one set of all folds is 12k x 256² (3.2 GB as float32), so the stored float16
-    arrays stay on disk and a chunk of whole cases is read (and made float32) at a time.
+    arrays stay on disk and a chunk of whole cases is read (and made float32) at a time. Reads
+    are positional (`data.cache.StoredArray.rows`), not a memory map: a map's touched pages
+    count in the process's resident memory until the kernel drops them.
 
     Attributes:
         ids: the sample ids, fold after fold, each fold's in its stored order.
@@ -495,7 +497,7 @@ class OOFProbs:
         import numpy as np
 
         self.ids, self.folds, self._arrays = ids, folds, arrays
-        sizes = np.array([len(a) for a in arrays], dtype=np.int64)
+        sizes = np.array([a.shape[0] for a in arrays], dtype=np.int64)
         self._ends = np.cumsum(sizes)
         self._starts = self._ends - sizes
         self.shape = (len(ids), *tuple(arrays[0].shape[1:])) if arrays else (0, 1, 1)
@@ -504,26 +506,42 @@ class OOFProbs:
         return len(self.ids)
 
     def rows(self, idx) -> "object":
-        """(len(idx), H, W) float32 probabilities of these rows (of `ids`), read from the files."""
+        """(len(idx), H, W) float32 probabilities of these rows (of `ids`), read from the files.
+
+        Runs of consecutive rows of one file are read in one call.
+        """
         import numpy as np
 
         idx = np.asarray(idx, dtype=np.int64).reshape(-1)
         out = np.empty((len(idx), *self.shape[1:]), np.float32)
         part = np.searchsorted(self._ends, idx, side="right")
-        for j, (i, f) in enumerate(zip(idx, part)):
-            out[j] = self._arrays[f][i - self._starts[f]]  # one row read and converted: never a fold's array whole
+        j = 0
+        while j < len(idx):
+            f, lo = part[j], idx[j]
+            n = 1
+            while j + n < len(idx) and part[j + n] == f and idx[j + n] == lo + n:
+                n += 1
+            start = int(lo - self._starts[f])
+            out[j:j + n] = self._arrays[f].rows(start, start + n)
+            j += n
         return out
 
 
 def open_oof(experiment: Path, names, folds: list[int]) -> OOFProbs:
-    """These folds' out-of-fold predictions for one TTA set, memory-mapped (see `OOFProbs`).
+    """These folds' out-of-fold predictions for one TTA set, checked and left on disk (see `OOFProbs`).
 
     Args:
         experiment: the experiment folder.
         names: the TTA set (transform names).
         folds: which folds, in this order.
+
+    Raises:
+        MedsegError: a fold's file is missing, not a plain numeric .npy, shorter than its header
+            says, or its ids file does not list its rows (one line naming the file).
     """
     import numpy as np
+
+    from medseg.data.cache import StoredArray, npy_layout
 
     folder = Path(experiment) / OOF / tta_key(names)
     ids: list[str] = []
@@ -534,14 +552,16 @@ def open_oof(experiment: Path, names, folds: list[int]) -> OOFProbs:
         if not arr_path.is_file() or not ids_path.is_file():
             raise MedsegError(f"{arr_path}: missing (has fold {f} finished? medseg fit --resume {experiment})")
         try:
-            arr = np.load(arr_path, mmap_mode="r", allow_pickle=False)
-        except Exception as e:  # noqa: BLE001 - a damaged file is one line naming it
+            shape, dtype, offset = npy_layout(arr_path)
+            if dtype.kind != "f" or len(shape) != 3 or arr_path.stat().st_size != offset + int(np.prod(shape)) * dtype.itemsize:
+                raise ValueError("not a whole (N, H, W) float array")
+        except (OSError, ValueError) as e:  # a damaged file is one line naming it
             raise MedsegError(f"{arr_path}: unreadable ({type(e).__name__})") from None
         fold_ids = read_json(ids_path)
-        if not isinstance(fold_ids, list) or len(fold_ids) != len(arr):
-            raise MedsegError(f"{ids_path}: does not list the {len(arr)} samples of {arr_path.name}")
+        if not isinstance(fold_ids, list) or len(fold_ids) != shape[0]:
+            raise MedsegError(f"{ids_path}: does not list the {shape[0]} samples of {arr_path.name}")
         ids.extend(str(i) for i in fold_ids)
-        fold_of.extend([f] * len(arr))
-        arrays.append(arr)
+        fold_of.extend([f] * shape[0])
+        arrays.append(StoredArray(arr_path, shape, dtype, offset))
     return OOFProbs(ids, fold_of, arrays)
 

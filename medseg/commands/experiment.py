@@ -168,7 +168,7 @@ def _save_fold_oof(experiment: Path, fold: int, val_cases: list[str], loaded, se
 # ---------------------------------------------------------------------------------------
 # Out-of-fold tuning
 #
-# The stored OOF probabilities (float16, one file per fold and TTA set) are memory-mapped and walked
+# The stored OOF probabilities (float16, one file per fold and TTA set) stay on disk and are walked
 # a chunk of whole cases at a time, in three passes: every case is scored once under every candidate
 # rule, into its own fold's search (the search on all folds and the one without each fold are merges of
 # those); each fold is scored with the rule chosen without it; the OOF metrics score the plain

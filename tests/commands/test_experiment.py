@@ -343,8 +343,8 @@ def test_streamed_oof_tuning_equals_the_whole_array_tuning(tmp_path, monkeypatch
     """One pass of per-fold searches, merged, and streamed LOFO and metrics give what K+1 whole-array searches gave.
 
     Images and LiTS-like volumes from the cache (per-volume and per-image contracts); min_gain 0.45 makes the
-    candidate lose out of fold there (the raw prediction is kept). The OOF files are memory-mapped, never
-    loaded whole, and read a chunk of whole cases at a time.
+    candidate lose out of fold there (the raw prediction is kept). The OOF files are never loaded whole:
+    they are read a chunk of whole cases at a time.
     """
     from medseg.commands.experiment import tune_experiment
     from medseg.metrics.validation import CHUNK_BATCHES
@@ -352,15 +352,18 @@ def test_streamed_oof_tuning_equals_the_whole_array_tuning(tmp_path, monkeypatch
     exp, loaded = _fake_experiment(tmp_path, volumes, reduction, min_gain)
     want = _whole_array_tuning(exp, loaded)
 
-    loads, reads = [], []
-    real_load, real_rows = np.load, runfs.OOFProbs.rows
+    from medseg.data.cache import StoredArray
+
+    loads, reads, whole = [], [], []
+    real_load, real_rows, real_read = np.load, runfs.OOFProbs.rows, StoredArray.read
     with monkeypatch.context() as m:
-        m.setattr(np, "load", lambda path, *a, **kw: loads.append((str(path), kw.get("mmap_mode"))) or real_load(path, *a, **kw))
+        m.setattr(np, "load", lambda path, *a, **kw: loads.append(str(path)) or real_load(path, *a, **kw))
+        m.setattr(StoredArray, "read", lambda self: whole.append(self.path) or real_read(self))
         m.setattr(runfs.OOFProbs, "rows", lambda self, idx: reads.append(list(idx)) or real_rows(self, idx))
         got = tune_experiment(exp, loaded=loaded, force=True)
-    n_rows, n_sets = sum(len(runfs.open_oof(exp, ("identity",), [k])) for k in range(3)), 3
-    oof_loads = [mode for path, mode in loads if path.startswith(str(exp / runfs.OOF))]
-    assert oof_loads == ["r"] * 3 * n_sets  # every fold's file of every set opened once, memory-mapped
+    n_rows = sum(len(runfs.open_oof(exp, ("identity",), [k])) for k in range(3))
+    oof = str(exp / runfs.OOF)
+    assert not [p for p in loads + whole if str(p).startswith(oof)]  # no OOF file loaded or read whole
     largest = max(s.meta["n_slices"] for s in loaded.samples) if volumes else CHUNK_BATCHES * 2
     assert max(map(len, reads)) <= largest < n_rows  # a volume, or a few eval batches of images, at a time
 
@@ -399,7 +402,7 @@ def test_missing_damaged_or_mismatched_oof_files_are_one_line_errors(tmp_path):
         tune_experiment(exp, loaded=loaded, force=True)
     runfs.write_json(flip / "fold-1.json", ids)
     data = (flip / "fold-1.npy").read_bytes()
-    (flip / "fold-1.npy").write_bytes(data[: len(data) // 2])  # truncated: the map would run past the end
+    (flip / "fold-1.npy").write_bytes(data[: len(data) // 2])  # truncated: shorter than its header says
     with pytest.raises(MedsegError, match="fold-1.npy: unreadable"):
         tune_experiment(exp, loaded=loaded, force=True)
     (flip / "fold-1.npy").unlink()
