@@ -118,7 +118,7 @@ def rle_encode(mask: np.ndarray) -> str:
     return " ".join(map(str, out.tolist()))
 
 
-def read_rle_csv(path: Path) -> dict[str, list[str]]:
+def read_rle_csv(path: Path, rows: bool = True) -> dict[str, list[str]]:
     """Read a SIIM-ACR RLE CSV (ImageId, EncodedPixels).
 
     Header names are matched after stripping spaces (the real train-rle.csv has the header
@@ -127,6 +127,9 @@ def read_rle_csv(path: Path) -> dict[str, list[str]]:
 
     Args:
         path: the CSV file.
+        rows: False keeps the ImageIds alone (each maps to an empty list; rows are still
+            checked): what a load needs when every unit is in the cache already, whose key
+            holds this CSV's size and mtime (SIIM's table is ~7 MB of text).
 
     Returns:
         ImageId -> list of RLE strings in file order.
@@ -161,7 +164,9 @@ def read_rle_csv(path: Path) -> dict[str, list[str]]:
                     check_rle(rle)
                 except ValueError as e:
                     raise MedsegError(f"{path} line {line}: ImageId {image_id}: {e}") from None
-                out.setdefault(image_id, []).append(rle)
+                kept = out.setdefault(image_id, [])
+                if rows:
+                    kept.append(rle)
     except (UnicodeDecodeError, csv.Error) as e:
         raise MedsegError(f"{path}: not a readable CSV file ({type(e).__name__})") from None
     return out

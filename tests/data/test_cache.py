@@ -125,7 +125,7 @@ def test_context_image_of_memory_and_disk_agree(tmp_path):
             np.testing.assert_array_equal(a, np.concatenate([vol[idx, 0], vol[idx, 1]]))
 
 
-def test_siim_from_the_cache_equals_memory(tmp_path, cfg_for, dicom, rng):
+def test_siim_from_the_cache_equals_memory(tmp_path, cfg_for, dicom, rng, monkeypatch):
     root = tmp_path / "dicom"
     uids = ["1.2.3.1", "1.2.3.2"]
     for i, uid in enumerate(uids):
@@ -139,8 +139,14 @@ def test_siim_from_the_cache_equals_memory(tmp_path, cfg_for, dicom, rng):
     cached_cfg = cfg.model_copy(update={"cache_dir": tmp_path / "cache"})
     assert_same_samples(memory, load_data(cached_cfg))
     store = DiskStore(cached_cfg.cache_dir, cached_cfg, True)
-    assert_same_samples(memory, load_data(cached_cfg, store=store))
+    import medseg.data.sources.siim as siim_source
+
+    asked, real = [], siim_source.read_rle_csv
+    with monkeypatch.context() as m:
+        m.setattr(siim_source, "read_rle_csv", lambda path, rows=True: asked.append(rows) or real(path, rows))
+        assert_same_samples(memory, load_data(cached_cfg, store=store))
     assert store.reused == 2
+    assert asked == [False]  # every unit restored: the table's ImageIds alone were read, not its rows
     # a changed RLE table changes every mask: every unit is prepared again
     csv.write_text(f"ImageId, EncodedPixels\n{uids[0]}, -1\n{uids[1]}, -1\n")
     store = DiskStore(cached_cfg.cache_dir, cached_cfg, True)

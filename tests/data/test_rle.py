@@ -112,6 +112,7 @@ def test_read_csv_like_train_rle(tmp_path):
     p.write_text("ImageId, EncodedPixels\nA, -1\nB, 1 2 1 1\nB, 0 1\nC,3 1\n")
     rows = read_rle_csv(p)
     assert rows == {"A": ["-1"], "B": ["1 2 1 1", "0 1"], "C": ["3 1"]}
+    assert read_rle_csv(p, rows=False) == {"A": [], "B": [], "C": []}  # the ImageIds alone
     merged = np.zeros((2, 3), dtype=np.uint8)
     for r in rows["B"]:
         merged |= rle_decode(r, 2, 3)
@@ -125,9 +126,10 @@ def test_read_csv_like_train_rle(tmp_path):
 def test_read_csv_bad_rows_name_file_and_line(tmp_path, body, line, one_line):
     p = tmp_path / "rle.csv"
     p.write_text("ImageId,EncodedPixels\n" + body)
-    with pytest.raises(MedsegError) as e:
-        read_rle_csv(p)
-    one_line(e, p, f"line {line}")
+    for rows in (True, False):  # rows are checked even when not kept
+        with pytest.raises(MedsegError) as e:
+            read_rle_csv(p, rows=rows)
+        one_line(e, p, f"line {line}")
 
 
 def test_read_csv_missing_column(tmp_path, one_line):

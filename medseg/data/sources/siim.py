@@ -82,11 +82,14 @@ def _load_siim(cfg: DataConfig, with_masks: bool, progress: bool, store, only=No
         files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() == ".dcm")
         if not files:
             raise MedsegError(f"no .dcm files found in {root} (searched sub-folders too)")
+    if with_masks and cfg.rle_csv is None:
+        raise MedsegError("config error: data.rle_csv: required for data.source 'siim' (the train-rle.csv)")
+    # the RLE CSV is part of the cache entry's key (`cache.entry_key`): a unit depends on its DICOM alone
+    restored = {path: store.restore(str(path), [path]) for path in progress_items(files, "Reading the cache", progress)}
     rles: dict[str, list[str]] = {}
     if with_masks:
-        if cfg.rle_csv is None:
-            raise MedsegError("config error: data.rle_csv: required for data.source 'siim' (the train-rle.csv)")
-        rles = read_rle_csv(cfg.rle_csv)
+        # the rows are needed only to prepare a unit; when every unit was restored, the ImageIds are enough
+        rles = read_rle_csv(cfg.rle_csv, rows=any(u is None for u in restored.values()))
     cases = Cases(cfg)
     used: set[str] = set()
     seen_ids: dict[str, Path] = {}
@@ -94,8 +97,7 @@ def _load_siim(cfg: DataConfig, with_masks: bool, progress: bool, store, only=No
     samples: list[Sample] = []
     mask_values: set = set()
     for path in progress_items(files, "Loading DICOMs", progress):
-        # the RLE CSV is part of the cache entry's key (`cache.entry_key`): a unit depends on its DICOM alone
-        unit = store.restore(str(path), [path])
+        unit = restored.pop(path)
         if unit is SKIP:  # another parallel builder prepares it
             continue
         if unit is None:
