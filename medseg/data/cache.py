@@ -368,7 +368,7 @@ class DiskStore:
         else:
             return value
         if len(value) <= 8:  # small ones only: a long or unique value's text would cost more than it saves
-            text = json.dumps(value, sort_keys=True)
+            text = json.dumps(value)  # key order kept: equal dicts in another order stay apart
             if len(text) <= 200:
                 return self._shared.setdefault(text, value)
         return value
