@@ -85,6 +85,8 @@ def main(argv=None) -> int:
     ap.add_argument("--repo", type=Path, default=HERE.parent, help="the checkout whose medseg tunes (default: this one)")
     ap.add_argument("--label", default="", help="a name for this configuration in the results (e.g. the commit)")
     a = ap.parse_args(argv)
+    from medseg import runfolder as runfs
+
     out = a.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     path = out / "results.json"
@@ -103,8 +105,6 @@ def main(argv=None) -> int:
         wall = time.perf_counter() - t0
         text = log.read_text(errors="replace")
         m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", text)
-        from medseg import runfolder as runfs
-
         oof_mib = sum(p.stat().st_size for p in (exp / runfs.OOF).rglob("*.npy")) / 2**20
         row = {"label": a.label, "commit": commit, "images": n, "folds": a.folds, "rc": rc, "wall_s": wall,
                "peak_rss_mib": int(m.group(1)) / 1024 if m else None, "oof_files_mib": oof_mib,

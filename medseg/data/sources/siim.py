@@ -85,7 +85,7 @@ def _load_siim(cfg: DataConfig, with_masks: bool, progress: bool, store, only=No
     if with_masks and cfg.rle_csv is None:
         raise MedsegError("config error: data.rle_csv: required for data.source 'siim' (the train-rle.csv)")
     # the RLE CSV is part of the cache entry's key (`cache.entry_key`): a unit depends on its DICOM alone
-    restored = {path: store.restore(str(path), [path]) for path in progress_items(files, "Reading the cache", progress)}
+    restored = {path: store.restore(str(path), [path]) for path in progress_items(files, "Looking up prepared units", progress)}
     rles: dict[str, list[str]] = {}
     if with_masks:
         # the rows are needed only to prepare a unit; when every unit was restored, the ImageIds are enough
