@@ -82,6 +82,13 @@ class ScheduleConfig(Section):
         "epochs than train.epochs, training ends after those and the cosine/poly decay is shortened to end with them "
         "(otherwise the budget's hard stop cuts the schedule while the LR is still high).",
     )
+    fill_budget: bool = Field(
+        False,
+        description="With train.budget_minutes: when the epochs measured in the first half of training say the budget "
+        "holds more epochs than train.epochs (one kept spare), training goes on to them and the cosine/poly decay is "
+        "stretched to end with them (at most 1000 epochs). The plan sets it when it chose train.epochs from its step-cost "
+        "estimate; false: train.epochs is the most that run.",
+    )
 
 
 class AugmentConfig(Section):

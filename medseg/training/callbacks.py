@@ -42,7 +42,7 @@ from medseg.errors import MedsegError
 from medseg.inference import predict_probs
 from medseg.metrics.validation import ValidationScorer, case_chunks, has_volumes
 from medseg.training.distributed import gather_numbers, gather_objects
-from medseg.training.module import LRSchedule
+from medseg.training.module import MAX_EPOCHS, LRSchedule
 
 
 class BatchCompositionAudit(Callback):
@@ -232,26 +232,38 @@ class EpochLog(Callback):
 
 
 class BudgetSchedule(Callback):
-    """Keeps the whole LR schedule inside the wall-clock budget.
+    """Keeps the whole LR schedule inside the wall-clock budget, and the budget used.
 
     The plan sets `train.epochs` from a step cost measured before training; the real epochs can
-    be slower (a busy machine, slower validation). Lightning's `max_time` then stops training
-    partway through the schedule, while the LR is still far above its floor, so the decay never
-    happens. From the second epoch on, at the end of every epoch, this callback estimates an
-    epoch's time from the epochs after the first (the first also pays for start-up: workers, the
-    first validation, allocator warm-up) and the time elapsed from Lightning's `Timer` (which
-    survives a resume); when the rest of the budget holds fewer epochs than are left, training
-    ends after the epochs that fit and the decay is shortened to end with them. It only ever
-    shortens: the planned epochs stay the most that run.
+    be slower (a busy machine, slower validation) or faster (the measurement's start-up, a
+    quieter machine). Slower: Lightning's `max_time` would stop training partway through the
+    schedule, while the LR is still far above its floor, so the decay never happens. Faster: the
+    run ends with budget left and, as measured, its best epoch the last. From the second epoch
+    on, at the end of every epoch, this callback estimates an epoch's time from the epochs after
+    the first (the first also pays for start-up: workers, the first validation, allocator
+    warm-up) and the time elapsed from Lightning's `Timer` (which survives a resume).
+
+    - Shortening (`schedule.follow_budget`): when the rest of the budget holds fewer epochs than
+      are left, training ends after the epochs that fit and the decay is shortened to end there.
+    - Lengthening (`schedule.fill_budget`, set by the plan): while training is in the first half
+      of its epochs, when the rest of the budget holds more epochs than are left with one to
+      spare, the run goes on to them (at most `MAX_EPOCHS`) and the decay is stretched. Only in
+      the first half, where the LR is still high and stretching the cosine moves it little; the
+      spare epoch is the hysteresis that keeps a noisy estimate from lengthening and then
+      shortening again.
 
     Args:
         budget_minutes: `train.budget_minutes`.
-        warn: where each shortening is reported (fit: train.log and the console).
+        warn: where each change is reported (fit: train.log and the console).
+        shorten: `schedule.follow_budget`.
+        lengthen: `schedule.fill_budget`.
     """
 
-    def __init__(self, budget_minutes: float, warn: Optional[Callable[[str], None]] = None):
+    def __init__(self, budget_minutes: float, warn: Optional[Callable[[str], None]] = None,
+                 shorten: bool = True, lengthen: bool = False):
         self.budget_s = 60.0 * float(budget_minutes)
         self.warn = warn
+        self.shorten, self.lengthen = bool(shorten), bool(lengthen)
         self.planned: Optional[int] = None
         self.first_epoch_end: Optional[tuple[int, float]] = None  # (epochs done, Timer seconds) when first seen
 
@@ -264,11 +276,16 @@ class BudgetSchedule(Callback):
 
     def on_train_start(self, trainer, pl_module) -> None:
         self.planned = int(trainer.max_epochs)
-        # a resumed run keeps the shortening its checkpointed schedule carries
+        # a resumed run keeps the shortening or lengthening its checkpointed schedule carries
         for f in self._schedules(trainer):
             held = math.ceil(f.total_steps / max(1, pl_module.steps_per_epoch))
-            if held < trainer.max_epochs:
-                trainer.fit_loop.max_epochs = max(held, trainer.current_epoch + 1)
+            if held < trainer.max_epochs or (self.lengthen and held > trainer.max_epochs):
+                trainer.fit_loop.max_epochs = max(min(held, MAX_EPOCHS), trainer.current_epoch + 1)
+
+    def _set_epochs(self, trainer, pl_module, epochs: int) -> None:
+        trainer.fit_loop.max_epochs = epochs
+        for f in self._schedules(trainer):
+            f.total_steps = epochs * pl_module.steps_per_epoch
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
@@ -284,15 +301,19 @@ class BudgetSchedule(Callback):
         fits = done + int(max(0.0, self.budget_s - elapsed) // max(per_epoch, 1e-9))
         # every rank must stop after the same epoch: rank 0's clock decides
         fits = int(trainer.strategy.broadcast(fits, src=0))
-        if fits >= trainer.max_epochs:
+        now = int(trainer.max_epochs)
+        if self.shorten and fits < now:
+            self._set_epochs(trainer, pl_module, fits)
+            change = f"{fits} epochs, not the planned {self.planned}; training ends after epoch {fits - 1} and the LR decay was shortened to end there (schedule.follow_budget)"
+        elif self.lengthen and 2 * done <= now and min(fits - 1, MAX_EPOCHS) > now:
+            longer = min(fits - 1, MAX_EPOCHS)
+            self._set_epochs(trainer, pl_module, longer)
+            change = (f"{fits} epochs, not the planned {self.planned}; training goes on to {longer} (one kept spare) and the "
+                      "LR decay was stretched to end there (schedule.fill_budget)")
+        else:
             return
-        trainer.fit_loop.max_epochs = fits
-        for f in self._schedules(trainer):
-            f.total_steps = fits * pl_module.steps_per_epoch
         if self.warn is not None:
-            self.warn(f"train.budget_minutes {self.budget_s / 60:g}: epochs take {per_epoch:.1f} s, so the budget holds "
-                      f"{fits} epochs, not the planned {self.planned}; training ends after epoch {fits - 1} and the LR "
-                      "decay was shortened to end there (schedule.follow_budget)")
+            self.warn(f"train.budget_minutes {self.budget_s / 60:g}: epochs take {per_epoch:.1f} s, so the budget holds {change}")
 
 
 def _rss_peak_mib() -> Optional[float]:

@@ -25,6 +25,8 @@ from medseg.models import create_model, get_model_spec, load_weights
 WARMUP_MAX_SHARE = 0.25
 # the warm-up the plan sets when the configured one would take too large a share of the planned epochs
 WARMUP_PLANNED_SHARE = 0.1
+# the most epochs a run plans or a budget stretches it to (a tiny set under a long budget)
+MAX_EPOCHS = 1000
 
 
 class LRSchedule:

@@ -68,8 +68,9 @@ def build_trainer(
             save_top_k=1, save_last=True, save_on_train_epoch_end=True, enable_version_counter=False,
         ),
     ]
-    if cfg.train.budget_minutes and cfg.schedule.follow_budget:
-        callbacks.append(BudgetSchedule(cfg.train.budget_minutes, warn))  # after EpochLog: the row shows the epoch as trained
+    if cfg.train.budget_minutes and (cfg.schedule.follow_budget or cfg.schedule.fill_budget):
+        # after EpochLog: the row shows the epoch as trained
+        callbacks.append(BudgetSchedule(cfg.train.budget_minutes, warn, cfg.schedule.follow_budget, cfg.schedule.fill_budget))
     if progress:
         callbacks.append(RichProgressBar() if console.is_terminal else TQDMProgressBar(refresh_rate=max(1, micro_batches // 4)))
     if cfg.train.early_stopping.patience > 0:

@@ -67,8 +67,8 @@ def test_streamed_validation_from_the_cache_equals_whole_set_scoring_in_memory(t
         assert streamed["dice"] == streamed["dice_per_volume"]  # the per-volume contract scores stacked volumes
 
 
-def _fit_on_a_fake_clock(tmp_path, monkeypatch, follow: bool, startup_s: float = 0.0):
-    """A 12-epoch fit (2 batches an epoch) under a 1-minute budget where each batch "takes" 5 s
+def _fit_on_a_fake_clock(tmp_path, monkeypatch, follow: bool, startup_s: float = 0.0, epochs: int = 12, fill: bool = False):
+    """An `epochs`-epoch fit (2 batches an epoch) under a 1-minute budget where each batch "takes" 5 s
     on a fake clock, the first batch `startup_s` more; returns (epochs.csv rows, LR / peak, train.log)."""
     from lightning.pytorch.callbacks import Timer
 
@@ -88,8 +88,8 @@ def _fit_on_a_fake_clock(tmp_path, monkeypatch, follow: bool, startup_s: float =
     root = make_blob_folder(tmp_path / "data", n=16, size=32, empty_every=4)
     raw = tiny_config(root, tmp_path / "runs", data={"source": "images", "root": str(root), "input_size": [32, 32]},
                       model={"name": "unet", "channels": [4, 8], "res_units": 0}, augment={"preset": "none"},
-                      schedule={"warmup_epochs": 0, "min_lr_ratio": 0.01, "follow_budget": follow},
-                      train={"epochs": 12, "batch_size": 6, "budget_minutes": 1.0})
+                      schedule={"warmup_epochs": 0, "min_lr_ratio": 0.01, "follow_budget": follow, "fill_budget": fill},
+                      train={"epochs": epochs, "batch_size": 6, "budget_minutes": 1.0})
     run = fit(config_from_dict(raw), progress=False)
     rows = runfs.read_csv(run / runfs.EPOCHS_CSV)
     return rows, [r["lr"] / 0.01 for r in rows], (run / runfs.TRAIN_LOG).read_text()
@@ -123,3 +123,25 @@ def test_a_slow_first_epoch_alone_does_not_shorten_the_run(tmp_path, monkeypatch
     assert [r["step"] for r in rows] == [2, 4, 6]
     assert lr_share[-1] == pytest.approx(0.01, abs=1e-6), lr_share
     assert "epochs take 10.0 s, so the budget holds 3 epochs, not the planned 12" in log
+
+
+@pytest.mark.parametrize("fill", [True, False])
+def test_epochs_faster_than_planned_fill_the_budget_only_with_fill_budget(tmp_path, monkeypatch, fill):
+    """4 planned epochs of 10 s under a 1-minute budget: after epoch 1 the rest (40 s) holds 4 more.
+
+    With schedule.fill_budget the run goes on to 5 epochs (6 fit, one kept spare) and its cosine
+    is stretched to reach the floor at the fifth; without it, the 4 planned epochs are the most
+    that run. Neither shortens: the rest always holds what is left.
+    """
+    rows, lr_share, log = _fit_on_a_fake_clock(tmp_path, monkeypatch, True, epochs=4, fill=fill)
+    if fill:
+        assert [r["step"] for r in rows] == [2, 4, 6, 8, 10]
+        assert "epochs take 10.0 s, so the budget holds 6 epochs, not the planned 4; training goes on to 5" in log
+        # epochs 0 and 1 trained under the 4-epoch cosine (the stretch comes at the end of epoch 1), epochs 2-4
+        # under the 5-epoch one, which ends at the floor
+        cos = lambda step, total: 0.01 + 0.99 * 0.5 * (1 + np.cos(np.pi * step / total))  # noqa: E731
+        assert lr_share == pytest.approx([cos(2, 8), cos(4, 8), cos(6, 10), cos(8, 10), 0.01], abs=1e-6)
+    else:
+        assert [r["step"] for r in rows] == [2, 4, 6, 8]
+        assert lr_share[-1] == pytest.approx(0.01, abs=1e-6), lr_share
+        assert "holds" not in log
