@@ -108,13 +108,16 @@ def budget_too_short(ev: RunEvidence) -> Finding | None:
     if gain < STILL_IMPROVING and not early:
         return None
     gain = max(gain, 0.0)
-    epochs = int(ev.get("train.epochs", last + 1))
+    planned = int(ev.get("train.epochs", last + 1))
+    epochs = max(planned, last + 1)  # schedule.fill_budget may train past train.epochs
+    budget = ev.get("train.budget_minutes")
     warm_share = float(ev.get("schedule.warmup_epochs", 0.0) or 0.0) / max(epochs, 1)
     confidence = min(0.95, 0.55 + 2 * gain + (0.25 if early else 0.0))
     if warm_share >= 0.5:
         confidence *= 0.6  # the long warm-up explains the late improvement at least as well
     evidence = (f"val {monitor} {before:.4f} by epoch {int(ep[cut - 1])}, {mon[-1]:.4f} at the last epoch {last} "
-                f"(gain {gain:.3f}{' relative' if monitor == 'loss' else ''}); train.epochs = {epochs}")
+                f"(gain {gain:.3f}{' relative' if monitor == 'loss' else ''}); train.epochs = {planned}"
+                + (f", {epochs} trained (schedule.fill_budget)" if epochs > planned else ""))
     if finite(loss_left):
         evidence += f"; train loss at {loss_left:.0%} of its first-epoch value, down {loss_fall:.0%} in the last epoch"
     return Finding(
@@ -125,6 +128,8 @@ def budget_too_short(ev: RunEvidence) -> Finding | None:
         evidence=evidence,
         why="training stopped while the model was still getting better: the reported score understates what this "
         "configuration can do",
-        fix_key="train.epochs", fix_value=max(2 * epochs, epochs + 10),
+        # under a time budget more epochs would not run (max_time stops them, follow_budget shortens to fit): the budget is the knob
+        **({"fix_key": "train.budget_minutes", "fix_value": 2 * float(budget)} if budget else
+           {"fix_key": "train.epochs", "fix_value": max(2 * epochs, epochs + 10)}),
         numbers={"best_epoch": last, "gain_last_third": gain, "epochs": epochs, "train_loss_left": loss_left, "train_loss_last_fall": loss_fall},
     )

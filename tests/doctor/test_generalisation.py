@@ -35,6 +35,15 @@ def test_budget_too_short_gain_over_last_third():
     assert f.severity == "serious" and (f.fix_key, f.fix_value) == ("train.epochs", 16)
 
 
+def test_budget_too_short_under_a_time_budget_asks_for_more_budget_and_counts_the_epochs_trained():
+    # schedule.fill_budget trained 6 epochs where train.epochs said 4: more epochs would not fit the budget
+    dice = [0.1, 0.3, 0.45, 0.55, 0.62, 0.7]
+    ev = make_evidence(epochs=_rows(val_dice=dice), summary={"best_epoch": 5}, config={"train": {"epochs": 4, "budget_minutes": 15}})
+    f = G.budget_too_short(ev)
+    assert (f.fix_key, f.fix_value) == ("train.budget_minutes", 30.0)
+    assert f.numbers["epochs"] == 6 and "train.epochs = 4, 6 trained" in f.evidence
+
+
 def test_budget_fine_when_plateaued_or_best_earlier():
     flat = [0.5, 0.8, 0.9, 0.905, 0.906, 0.906]
     assert G.budget_too_short(make_evidence(epochs=_rows(val_dice=flat), summary={"best_epoch": 5})) is None

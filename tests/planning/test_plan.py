@@ -213,6 +213,21 @@ def test_budget_sets_epochs_monotonically(tmp_path):
     assert plan.entry("train.epochs").set_by == "default" and planned.train.epochs == 30
 
 
+def test_the_plan_lets_a_budget_lengthen_only_the_epochs_it_chose(tmp_path):
+    data = make_blob_folder(tmp_path / "d", n=16)
+    raw = tiny_config(data, tmp_path / "runs", plan={"enabled": True, "measure": False})
+    raw["train"] = {"batch_size": 4, "budget_minutes": 1.0}
+    fp = fingerprint_of(config_from_dict(raw))
+    plan, planned = P.make_plan(config_from_dict(raw), fp)
+    assert planned.schedule.fill_budget and plan.entry("schedule.fill_budget").set_by == "plan"
+    # epochs set by the user are the most that run; so without a budget, and when the user switched it off
+    for train, schedule in (({"epochs": 7, "budget_minutes": 1.0}, {}), ({}, {}), ({"budget_minutes": 1.0}, {"fill_budget": False})):
+        cfg = config_from_dict(raw | {"train": {"batch_size": 4, **train}, "schedule": {**raw.get("schedule", {}), **schedule}})
+        plan, planned = P.make_plan(cfg, fp)
+        assert not planned.schedule.fill_budget, (train, schedule)
+    assert plan.entry("schedule.fill_budget").set_by == "user"
+
+
 def test_a_ddp_plan_splits_its_batch_evenly_over_the_processes(tmp_path):
     data = make_blob_folder(tmp_path / "d", n=8)
     raw = tiny_config(data, tmp_path / "runs", plan={"enabled": True, "measure": False})
