@@ -145,3 +145,20 @@ def test_epochs_faster_than_planned_fill_the_budget_only_with_fill_budget(tmp_pa
         assert [r["step"] for r in rows] == [2, 4, 6, 8]
         assert lr_share[-1] == pytest.approx(0.01, abs=1e-6), lr_share
         assert "holds" not in log
+
+
+@pytest.mark.parametrize("lengthen", [True, False])
+def test_a_resumed_run_keeps_the_epochs_its_checkpointed_schedule_holds(lengthen):
+    """The checkpoint's LRSchedule spans the stretched (10 steps = 5 epochs) or shortened (6 = 3) run."""
+    from types import SimpleNamespace
+
+    from medseg.training.module import LRSchedule
+
+    cfg = config_from_dict(tiny_config("d", "r", schedule={"warmup_epochs": 0}, train={"epochs": 4}))
+    for total, want in ((10, 5 if lengthen else 4), (6, 3)):
+        net = torch.nn.Linear(1, 1)
+        sched = torch.optim.lr_scheduler.LambdaLR(torch.optim.SGD(net.parameters(), lr=0.1), LRSchedule(cfg, total, 2))
+        trainer = SimpleNamespace(max_epochs=4, current_epoch=1, lr_scheduler_configs=[SimpleNamespace(scheduler=sched)],
+                                  fit_loop=SimpleNamespace(max_epochs=4))
+        callbacks.BudgetSchedule(1.0, shorten=True, lengthen=lengthen).on_train_start(trainer, SimpleNamespace(steps_per_epoch=2))
+        assert trainer.fit_loop.max_epochs == want, (total, lengthen)
