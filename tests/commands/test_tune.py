@@ -49,7 +49,9 @@ def test_fit_tunes_and_evaluate_scores_the_rule_independently(tuned_run):
 
     val = load_validation(run, cfg)
     net, _ = load_network(run, cfg, 1)
-    probs = predict_probs(net, val.images, 8, "32-true", "cpu", cfg.train.channels_last, tta=pp.tta)
+    # the run's precision (bf16 where the CPU has it): its pixels near a threshold differ from float32's
+    precision = runfs.read_json(run / runfs.STATE)["precision"]
+    probs = predict_probs(net, val.images, cfg.eval.batch_size, precision, "cpu", cfg.train.channels_last, tta=pp.tta)
     dices = []
     for p, m in zip(probs, val.masks):
         pred, t = pp.apply(p), m.astype(bool)
