@@ -40,8 +40,8 @@ with the rules below, and write every value with the reason for it to plan.json:
   (training steps + validation forward passes + 0.5 s), at most 1000; without a budget the
   configured epochs stay.
 * ``schedule.fill_budget``: true when the plan chose ``train.epochs`` from the budget, so that
-  epochs faster than estimated lengthen the run to what the budget holds (BENCHMARKS §5: the
-  estimate left 16–28% of BUSI, PH2 and CHASE budgets unused, with the best epoch the last).
+  epochs faster than estimated lengthen the run to what the budget holds (BENCHMARKS §5 and
+  §5e: the estimate had left 16–21% of the budget unused in BUSI, PH2 and CHASE runs).
 * ``schedule.warmup_epochs``: when the configured warm-up would take 25% or more of the planned
   epochs (`training.WARMUP_MAX_SHARE`, where the doctor warns), 10% of the planned epochs (at most
   the configured warm-up); a warm-up set by the user is kept, and when it is not shorter than

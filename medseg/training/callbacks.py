@@ -248,9 +248,9 @@ class BudgetSchedule(Callback):
     - Lengthening (`schedule.fill_budget`, set by the plan): while training is in the first half
       of its epochs, when the rest of the budget holds more epochs than are left with one to
       spare, the run goes on to them (at most `MAX_EPOCHS`) and the decay is stretched. Only in
-      the first half, where the LR is still high and stretching the cosine moves it little; the
-      spare epoch is the hysteresis that keeps a noisy estimate from lengthening and then
-      shortening again.
+      the first half, where the LR is still high and stretching the cosine moves it little. The
+      spare epoch damps a noisy estimate's back and forth; a run whose epochs slow down later
+      is shortened again (BENCHMARKS §5e: stretched to 65 epochs, ended at 61).
 
     Args:
         budget_minutes: `train.budget_minutes`.
