@@ -223,7 +223,7 @@ def dice_loss_findings(ev: RunEvidence, rows: list[dict], summary: dict) -> list
         elif not _region_terms(loss):
             fix_key, fix_value = "loss.dice", 1.0
         else:
-            fix_key, fix_value = "train.epochs", int(ev.get("train.epochs", 30)) * 2
+            fix_key, fix_value = ev.train_longer(int(ev.get("train.epochs", 30)) * 2)
         out.append(Finding(
             id="errors.poor_outline", family="errors", severity=severity, confidence=0.75,
             impact=min(0.5, 1.5 * b["lost_outline"]),

@@ -121,6 +121,15 @@ class RunEvidence:
             node = node[part]
         return node
 
+    def train_longer(self, epochs: int) -> tuple[str, Any]:
+        """The fix that trains longer: `train.epochs` = `epochs`, or under a time budget twice the budget.
+
+        Under `train.budget_minutes` more epochs would not run (Lightning's max_time stops them and
+        `schedule.follow_budget` shortens to fit), so the budget is the key to change.
+        """
+        budget = self.get("train.budget_minutes")
+        return ("train.budget_minutes", 2 * float(budget)) if budget else ("train.epochs", int(epochs))
+
     def series(self, name: str) -> np.ndarray:
         """One epochs.csv column as floats in epoch order (NaN where missing or not a number)."""
         return np.array([_as_float(r.get(name)) for r in self.epochs], dtype=float)

@@ -110,7 +110,7 @@ def budget_too_short(ev: RunEvidence) -> Finding | None:
     gain = max(gain, 0.0)
     planned = int(ev.get("train.epochs", last + 1))
     epochs = max(planned, last + 1)  # schedule.fill_budget may train past train.epochs
-    budget = ev.get("train.budget_minutes")
+    fix_key, fix_value = ev.train_longer(max(2 * epochs, epochs + 10))
     warm_share = float(ev.get("schedule.warmup_epochs", 0.0) or 0.0) / max(epochs, 1)
     confidence = min(0.95, 0.55 + 2 * gain + (0.25 if early else 0.0))
     if warm_share >= 0.5:
@@ -128,8 +128,6 @@ def budget_too_short(ev: RunEvidence) -> Finding | None:
         evidence=evidence,
         why="training stopped while the model was still getting better: the reported score understates what this "
         "configuration can do",
-        # under a time budget more epochs would not run (max_time stops them, follow_budget shortens to fit): the budget is the knob
-        **({"fix_key": "train.budget_minutes", "fix_value": 2 * float(budget)} if budget else
-           {"fix_key": "train.epochs", "fix_value": max(2 * epochs, epochs + 10)}),
+        fix_key=fix_key, fix_value=fix_value,
         numbers={"best_epoch": last, "gain_last_third": gain, "epochs": epochs, "train_loss_left": loss_left, "train_loss_last_fall": loss_fall},
     )

@@ -131,7 +131,7 @@ def soft_vs_hard(ev: RunEvidence) -> Finding | None:
         return None
     loss = ev.get("loss") or {}
     has_region_term = any(k in loss for k in ("dice", "tversky", "focal_tversky", "lovasz"))
-    fix_key, fix_value = ("loss.dice", 1.0) if not has_region_term else ("train.epochs", int(ev.get("train.epochs", 30)) * 2)
+    fix_key, fix_value = ("loss.dice", 1.0) if not has_region_term else ev.train_longer(int(ev.get("train.epochs", 30)) * 2)
     return Finding(
         id="metrics.soft_hard_gap", family="metrics", severity="info", confidence=0.8, impact=min(0.5, abs(hard - soft)),
         title=f"soft Dice {soft:.3f} and hard Dice {hard:.3f} disagree",
