@@ -301,12 +301,11 @@ class BudgetSchedule(Callback):
         fits = done + int(max(0.0, self.budget_s - elapsed) // max(per_epoch, 1e-9))
         # every rank must stop after the same epoch: rank 0's clock decides
         fits = int(trainer.strategy.broadcast(fits, src=0))
-        now = int(trainer.max_epochs)
+        now, longer = int(trainer.max_epochs), min(fits - 1, MAX_EPOCHS)  # lengthening keeps one epoch spare
         if self.shorten and fits < now:
             self._set_epochs(trainer, pl_module, fits)
             change = f"{fits} epochs, not the planned {self.planned}; training ends after epoch {fits - 1} and the LR decay was shortened to end there (schedule.follow_budget)"
-        elif self.lengthen and 2 * done <= now and min(fits - 1, MAX_EPOCHS) > now:
-            longer = min(fits - 1, MAX_EPOCHS)
+        elif self.lengthen and 2 * done <= now and longer > now:
             self._set_epochs(trainer, pl_module, longer)
             change = (f"{fits} epochs, not the planned {self.planned}; training goes on to {longer} (one kept spare) and the "
                       "LR decay was stretched to end there (schedule.fill_budget)")
