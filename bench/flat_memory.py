@@ -18,6 +18,10 @@ counts) are computed on the whole stacked volume, so the largest validation volu
     .venv/bin/python bench/synthetic_sets.py lits /data/lits --cases 131
     .venv/bin/python bench/flat_memory.py lits /data/lits --sizes 10 40 131 --out runs/bench-flat
 
+``--cache-only`` measures the cache alone: a build from nothing, then a read-back of the built
+entry in one process (``--workers 1``: every unit restored, none prepared). ``--repo`` runs another
+checkout's medseg (an older commit's, for a before/after).
+
 The cache of a size is removed after its runs unless ``--keep-cache`` (a LiTS-size cache at 256²
 is ~10 GB). Prints a Markdown table and writes OUT/results.json (updated after every step).
 """
@@ -41,11 +45,12 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 
 
-def timed(cmd: list[str], log: Path) -> dict:
-    """Run under /usr/bin/time -v: wall seconds, peak RSS (MiB), exit code; output to log."""
+def timed(cmd: list[str], log: Path, repo: Path = REPO) -> dict:
+    """Run under /usr/bin/time -v in `repo` (its medseg): wall seconds, peak RSS (MiB), exit code; output to log."""
     t0 = time.perf_counter()
+    env = {**os.environ, "PYTHONPATH": str(repo)}
     with open(log, "w") as f:
-        rc = subprocess.run(["/usr/bin/time", "-v", *cmd], cwd=REPO, stdout=f, stderr=subprocess.STDOUT).returncode
+        rc = subprocess.run(["/usr/bin/time", "-v", *cmd], cwd=repo, env=env, stdout=f, stderr=subprocess.STDOUT).returncode
     text = log.read_text(errors="replace")
     m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", text)
     return {"rc": rc, "wall_s": time.perf_counter() - t0, "peak_rss_mib": int(m.group(1)) / 1024 if m else None}
@@ -84,13 +89,19 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--keep-cache", action="store_true")
+    ap.add_argument("--cache-only", action="store_true",
+                    help="the cache alone: its build, then a read-back of the built entry (--workers 1); no fit or evaluate")
+    ap.add_argument("--repo", type=Path, default=REPO, help="the checkout whose medseg runs (default: this one)")
     a = ap.parse_args(argv)
+    repo = a.repo.resolve()
     out = a.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     medseg = [sys.executable, "-m", "medseg.cli"]
     res_path = out / "results.json"
     results = json.loads(res_path.read_text()) if res_path.exists() else {}
-    results.update(command=" ".join(sys.argv), machine=f"{platform.machine()}, {os.cpu_count()} cores", sizes=results.get("sizes", {}))
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True).stdout.strip()
+    results.update(command=" ".join(sys.argv), commit=commit, machine=f"{platform.machine()}, {os.cpu_count()} cores",
+                   sizes=results.get("sizes", {}))
     for n in a.sizes:
         data = link_cases(a.data.resolve(), out / f"data-{n}", a.kind, n)
         cache = out / f"cache-{n}"
@@ -110,7 +121,9 @@ def main(argv=None) -> int:
         cfg_path = out / f"n{n}.yaml"
         cfg_path.write_text(yaml.safe_dump(cfg))
         row = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
-        row["cache"] = timed([*medseg, "cache", str(cfg_path), "--json", "--no-progress"], out / f"n{n}-cache.log")
+        if a.cache_only:
+            shutil.rmtree(cache, ignore_errors=True)  # a build from nothing
+        row["cache"] = timed([*medseg, "cache", str(cfg_path), "--json", "--no-progress"], out / f"n{n}-cache.log", repo)
         text = (out / f"n{n}-cache.log").read_text()
         for m in re.finditer(r"^\{", text, re.M):  # the --json object among the progress and /usr/bin/time lines
             try:
@@ -120,11 +133,24 @@ def main(argv=None) -> int:
             row["cache"].update({k: info.get(k) for k in ("samples", "units", "built", "reused", "disk_bytes", "seconds")})
             break
         row["cache"]["disk_mib_du"] = sum(p.stat().st_size for p in cache.rglob("*") if p.is_file()) / 2**20
+        if a.cache_only:
+            # what every later `medseg cache` of an unchanged set does: read each unit back, prepare none
+            row["readback"] = timed([*medseg, "cache", str(cfg_path), "--workers", "1", "--no-progress"],
+                                    out / f"n{n}-readback.log", repo)
+            for step in ("cache", "readback"):
+                if row[step]["rc"] != 0:
+                    raise SystemExit(f"{step} failed (exit {row[step]['rc']}): see {out / f'n{n}-{step}.log'}")
+            results["sizes"][str(n)] = row
+            res_path.write_text(json.dumps(results, indent=1))
+            print(f"N={n}: " + json.dumps(row), file=sys.stderr, flush=True)
+            if not a.keep_cache:
+                shutil.rmtree(cache, ignore_errors=True)
+            continue
         run = out / "runs" / f"n{n}"
         if run.exists():
             shutil.rmtree(run)
-        row["fit"] = timed([*medseg, "fit", str(cfg_path), "--no-progress"], out / f"n{n}-fit.log")
-        row["evaluate"] = timed([*medseg, "evaluate", str(run), "--no-progress"], out / f"n{n}-evaluate.log")
+        row["fit"] = timed([*medseg, "fit", str(cfg_path), "--no-progress"], out / f"n{n}-fit.log", repo)
+        row["evaluate"] = timed([*medseg, "evaluate", str(run), "--no-progress"], out / f"n{n}-evaluate.log", repo)
         for step in ("cache", "fit", "evaluate"):
             if row[step]["rc"] != 0:
                 raise SystemExit(f"{step} failed (exit {row[step]['rc']}): see {out / f'n{n}-{step}.log'}")
@@ -139,6 +165,13 @@ def main(argv=None) -> int:
         print(f"N={n}: " + json.dumps(row), file=sys.stderr, flush=True)
         if not a.keep_cache:
             shutil.rmtree(cache, ignore_errors=True)
+    if a.cache_only:
+        print("| cases | samples | build s | build peak RSS MiB | read-back s | read-back peak RSS MiB |")
+        print("|---|---|---|---|---|---|")
+        for n, r in sorted(results["sizes"].items(), key=lambda kv: int(kv[0])):
+            c, b = r["cache"], r["readback"]
+            print(f"| {n} | {c.get('samples', '?')} | {c['wall_s']:.0f} | {c['peak_rss_mib']:.0f} | {b['wall_s']:.1f} | {b['peak_rss_mib']:.0f} |")
+        return 0
     print("| cases | slices/images | cache build s | cache GiB | peak RSS cache MiB | fit s | peak RSS training MiB | peak RSS fit MiB | "
           "evaluate s | peak RSS evaluate MiB |")
     print("|---|---|---|---|---|---|---|---|---|---|")

@@ -115,11 +115,12 @@ def cache_command(config: Path, overrides: list[str], cache_dir: Optional[Path] 
         raise MedsegError("config error: data.cache_dir: not set; set it in the config or pass --dir")
     runfs.check_cache_dir(data.cache_dir)
     t0 = time.perf_counter()
-    store = DiskStore(data.cache_dir, data, with_masks)
+    # the final pass checks and counts: it keeps no sample, so its memory does not grow with the set
+    store = DiskStore(data.cache_dir, data, with_masks, keep_samples=False)
     workers = default_workers() if workers is None else int(workers)
     by_workers = _parallel_build(data, with_masks, workers, progress, store.entry) if workers > 1 else 0
     loaded = load_data(data, with_masks=with_masks, progress=progress, store=store)
-    positive = sum(1 for s in loaded.samples if s.meta.get("fg_fraction")) if with_masks else 0
+    positive = loaded.samples.positive if with_masks else 0
     result = CacheResult(
         entry=store.entry, samples=len(loaded.samples), units=store.built + store.reused, built=store.built + by_workers,
         reused=store.reused - by_workers, positive_samples=positive, bad=len(loaded.bad), disk_bytes=store.disk_bytes(),

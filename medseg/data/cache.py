@@ -107,7 +107,14 @@ class LazyArray(np.lib.mixins.NDArrayOperatorsMixin):
         return f"{type(self).__name__}(shape={self.shape}, dtype={self.dtype})"
 
 
-def npy_layout(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
+# header bytes -> (shape, dtype, offset): a cache holds few distinct headers (one per image
+# size and dtype; one per volume length), so each is parsed once, and every array of that
+# layout shares one shape tuple and one dtype (a SIIM-size set has 24k arrays)
+_LAYOUTS: dict[bytes, tuple[tuple[int, ...], np.dtype, int]] = {}
+_LAYOUTS_MAX = 65536
+
+
+def npy_layout(path: Any) -> tuple[tuple[int, ...], np.dtype, int]:
     """(shape, dtype, data offset) of a C-order ``.npy`` file, from its header only.
 
     Raises:
@@ -115,11 +122,24 @@ def npy_layout(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
     """
     with open(path, "rb") as f:
         version = np.lib.format.read_magic(f)
+        size_bytes = 2 if version == (1, 0) else 4
+        head = f.read(size_bytes)
+        if len(head) != size_bytes:
+            raise ValueError(f"{path}: truncated .npy header")
+        header = f.read(int.from_bytes(head, "little"))
+        known = _LAYOUTS.get(header)
+        if known is not None and known[2] == f.tell():
+            return known
+        f.seek(0)
+        np.lib.format.read_magic(f)
         read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
         shape, fortran, dtype = read_header(f)
         if fortran or dtype.hasobject:
             raise ValueError(f"{path}: not a plain C-order array")
-        return tuple(shape), dtype, f.tell()
+        layout = (tuple(shape), dtype, f.tell())
+    if len(_LAYOUTS) < _LAYOUTS_MAX:
+        _LAYOUTS[header] = layout
+    return layout
 
 
 class StoredArray(LazyArray):
@@ -268,6 +288,10 @@ class MemoryStore:
     def __init__(self):
         self.built, self.reused = 0, 0
 
+    def owns(self, name: str) -> bool:
+        """Whether this store prepares the unit (every one; a `ShardStore` its share)."""
+        return True
+
     def restore(self, name: str, files: Iterable[Any] = ()) -> Optional[dict]:
         """None: every unit is prepared (a `DiskStore` may answer a record, or `SKIP`)."""
         return None
@@ -327,19 +351,22 @@ class DiskStore:
         cache_dir: data.cache_dir.
         cfg: the data config (the entry key).
         with_masks: whether masks are loaded (prediction inputs have their own entry).
+        keep_samples: False: a load through this store keeps no samples, only counts them
+            (`sources.base.SampleTally`): what `medseg cache` and its builders need.
 
     Attributes:
         entry: the entry's folder.
         built, reused: units prepared now, units restored from disk.
     """
 
-    def __init__(self, cache_dir: Path, cfg: DataConfig, with_masks: bool):
+    def __init__(self, cache_dir: Path, cfg: DataConfig, with_masks: bool, keep_samples: bool = True):
         cache_dir = Path(cache_dir).expanduser()
         if cache_dir.exists() and not cache_dir.is_dir():
             raise MedsegError(f"{cache_dir}: data.cache_dir is a file, not a folder")
         key, made_of = entry_key(cfg, with_masks)
         self.entry = cache_dir / f"{cfg.source}-{key}"
         self.units = self.entry / UNITS
+        self._units_str = os.fspath(self.units)
         try:
             self.units.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -349,6 +376,7 @@ class DiskStore:
             _atomic_write_bytes(self.entry / ENTRY, lambda f: f.write(text))
         self.built = 0
         self.reused = 0
+        self.keep_samples = bool(keep_samples)
         self._shared: dict = {}  # see `_share`
 
     def _share(self, value: Any) -> Any:
@@ -372,6 +400,10 @@ class DiskStore:
             if len(text) <= 200:
                 return self._shared.setdefault(text, value)
         return value
+
+    def owns(self, name: str) -> bool:
+        """Whether this store prepares the unit (every one; a `ShardStore` its share)."""
+        return True
 
     @staticmethod
     def _stem(name: str) -> str:
@@ -401,12 +433,14 @@ class DiskStore:
             if spec is None:
                 arrays[key] = None
                 continue
-            apath = self.units / f"{stem}.{key}.npy"
+            # a str, not a Path: a Path per array (24k for SIIM) was ~150 B more each, live
+            apath = os.path.join(self._units_str, f"{stem}.{key}.npy")
             try:
                 shape, dtype, offset = npy_layout(apath)
+                size = os.stat(apath).st_size
             except (OSError, ValueError):
                 return None
-            if list(shape) != spec["shape"] or str(dtype) != spec["dtype"] or apath.stat().st_size != offset + int(np.prod(shape)) * dtype.itemsize:
+            if list(shape) != spec["shape"] or str(dtype) != spec["dtype"] or size != offset + int(np.prod(shape)) * dtype.itemsize:
                 return None
             arrays[key] = StoredArray(apath, shape, dtype, offset, fg=spec.get("fg"))
         self.reused += 1
@@ -476,11 +510,14 @@ class ShardStore(DiskStore):
     """
 
     def __init__(self, cache_dir: Path, cfg: DataConfig, with_masks: bool, shard: int, shards: int):
-        super().__init__(cache_dir, cfg, with_masks)
+        super().__init__(cache_dir, cfg, with_masks, keep_samples=False)  # a builder only prepares
         self.shard, self.shards = int(shard), int(shards)
 
+    def owns(self, name: str) -> bool:
+        return int(self._stem(name), 16) % self.shards == self.shard
+
     def restore(self, name: str, files: Iterable[Any] = ()) -> Optional[dict]:
-        if int(self._stem(name), 16) % self.shards != self.shard:
+        if not self.owns(name):
             return SKIP
         return super().restore(name, files)
 

@@ -118,7 +118,7 @@ def rle_encode(mask: np.ndarray) -> str:
     return " ".join(map(str, out.tolist()))
 
 
-def read_rle_csv(path: Path, rows: bool = True) -> dict[str, list[str]]:
+def read_rle_csv(path: Path, rows: bool = True, keep=None) -> dict[str, list[str]]:
     """Read a SIIM-ACR RLE CSV (ImageId, EncodedPixels).
 
     Header names are matched after stripping spaces (the real train-rle.csv has the header
@@ -127,9 +127,11 @@ def read_rle_csv(path: Path, rows: bool = True) -> dict[str, list[str]]:
 
     Args:
         path: the CSV file.
-        rows: False keeps the ImageIds alone (each maps to an empty list; rows are still
+        rows: False keeps the ImageIds alone (each maps to an empty tuple; rows are still
             checked): what a load needs when every unit is in the cache already, whose key
             holds this CSV's size and mtime (SIIM's table is ~7 MB of text).
+        keep: ImageIds whose rows are kept; any other maps to None (rows not held): what one
+            of several parallel builders needs. None: every row.
 
     Returns:
         ImageId -> list of RLE strings in file order.
@@ -164,9 +166,12 @@ def read_rle_csv(path: Path, rows: bool = True) -> dict[str, list[str]]:
                     check_rle(rle)
                 except ValueError as e:
                     raise MedsegError(f"{path} line {line}: ImageId {image_id}: {e}") from None
-                kept = out.setdefault(image_id, [])
-                if rows:
-                    kept.append(rle)
+                if rows and (keep is None or image_id in keep):
+                    out.setdefault(image_id, []).append(rle)
+                elif rows:
+                    out[image_id] = None
+                else:
+                    out[image_id] = ()  # one shared empty tuple, not a list per image
     except (UnicodeDecodeError, csv.Error) as e:
         raise MedsegError(f"{path}: not a readable CSV file ({type(e).__name__})") from None
     return out

@@ -166,6 +166,9 @@ def test_restored_meta_shares_equal_values_and_lazy_arrays_pickle(blobs, tmp_pat
     assert a["orig_shape"] is b["orig_shape"]
     assert next(iter(a)) is next(iter(b))  # keys too
     assert a["path"] != b["path"]
+    # equal .npy headers are parsed once: every image of one size shares its shape tuple
+    assert again.samples[0].image._shape is again.samples[1].image._shape
+    assert not hasattr(again.samples[0], "__dict__")  # Sample is slotted
     # DataLoader workers get the samples pickled: slotted lazy arrays must come back whole
     import pickle
 
@@ -279,6 +282,30 @@ def test_arrays_with_objects_are_refused(tmp_path):
         npy_layout(p)
 
 
+def test_npy_layout_agrees_with_numpy_for_every_header_it_has_seen(tmp_path):
+    from medseg.data.cache import npy_layout
+
+    arrays = [np.zeros((1, 8, 8), np.float32), np.ones((8, 8), np.uint8), np.zeros((3, 8, 8), np.float32),
+              np.arange(6, dtype=np.int16).reshape(2, 3)]
+    paths = []
+    for i, arr in enumerate(arrays):
+        for version in ((1, 0), (2, 0)):  # the same header text behind a 2- and a 4-byte length
+            p = tmp_path / f"a{i}-{version[0]}.npy"
+            with open(p, "wb") as f:
+                np.lib.format.write_array(f, arr, version=version, allow_pickle=False)
+            paths.append((p, arr))
+    for _ in range(2):  # the second pass answers from the parsed headers
+        for p, arr in paths:
+            shape, dtype, offset = npy_layout(p)
+            assert shape == arr.shape and dtype == arr.dtype and offset == p.stat().st_size - arr.nbytes
+            np.testing.assert_array_equal(np.fromfile(p, dtype, offset=offset).reshape(shape), arr)
+    assert npy_layout(paths[0][0]) is npy_layout(tmp_path / "a0-1.npy")
+    bad = tmp_path / "short.npy"
+    bad.write_bytes(paths[0][0].read_bytes()[:9])
+    with pytest.raises(ValueError):
+        npy_layout(bad)
+
+
 def test_sample_stack_indexes_like_the_array_it_stands_for(tmp_path):
     from medseg.data.arrays import SampleStack
     from medseg.data.cache import npy_layout
@@ -359,3 +386,74 @@ def test_masks_stay_on_disk_and_the_sampler_reads_their_foreground_from_the_reco
     assert len(list(sampler)) == 8
     assert reads == []  # nothing above read a mask (or an image)
     np.testing.assert_array_equal(np.asarray(cached.masks), memory.masks)
+
+
+def test_a_store_that_keeps_no_samples_counts_what_a_full_load_holds(blobs, tmp_path, cfg_for, dicom, rng):
+    # `medseg cache` and its builders load only to prepare, check and count
+    from medseg.data.sources.base import BadFiles, Sample, SampleTally, finish
+
+    root = tmp_path / "dicom"
+    uids = ["1.2.3.1", "1.2.3.2", "1.2.3.3"]
+    for i, uid in enumerate(uids):
+        dicom(root / f"{uid}.dcm", rng.integers(0, 4096, size=(16, 16)).astype(np.uint16), uid, patient=f"p{i}")
+    m = np.zeros((16, 16), np.uint8)
+    m[3:9, 4:12] = 1
+    csv = tmp_path / "train-rle.csv"
+    csv.write_text(f"ImageId,EncodedPixels\n{uids[0]},{rle_encode(m)}\n{uids[1]},-1\n{uids[2]},{rle_encode(m)}\n")
+    vol_root = tmp_path / "vols"
+    for name in ("v0", "v1"):
+        _volume_pair(vol_root, name, rng)
+    configs = [cfg_for(blobs, input_size=(32, 32)), cfg_for(root, source="siim", rle_csv=csv, input_size=(16, 16)),
+               cfg_for(vol_root, source="volumes", context_slices=1, input_size=(16, 16))]
+    for i, cfg in enumerate(configs):
+        cfg = cfg.model_copy(update={"cache_dir": tmp_path / f"cache{i}"})
+        full = load_data(cfg)
+        for _ in range(2):  # prepared now, then restored
+            store = DiskStore(cfg.cache_dir, cfg, True, keep_samples=False)
+            tally = load_data(cfg, store=store).samples
+            assert isinstance(tally, SampleTally) and len(tally) == len(full.samples) > 0, cfg.source
+            assert tally.positive == sum(1 for s in full.samples if s.meta["fg_fraction"]) > 0, cfg.source
+            assert tally.ids == {s.sample_id for s in full.samples}
+    twice = SampleTally()
+    for sid in ("a", "b", "a"):
+        twice.append(Sample(sample_id=sid, case_id=sid, image=np.zeros((1, 2, 2), np.float32), mask=None))
+    with pytest.raises(MedsegError, match="same sample id 'a'"):
+        finish(twice, BadFiles(False), tmp_path, "images", volumes={}, in_channels=1, mask_values=[], modality="other")
+
+
+def test_parallel_builders_hold_their_own_rle_rows_and_make_the_sequential_masks(tmp_path, cfg_for, dicom, rng, monkeypatch):
+    # a builder keeps the rows of its own DICOMs; one named other than its ImageId (the UID tag)
+    # makes it read the whole table, never a mask from rows it did not hold
+    from medseg.data.cache import ShardStore
+    from medseg.data.rle import read_rle_csv
+    import medseg.data.sources.siim as siim_source
+
+    root = tmp_path / "dicom"
+    uids = [f"1.2.3.{i}" for i in range(8)]
+    rows, masks = [], {}
+    for i, uid in enumerate(uids):
+        name = f"renamed{i}" if i == 5 else uid  # found by its SOPInstanceUID tag
+        dicom(root / f"{name}.dcm", rng.integers(0, 4096, size=(16, 16)).astype(np.uint16), uid, patient=f"p{i}")
+        m = np.zeros((16, 16), np.uint8)
+        m[i : i + 4, 2 : 2 + i + 1] = 1
+        masks[uid] = m
+        rows.append(f"{uid},{rle_encode(m)}")
+    csv = tmp_path / "train-rle.csv"
+    csv.write_text("ImageId,EncodedPixels\n" + "\n".join(rows) + "\n")
+    assert read_rle_csv(csv, keep={uids[0]}) == {uids[0]: [rle_encode(masks[uids[0]])], **{u: None for u in uids[1:]}}
+    cfg = cfg_for(root, source="siim", rle_csv=csv, input_size=(16, 16), cache_dir=tmp_path / "cache")
+    memory = load_data(cfg.model_copy(update={"cache_dir": None}))
+    asked, real = [], siim_source.read_rle_csv
+    monkeypatch.setattr(siim_source, "read_rle_csv", lambda path, rows=True, keep=None: asked.append((rows, keep)) or real(path, rows, keep))
+    files = sorted(root.glob("*.dcm"))
+    for shard in range(3):
+        asked.clear()
+        store = ShardStore(cfg.cache_dir, cfg, True, shard, 3)
+        load_data(cfg.model_copy(update={"skip_bad": True}), store=store)  # as `medseg cache` runs a builder
+        owned = {p.stem for p in files if store.owns(str(p))}
+        expect = [(False, None)] + ([(True, owned)] if owned else []) + ([(True, None)] if "renamed5" in owned else [])
+        assert asked == expect and store.built == len(owned)
+        assert 0 < len(owned) < len(files) or shard
+    assert_same_samples(memory, load_data(cfg))
+    for s in memory.samples:
+        np.testing.assert_array_equal(np.asarray(s.mask) > 0, masks[s.sample_id] > 0)

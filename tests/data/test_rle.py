@@ -112,7 +112,7 @@ def test_read_csv_like_train_rle(tmp_path):
     p.write_text("ImageId, EncodedPixels\nA, -1\nB, 1 2 1 1\nB, 0 1\nC,3 1\n")
     rows = read_rle_csv(p)
     assert rows == {"A": ["-1"], "B": ["1 2 1 1", "0 1"], "C": ["3 1"]}
-    assert read_rle_csv(p, rows=False) == {"A": [], "B": [], "C": []}  # the ImageIds alone
+    assert read_rle_csv(p, rows=False) == {"A": (), "B": (), "C": ()}  # the ImageIds alone
     merged = np.zeros((2, 3), dtype=np.uint8)
     for r in rows["B"]:
         merged |= rle_decode(r, 2, 3)

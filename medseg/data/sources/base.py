@@ -33,7 +33,7 @@ from medseg.data.slices import slices_by_volume
 from medseg.errors import MedsegError, NoUsableData
 
 
-@dataclass
+@dataclass(slots=True)  # slots: a SIIM-size set holds 12k of these, a LiTS-size one 31k
 class Sample:
     """One 2D training/inference example.
 
@@ -78,6 +78,44 @@ class LoadedData:
     in_channels: int
     mask_values: list
     modality: str
+
+
+class SampleTally:
+    """Stands in for the samples list of a load that keeps none: counts them and checks their ids.
+
+    `medseg cache` and its parallel builders load a dataset only to prepare, check and count
+    its units; holding every sample (ids, meta, lazy arrays: ~1 KB each) would make their
+    memory grow with the dataset. A source appends to what `sample_list` gives it; with a
+    store whose ``keep_samples`` is False that is one of these.
+
+    Attributes:
+        ids: the sample ids seen (what the duplicate check needs).
+        positive: samples whose mask has foreground (meta ``fg_fraction``).
+        duplicate: the first sample id seen twice, or None.
+    """
+
+    __slots__ = ("ids", "positive", "duplicate", "count")
+
+    def __init__(self):
+        self.ids: set[str] = set()
+        self.positive, self.count = 0, 0
+        self.duplicate: Optional[str] = None
+
+    def append(self, sample: Sample) -> None:
+        if sample.sample_id in self.ids and self.duplicate is None:
+            self.duplicate = sample.sample_id
+        self.ids.add(sample.sample_id)
+        self.count += 1
+        if sample.meta.get("fg_fraction"):
+            self.positive += 1
+
+    def __len__(self) -> int:
+        return self.count
+
+
+def sample_list(store) -> "list[Sample] | SampleTally":
+    """Where a source collects its samples: a list, or a `SampleTally` when the store keeps none."""
+    return [] if getattr(store, "keep_samples", True) else SampleTally()
 
 
 class BadFiles:
@@ -209,7 +247,7 @@ def modality_name(cfg: DataConfig, seen: set[str]) -> str:
     return next(iter(seen)) if len(seen) == 1 else "mixed"
 
 
-def finish(samples: list[Sample], bad: BadFiles, where: Path, source: str, **kw: Any) -> LoadedData:
+def finish(samples: "list[Sample] | SampleTally", bad: BadFiles, where: Path, source: str, **kw: Any) -> LoadedData:
     if not samples:
         if bad.items:
             first = bad.items[0]
@@ -218,9 +256,12 @@ def finish(samples: list[Sample], bad: BadFiles, where: Path, source: str, **kw:
                 f"(first: {first['path']}: {first['reason']})"
             )
         raise NoUsableData(f"{where}: no usable data found")
-    ids = [s.sample_id for s in samples]
-    if len(set(ids)) != len(ids):
-        dup = next(i for i in ids if ids.count(i) > 1)
+    if isinstance(samples, SampleTally):
+        dup = samples.duplicate
+    else:
+        ids = [s.sample_id for s in samples]
+        dup = next(i for i in ids if ids.count(i) > 1) if len(set(ids)) != len(ids) else None
+    if dup is not None:
         raise MedsegError(f"{where}: two files give the same sample id '{dup}'")
     return LoadedData(samples=samples, bad=bad.items, source=source, **kw)
 

@@ -16,7 +16,7 @@ from medseg.data.preprocess import binarize_mask, fg_fraction, normalize, resize
 from medseg.data.readers import IMAGE_EXTS, read_image_2d
 from medseg.data.schema import DataConfig
 from medseg.data.sources.base import BadFiles, Cases, LoadedData, Sample, SourceSpec
-from medseg.data.sources.base import distinct_values, finish, listed_files, progress_items, register_source, require_root
+from medseg.data.sources.base import distinct_values, finish, listed_files, progress_items, register_source, require_root, sample_list
 from medseg.data.writers import write_png_mask, write_png_prob
 from medseg.errors import MedsegError
 
@@ -157,7 +157,7 @@ def _load_images(cfg: DataConfig, with_masks: bool, progress: bool, store, only=
     # colour decision needs every image: 3 channels if asked, or (auto) if any image is colour
     rgb = cfg.color == "rgb" or (cfg.color == "auto" and any(p[3] for p in prepared))
     in_channels = 3 if rgb else 1
-    samples = []
+    samples = sample_list(store)
     mask_values: set = set()
     for stem, case_id, img, _, mask, meta in prepared:
         if img.shape[0] != in_channels:

@@ -7,6 +7,7 @@ and encoded exactly as the competition defined it. Predictions are PNGs as for `
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -19,13 +20,42 @@ from medseg.data.rle import read_rle_csv, rle_decode, write_rle_csv
 from medseg.data.schema import DataConfig
 from medseg.data.sources.base import BadFiles, Cases, LoadedData, Sample, SourceSpec
 from medseg.data.sources.base import distinct_values, finish, modality_name, progress_items, register_source, require_root
+from medseg.data.sources.base import sample_list
 from medseg.data.sources.images import PngWriter
 from medseg.errors import MedsegError
 
 _DICOM_MODALITY = {"CR": "xray", "DX": "xray", "DR": "xray", "RG": "xray", "CT": "ct", "MR": "mr", "US": "us"}
 
 
-def _prepare_dicom(cfg: DataConfig, path: Path, rles: dict, with_masks: bool, bad: BadFiles, store,
+class _RleRows:
+    """The RLE table: its ImageIds at once, its rows on first need (a cached unit needs none).
+
+    When the store is one of several parallel builders (`cache.ShardStore`), the rows of its own
+    DICOMs alone are held, by file stem; a DICOM whose ImageId is another (its UID tag) makes it
+    read the whole table, so no mask is ever made from rows it did not hold.
+    """
+
+    def __init__(self, csv: Path, files: list[str], store):
+        self.csv, self.rows = csv, None
+        self.ids = read_rle_csv(csv, rows=False)
+        owned = [f for f in files if store.owns(f)]
+        self.keep = None if len(owned) == len(files) else {Path(f).stem for f in owned}
+
+    def __contains__(self, image_id: str) -> bool:
+        return image_id in self.ids
+
+    def __iter__(self):
+        return iter(self.ids)
+
+    def __getitem__(self, image_id: str):
+        if self.rows is None:
+            self.rows = read_rle_csv(self.csv, keep=self.keep)
+        if self.rows[image_id] is None:  # not among the rows held
+            self.keep, self.rows = None, read_rle_csv(self.csv)
+        return self.rows[image_id]
+
+
+def _prepare_dicom(cfg: DataConfig, path: Path, rles, with_masks: bool, bad: BadFiles, store,
                    files: list) -> Optional[dict]:
     """Read one DICOM, decode its RLE rows, normalise and resize into the store; None when it is bad (reported).
 
@@ -76,39 +106,39 @@ def _prepare_dicom(cfg: DataConfig, path: Path, rles: dict, with_masks: bool, ba
 def _load_siim(cfg: DataConfig, with_masks: bool, progress: bool, store, only=None) -> LoadedData:
     root = require_root(cfg)
     bad = BadFiles(cfg.skip_bad)
+    # interned strs, not Paths: held for the whole load (12k for SIIM), and each sample's
+    # meta path (interned by the cache) is then the same object
     if root.is_file():
-        files = [root]
+        files = [sys.intern(str(root))]
     else:
-        files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() == ".dcm")
+        files = sorted(sys.intern(str(p)) for p in root.rglob("*") if p.is_file() and p.suffix.lower() == ".dcm")
         if not files:
             raise MedsegError(f"no .dcm files found in {root} (searched sub-folders too)")
     if with_masks and cfg.rle_csv is None:
         raise MedsegError("config error: data.rle_csv: required for data.source 'siim' (the train-rle.csv)")
-    # the RLE CSV is part of the cache entry's key (`cache.entry_key`): a unit depends on its DICOM alone
-    restored = {path: store.restore(str(path), [path]) for path in progress_items(files, "Looking up prepared units", progress)}
-    rles: dict[str, list[str]] = {}
-    if with_masks:
-        # the rows are needed only to prepare a unit; when every unit was restored, the ImageIds are enough
-        rles = read_rle_csv(cfg.rle_csv, rows=any(u is None for u in restored.values()))
+    # the CSV's size and mtime are in the entry's key: a cached unit needs none of its rows
+    rles = _RleRows(cfg.rle_csv, files, store) if with_masks else {}
     cases = Cases(cfg)
     used: set[str] = set()
-    seen_ids: dict[str, Path] = {}
+    seen_ids: dict[str, str] = {}
     seen_modalities: set[str] = set()
-    samples: list[Sample] = []
+    samples = sample_list(store)
     mask_values: set = set()
-    for path in progress_items(files, "Loading DICOMs", progress):
-        unit = restored.pop(path)
+    # one unit at a time: every unit restored up front was every record held at once
+    for f in progress_items(files, "Loading DICOMs", progress):
+        unit = store.restore(f, [f])
         if unit is SKIP:  # another parallel builder prepares it
             continue
+        path = Path(f)
         if unit is None:
-            unit = _prepare_dicom(cfg, path, rles, with_masks, bad, store, [path])
+            unit = _prepare_dicom(cfg, path, rles, with_masks, bad, store, [f])
             if unit is None:
                 continue
         image_id, meta = unit["image_id"], unit["meta"]
         if image_id in seen_ids:
             bad.report(path, f"ImageId {image_id} also read from {seen_ids[image_id]}")
             continue
-        seen_ids[image_id] = path
+        seen_ids[image_id] = f
         try:
             case_id = cases.lookup([image_id, path.stem], unit["patient_id"] or image_id)
         except MedsegError as e:
@@ -127,8 +157,10 @@ def _load_siim(cfg: DataConfig, with_masks: bool, progress: bool, store, only=No
                               mask=unit["arrays"]["mask"], meta=meta))
     if with_masks:
         # rows of images skipped as bad are not "missing": their DICOM exists
-        present = set(seen_ids) | {p.stem for p in files}
-        missing = sorted(set(rles) - used - present)
+        missing = [i for i in rles if i not in used and i not in seen_ids]
+        if missing:  # rarely: only then the file stems (a set of 12k strings for SIIM)
+            stems = {Path(f).stem for f in files}
+            missing = sorted(i for i in missing if i not in stems)
         if missing:
             if not cfg.skip_bad:
                 more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""

@@ -30,7 +30,7 @@ from medseg.data.readers import volume_stem
 from medseg.data.schema import DataConfig
 from medseg.data.sources.base import BadFiles, Cases, LoadedData, Sample, SourceSpec
 from medseg.data.sources.base import distinct_values, finish, listed_files, modality_name, progress_items, register_source
-from medseg.data.sources.base import require_root
+from medseg.data.sources.base import require_root, sample_list
 from medseg.data.writers import write_png_mask, write_png_prob, write_volume_geometry, write_volume_like
 from medseg.errors import MedsegError
 
@@ -253,7 +253,7 @@ def load_cases(cfg: DataConfig, cases_in: list[VolumeCase], bad: BadFiles, sourc
     """
     cases = Cases(cfg)
     k = cfg.context_slices
-    samples: list[Sample] = []
+    samples = sample_list(store)
     volumes: dict[str, dict] = {}
     mask_values: set = set()
     seen_modalities: set[str] = set()
