@@ -446,14 +446,19 @@ def test_parallel_builders_hold_their_own_rle_rows_and_make_the_sequential_masks
     asked, real = [], siim_source.read_rle_csv
     monkeypatch.setattr(siim_source, "read_rle_csv", lambda path, rows=True, keep=None: asked.append((rows, keep)) or real(path, rows, keep))
     files = sorted(root.glob("*.dcm"))
+    built = 0
     for shard in range(3):
         asked.clear()
         store = ShardStore(cfg.cache_dir, cfg, True, shard, 3)
-        load_data(cfg.model_copy(update={"skip_bad": True}), store=store)  # as `medseg cache` runs a builder
+        try:  # as `medseg cache` runs a builder: a shard may own no usable unit (the paths' hashes decide)
+            load_data(cfg.model_copy(update={"skip_bad": True}), store=store)
+        except MedsegError:
+            pass
         owned = {p.stem for p in files if store.owns(str(p))}
-        expect = [(False, None)] + ([(True, owned)] if owned else []) + ([(True, None)] if "renamed5" in owned else [])
+        expect = [(False, None)] + ([(True, owned if len(owned) < len(files) else None)] if owned else []) + ([(True, None)] if "renamed5" in owned else [])
         assert asked == expect and store.built == len(owned)
-        assert 0 < len(owned) < len(files) or shard
+        built += store.built
+    assert built == len(files)  # each unit prepared by one builder
     assert_same_samples(memory, load_data(cfg))
     for s in memory.samples:
         np.testing.assert_array_equal(np.asarray(s.mask) > 0, masks[s.sample_id] > 0)
