@@ -79,6 +79,16 @@ def link_cases(src: Path, dst: Path, kind: str, n: int) -> dict:
     return {"source": "siim", "root": str(dst / "dicom"), "rle_csv": str(dst / "train-rle.csv")}
 
 
+def _fit_facts(row: dict, run: Path) -> None:
+    """The fit's training peak and split sizes, from its run folder."""
+    epochs = list(csv.DictReader(open(run / "metrics" / "epochs.csv")))
+    # the training process's peak by the end of the epoch (training + streamed validation), before the
+    # final evaluation, tuning and report of the fit
+    row["fit"]["peak_rss_mib_training"] = max(float(r["rss_peak_mib"]) for r in epochs)
+    state = json.loads((run / "state.json").read_text()) if (run / "state.json").exists() else {}
+    row["train_images"], row["val_images"] = state.get("n_train_images"), state.get("n_val_images")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("kind", choices=["lits", "siim"])
@@ -133,33 +143,21 @@ def main(argv=None) -> int:
             row["cache"].update({k: info.get(k) for k in ("samples", "units", "built", "reused", "disk_bytes", "seconds")})
             break
         row["cache"]["disk_mib_du"] = sum(p.stat().st_size for p in cache.rglob("*") if p.is_file()) / 2**20
+        run = out / "runs" / f"n{n}"
         if a.cache_only:
             # what every later `medseg cache` of an unchanged set does: read each unit back, prepare none
             row["readback"] = timed([*medseg, "cache", str(cfg_path), "--workers", "1", "--no-progress"],
                                     out / f"n{n}-readback.log", repo)
-            for step in ("cache", "readback"):
-                if row[step]["rc"] != 0:
-                    raise SystemExit(f"{step} failed (exit {row[step]['rc']}): see {out / f'n{n}-{step}.log'}")
-            results["sizes"][str(n)] = row
-            res_path.write_text(json.dumps(results, indent=1))
-            print(f"N={n}: " + json.dumps(row), file=sys.stderr, flush=True)
-            if not a.keep_cache:
-                shutil.rmtree(cache, ignore_errors=True)
-            continue
-        run = out / "runs" / f"n{n}"
-        if run.exists():
-            shutil.rmtree(run)
-        row["fit"] = timed([*medseg, "fit", str(cfg_path), "--no-progress"], out / f"n{n}-fit.log", repo)
-        row["evaluate"] = timed([*medseg, "evaluate", str(run), "--no-progress"], out / f"n{n}-evaluate.log", repo)
-        for step in ("cache", "fit", "evaluate"):
+        else:
+            if run.exists():
+                shutil.rmtree(run)
+            row["fit"] = timed([*medseg, "fit", str(cfg_path), "--no-progress"], out / f"n{n}-fit.log", repo)
+            row["evaluate"] = timed([*medseg, "evaluate", str(run), "--no-progress"], out / f"n{n}-evaluate.log", repo)
+        for step in [k for k in row if k != "date"]:
             if row[step]["rc"] != 0:
                 raise SystemExit(f"{step} failed (exit {row[step]['rc']}): see {out / f'n{n}-{step}.log'}")
-        epochs = list(csv.DictReader(open(run / "metrics" / "epochs.csv")))
-        # the training process's peak by the end of the epoch (training + streamed validation), before the
-        # final evaluation, tuning and report of the fit
-        row["fit"]["peak_rss_mib_training"] = max(float(r["rss_peak_mib"]) for r in epochs)
-        state = json.loads((run / "state.json").read_text()) if (run / "state.json").exists() else {}
-        row["train_images"], row["val_images"] = state.get("n_train_images"), state.get("n_val_images")
+        if not a.cache_only:
+            _fit_facts(row, run)
         results["sizes"][str(n)] = row
         res_path.write_text(json.dumps(results, indent=1))
         print(f"N={n}: " + json.dumps(row), file=sys.stderr, flush=True)

@@ -36,10 +36,8 @@ class _RleRows:
     """
 
     def __init__(self, csv: Path, files: list[str], store):
-        self.csv, self.rows = csv, None
+        self.csv, self.files, self.store, self.rows = csv, files, store, None
         self.ids = read_rle_csv(csv, rows=False)
-        owned = [f for f in files if store.owns(f)]
-        self.keep = None if len(owned) == len(files) else {Path(f).stem for f in owned}
 
     def __contains__(self, image_id: str) -> bool:
         return image_id in self.ids
@@ -49,9 +47,11 @@ class _RleRows:
 
     def __getitem__(self, image_id: str):
         if self.rows is None:
-            self.rows = read_rle_csv(self.csv, keep=self.keep)
+            owned = [f for f in self.files if self.store.owns(f)]
+            keep = None if len(owned) == len(self.files) else {Path(f).stem for f in owned}
+            self.rows = read_rle_csv(self.csv, keep=keep)
         if self.rows[image_id] is None:  # not among the rows held
-            self.keep, self.rows = None, read_rle_csv(self.csv)
+            self.rows = read_rle_csv(self.csv)
         return self.rows[image_id]
 
 
