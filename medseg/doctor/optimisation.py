@@ -157,7 +157,9 @@ def schedule_cut(ev: RunEvidence) -> Finding | None:
     """The time budget stopped training before the LR decay reached its floor.
 
     Not when early stopping explains the end (the best epoch is `patience` or more before the
-    last), nor for schedules without a decay (constant, plateau).
+    last), nor for schedules without a decay (constant, plateau). A run that `schedule.fill_budget`
+    stretched past `train.epochs` can be cut after more than the planned epochs: there the last
+    LR alone tells.
     """
     budget = ev.get("train.budget_minutes")
     if not budget or str(ev.get("schedule.name", "cosine")) not in ("cosine", "poly") or not ev.epochs:
@@ -165,7 +167,8 @@ def schedule_cut(ev: RunEvidence) -> Finding | None:
     planned = int(ev.get("train.epochs", 1))
     ep = ev.epoch_numbers
     last = int(ep[-1])
-    if last + 1 >= planned:
+    stretched = last + 1 >= planned and bool(ev.get("schedule.fill_budget", False))
+    if last + 1 >= planned and not stretched:
         return None
     patience = int(ev.get("train.early_stopping.patience", 0) or 0)
     best = ev.summary.get("best_epoch")
@@ -183,14 +186,17 @@ def schedule_cut(ev: RunEvidence) -> Finding | None:
     return Finding(
         id="optimisation.schedule_cut", family="optimisation", severity="warning" if share >= CUT_WARN else "info",
         confidence=0.85, impact=min(0.8, 0.2 + share / 2),
-        title=f"the {float(budget):g} min budget stopped training at epoch {last} of {planned} with the LR at {share:.0%} of its peak",
-        evidence=f"train.budget_minutes = {float(budget):g}, train.epochs = {planned}, {last + 1} epochs trained; last LR "
+        title=f"the {float(budget):g} min budget stopped training at epoch {last} "
+        + (f"of a schedule stretched past the planned {planned}" if stretched else f"of {planned}")
+        + f" with the LR at {share:.0%} of its peak",
+        evidence=f"train.budget_minutes = {float(budget):g}, train.epochs = {planned}"
+        + (" (schedule.fill_budget stretched it)" if stretched else "") + f", {last + 1} epochs trained; last LR "
         f"{float(lrs[-1]):.2e} against the peak {peak:.1e} and the floor {floor:.0%} of it (schedule.min_lr_ratio)",
         why="the low-LR end of the schedule, where the weights settle, never happened: the kept checkpoint comes from a "
         "model still taking large steps",
         fix_key="schedule.follow_budget" if not follow else "train.epochs",
         fix_value=True if not follow else last + 1,
-        numbers={"epochs_trained": last + 1, "epochs_planned": planned, "last_lr_over_peak": share},
+        numbers={"epochs_trained": last + 1, "epochs_planned": planned, "last_lr_over_peak": share, "stretched": float(stretched)},
     )
 
 

@@ -253,9 +253,13 @@ class BudgetSchedule(Callback):
       spare epoch damps a noisy estimate's back and forth; a run whose epochs slow down later
       is shortened again (BENCHMARKS §5e: stretched to 65 epochs, ended at 61).
 
+    The first change is reported when it happens; later ones (a noisy estimate moves the count
+    by an epoch or two several times: 10 lines on CHASE, BENCHMARKS §5e) are summed up in one
+    line when training ends.
+
     Args:
         budget_minutes: `train.budget_minutes`.
-        warn: where each change is reported (fit: train.log and the console).
+        warn: where the changes are reported (fit: train.log and the console).
         shorten: `schedule.follow_budget`.
         lengthen: `schedule.fill_budget`.
     """
@@ -267,6 +271,7 @@ class BudgetSchedule(Callback):
         self.shorten, self.lengthen = bool(shorten), bool(lengthen)
         self.planned: Optional[int] = None
         self.first_epoch_end: Optional[tuple[int, float]] = None  # (epochs done, Timer seconds) when first seen
+        self.history: list[int] = []  # the planned epochs, then each change's
 
     @staticmethod
     def _schedules(trainer) -> list[LRSchedule]:
@@ -277,6 +282,7 @@ class BudgetSchedule(Callback):
 
     def on_train_start(self, trainer, pl_module) -> None:
         self.planned = int(trainer.max_epochs)
+        self.history = [self.planned]
         # a resumed run keeps the shortening or lengthening its checkpointed schedule carries
         for f in self._schedules(trainer):
             held = math.ceil(f.total_steps / max(1, pl_module.steps_per_epoch))
@@ -312,8 +318,15 @@ class BudgetSchedule(Callback):
                       "LR decay was stretched to end there (schedule.fill_budget)")
         else:
             return
-        if self.warn is not None:
+        self.history.append(int(trainer.max_epochs))
+        if self.warn is not None and len(self.history) == 2:
             self.warn(f"train.budget_minutes {self.budget_s / 60:g}: epochs take {per_epoch:.1f} s, so the budget holds {change}")
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self.warn is not None and len(self.history) > 2:
+            self.warn(f"train.budget_minutes {self.budget_s / 60:g}: as the epochs' times changed, the epoch count was changed "
+                      f"{len(self.history) - 1} times in all ({' -> '.join(map(str, self.history))}; "
+                      "the LR decay ends at the last)")
 
 
 def _rss_peak_mib() -> Optional[float]:

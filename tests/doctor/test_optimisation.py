@@ -77,3 +77,20 @@ def test_schedule_cut_by_the_budget():
     assert O.schedule_cut(make_evidence(epochs=rows, config=es, summary={"best_epoch": 5})) is not None
     assert O.schedule_cut(make_evidence(epochs=rows, config={**cfg, "train": {"epochs": 12}})) is None
     assert O.schedule_cut(make_evidence(epochs=rows, config={**cfg, "schedule": {"name": "constant"}})) is None
+
+
+
+def test_schedule_cut_of_a_run_stretched_past_its_planned_epochs():
+    # planned 5, schedule.fill_budget stretched the cosine to 12, then max_time (follow_budget off) stopped it after 7
+    lr = [1e-3 * (0.01 + 0.99 * 0.5 * (1 + np.cos(np.pi * (e + 1) / 12))) for e in range(7)]
+    rows = _rows(train_loss=list(np.linspace(1, 0.5, 7)), lr=lr)
+    cfg = {"train": {"epochs": 5, "budget_minutes": 5.0}, "schedule": {"follow_budget": False, "fill_budget": True},
+           "optim": {"lr": 1e-3}}
+    f = O.schedule_cut(make_evidence(epochs=rows, config=cfg))
+    assert f is not None and f.fix_key == "schedule.follow_budget" and f.numbers["stretched"] == 1.0
+    assert "stretched past the planned 5" in f.title and f.numbers["epochs_trained"] == 7
+    # the stretched run that ran its decay to the floor; the same epochs without fill_budget (nothing cut)
+    ended = lr[:-1] + [1e-5]
+    assert O.schedule_cut(make_evidence(epochs=_rows(train_loss=list(np.linspace(1, 0.5, 7)), lr=ended), config=cfg)) is None
+    plain = {**cfg, "schedule": {"follow_budget": False}}
+    assert O.schedule_cut(make_evidence(epochs=rows, config=plain)) is None

@@ -72,9 +72,11 @@ def test_streamed_validation_from_the_cache_equals_whole_set_scoring_in_memory(t
         assert streamed["dice"] == streamed["dice_per_volume"]  # the per-volume contract scores stacked volumes
 
 
-def _fit_on_a_fake_clock(tmp_path, monkeypatch, follow: bool, startup_s: float = 0.0, epochs: int = 12, fill: bool = False):
+def _fit_on_a_fake_clock(tmp_path, monkeypatch, follow: bool, startup_s: float = 0.0, epochs: int = 12, fill: bool = False,
+                         batch_s: tuple = ()):
     """An `epochs`-epoch fit (2 batches an epoch) under a 1-minute budget where each batch "takes" 5 s
-    on a fake clock, the first batch `startup_s` more; returns (epochs.csv rows, LR / peak, train.log)."""
+    on a fake clock (or batch_s[i] for batch i), the first batch `startup_s` more; returns (epochs.csv rows,
+    LR / peak, train.log)."""
     from lightning.pytorch.callbacks import Timer
 
     from medseg import runfolder as runfs
@@ -85,7 +87,8 @@ def _fit_on_a_fake_clock(tmp_path, monkeypatch, follow: bool, startup_s: float =
     real_end = SegModule.on_train_batch_end
 
     def tick(self, *a, **k):
-        clock["t"] += 5.0 + (startup_s if clock["batches"] == 0 else 0.0)
+        i = clock["batches"]
+        clock["t"] += (batch_s[i] if i < len(batch_s) else 5.0) + (startup_s if i == 0 else 0.0)
         clock["batches"] += 1
         return real_end(self, *a, **k)
 
@@ -150,6 +153,17 @@ def test_epochs_faster_than_planned_fill_the_budget_only_with_fill_budget(tmp_pa
         assert [r["step"] for r in rows] == [2, 4, 6, 8]
         assert lr_share[-1] == pytest.approx(0.01, abs=1e-6), lr_share
         assert "holds" not in log
+
+
+def test_several_changes_are_reported_once_then_summed_up_at_the_end(tmp_path, monkeypatch):
+    """4 planned epochs: 10 s epochs stretch the run to 5 after epoch 1, then 20 s epochs shorten it back to 4."""
+    rows, lr_share, log = _fit_on_a_fake_clock(tmp_path, monkeypatch, True, epochs=4, fill=True, batch_s=(5, 5, 5, 5, 10, 10))
+    assert [r["step"] for r in rows] == [2, 4, 6, 8]
+    assert lr_share[-1] == pytest.approx(0.01, abs=1e-6), lr_share  # the decay ends at the last count
+    assert log.count("train.budget_minutes") == 2
+    assert "so the budget holds 6 epochs, not the planned 4; training goes on to 5" in log
+    assert "the epoch count was changed 2 times in all (4 -> 5 -> 4; the LR decay ends at the last)" in log
+    assert "training ends after epoch 3" not in log  # the second change is in the summary only
 
 
 @pytest.mark.parametrize("lengthen", [True, False])
