@@ -15,7 +15,7 @@ from medseg.data.cache import SKIP, repeat_channels
 from medseg.data.preprocess import binarize_mask, fg_fraction, normalize, resize_image, resize_mask
 from medseg.data.readers import IMAGE_EXTS, read_image_2d
 from medseg.data.schema import DataConfig
-from medseg.data.sources.base import BadFiles, Cases, LoadedData, Sample, SourceSpec
+from medseg.data.sources.base import BadFiles, Cases, LoadedData, Sample, SampleTally, SourceSpec
 from medseg.data.sources.base import distinct_values, finish, listed_files, progress_items, register_source, require_root, sample_list
 from medseg.data.writers import write_png_mask, write_png_prob
 from medseg.errors import MedsegError
@@ -130,7 +130,11 @@ def _load_images(cfg: DataConfig, with_masks: bool, progress: bool, store, only=
     cases = Cases(cfg)
     modality = cfg.modality if cfg.modality != "auto" else "other"
 
-    prepared = []  # (stem, case_id, image (C,h,w) resized, any_colour, mask, meta)
+    samples = sample_list(store)
+    # (stem, case_id, image (C,h,w) resized, mask, meta): held until the colour decision, which needs every
+    # image; a tally (medseg cache) needs no channels and counts at once instead of holding every record
+    prepared: list = []
+    any_colour, mask_values = False, set()
     for stem in progress_items(sorted(images), "Loading images", progress):
         path = images[stem]
         mask_path = masks.get(stem)
@@ -152,18 +156,20 @@ def _load_images(cfg: DataConfig, with_masks: bool, progress: bool, store, only=
             unit = _prepare_image(cfg, path, mask_path if with_masks else None, modality, bad, store, files)
             if unit is None:
                 continue
-        prepared.append((stem, case_id, unit["arrays"]["image"], unit["colour"], unit["arrays"]["mask"], unit["meta"]))
+        any_colour = any_colour or bool(unit["colour"])
+        if unit["meta"]["raw_mask_values"] is not None:
+            mask_values.update(unit["meta"]["raw_mask_values"])
+        if isinstance(samples, SampleTally):
+            samples.append(Sample(sample_id=stem, case_id=case_id, image=unit["arrays"]["image"], mask=unit["arrays"]["mask"],
+                                  meta=unit["meta"]))
+        else:
+            prepared.append((stem, case_id, unit["arrays"]["image"], unit["arrays"]["mask"], unit["meta"]))
 
     # colour decision needs every image: 3 channels if asked, or (auto) if any image is colour
-    rgb = cfg.color == "rgb" or (cfg.color == "auto" and any(p[3] for p in prepared))
-    in_channels = 3 if rgb else 1
-    samples = sample_list(store)
-    mask_values: set = set()
-    for stem, case_id, img, _, mask, meta in prepared:
+    in_channels = 3 if cfg.color == "rgb" or (cfg.color == "auto" and any_colour) else 1
+    for stem, case_id, img, mask, meta in prepared:
         if img.shape[0] != in_channels:
             img = repeat_channels(img, in_channels)  # grey image in an RGB dataset
-        if meta["raw_mask_values"] is not None:
-            mask_values.update(meta["raw_mask_values"])
         samples.append(Sample(sample_id=stem, case_id=case_id, image=img, mask=mask, meta=meta))
     return finish(
         samples, bad, img_dir, "images", volumes={}, in_channels=in_channels,
