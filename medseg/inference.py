@@ -13,8 +13,8 @@ import numpy as np
 
 from medseg.data.arrays import take
 from medseg.data.tta import DIHEDRAL, FLIP, check_tta_names
-from medseg.metrics.validation import case_chunks, has_volumes
-from medseg.runtime import autocast_for, inference_device, inference_precision, releasing
+from medseg.metrics.validation import case_chunks
+from medseg.runtime import autocast_for, inference_device, inference_precision
 
 __all__ = ["DIHEDRAL", "FLIP", "predict_prob_sets", "predict_probs", "run_prob_sets", "run_probs", "run_probs_by_case", "tta_set"]
 
@@ -180,7 +180,7 @@ def run_probs_by_case(net, part, cfg, state: dict):
     Yields:
         (sample indices, their images, probabilities, masks (uint8), meta) per chunk.
     """
-    for idx in releasing(case_chunks(part.meta, cfg.eval.batch_size), when=has_volumes(part.meta)):
+    for idx in case_chunks(part.meta, cfg.eval.batch_size):
         images = take(part.images, idx)  # read a batch at a time by whoever runs the network on them
         yield idx, images, run_probs(net, images, cfg, state), np.asarray(part.masks[idx]), [part.meta[i] for i in idx]
 

@@ -61,49 +61,6 @@ def tcmalloc_active() -> bool:
     return "tcmalloc" in os.environ.get("LD_PRELOAD", "")
 
 
-_RELEASE: list = []  # the allocator's release call, looked up once ([None] where there is none)
-
-
-def release_free_memory() -> None:
-    """Hand the allocator's free pages back to the OS: tcmalloc's `MallocExtension_ReleaseFreeMemory`, glibc's `malloc_trim`.
-
-    Called between whole volumes when a part is scored volume by volume. Each volume's arrays
-    have their own size (one per volume length), and tcmalloc keeps every freed span, so without
-    this its peak crept up with the number of distinct volumes scored (BENCHMARKS §9c: the
-    default tune +29% from 10 to 131 LiTS-like volumes). One call per volume costs the
-    re-faulting of that volume's pages; tcmalloc's eager decommit on every free (its
-    TCMALLOC_AGGRESSIVE_DECOMMIT) did the same to every forward pass and doubled evaluate's time.
-    """
-    if not _RELEASE:
-        import ctypes
-
-        try:
-            lib = ctypes.CDLL(None)  # the process's global symbols: a preloaded tcmalloc's among them
-        except OSError:
-            lib = None
-        fn = getattr(lib, "MallocExtension_ReleaseFreeMemory", None)
-        if fn is None and lib is not None and sys.platform == "linux":
-            trim = getattr(lib, "malloc_trim", None)
-            fn = (lambda: trim(0)) if trim is not None else None
-        _RELEASE.append(fn)
-    if _RELEASE[0] is not None:
-        _RELEASE[0]()
-
-
-def releasing(items: Iterable, when: bool = True) -> Iterator:
-    """Yield each item, and `release_free_memory` once the consumer is done with it (when `when`).
-
-    Args:
-        items: chunks of whole cases (`metrics.validation.case_chunks`), or anything iterated once.
-        when: release at all (the callers pass "the chunks are volumes": equal-sized image
-            chunks reuse the same spans and leave nothing to release).
-    """
-    for item in items:
-        yield item
-        if when:
-            release_free_memory()
-
-
 # ---------------------------------------------------------------------------------------
 # Device and precision
 

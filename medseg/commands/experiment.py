@@ -41,7 +41,6 @@ from medseg.metrics.validation import (PostprocessedScorer, ValidationScorer, ca
                                        score_validation)
 from medseg.planning import plan_run
 from medseg.postprocess import PostProcess, TTARuleSearch, case_dice
-from medseg.runtime import releasing
 from medseg.training import distributed
 
 EXPERIMENT_VERSION = 1
@@ -217,8 +216,7 @@ class _OOFCases:
         Chunks come in the order `sweep_cases` lists the cases of all rows (volumes by name, images by
         row); `part` is `stack_part` of just the chunk's samples: their meta and (uint8) masks.
         """
-        meta = [s.meta for s in self.samples]
-        for idx in releasing(case_chunks(meta, self.batch_size), when=has_volumes(meta)):
+        for idx in case_chunks([s.meta for s in self.samples], self.batch_size):
             for fold, rows in groupby(idx, key=self._row_fold.__getitem__):
                 rows = list(rows)
                 chosen = [self.samples[i] for i in rows]

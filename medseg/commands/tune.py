@@ -20,9 +20,8 @@ from medseg.data.arrays import take
 from medseg.data.sources.base import progress_items
 from medseg.errors import MedsegError
 from medseg.inference import run_prob_sets
-from medseg.metrics.validation import case_chunks, has_volumes
+from medseg.metrics.validation import case_chunks
 from medseg.postprocess import TTARuleSearch
-from medseg.runtime import releasing
 
 
 def tune_run(
@@ -57,8 +56,7 @@ def tune_run(
     search = TTARuleSearch(sets, contract, pp.thresholds, pp.min_area_fractions, pp.keep_largest, pp.min_scores)
     # a chunk of whole cases at a time (one volume, or a few eval batches of images): memory holds that
     # chunk's probabilities under each TTA set, never the part's (LiTS: ~1.6 GB per set at 256²)
-    chunks = progress_items(case_chunks(val.meta, cfg.eval.batch_size), "Tuning post-processing", progress)
-    for idx in releasing(chunks, when=has_volumes(val.meta)):
+    for idx in progress_items(case_chunks(val.meta, cfg.eval.batch_size), "Tuning post-processing", progress):
         # every transform runs once; each TTA set averages its own (the first set is the plain prediction)
         probs_by_set = run_prob_sets(net, take(val.images, idx), cfg, state, sets)
         search.add_chunk(probs_by_set, np.asarray(val.masks[idx]), [val.meta[i] for i in idx])

@@ -41,7 +41,6 @@ from medseg.data.slices import slices_by_volume
 from medseg.errors import MedsegError
 from medseg.inference import predict_probs
 from medseg.metrics.validation import ValidationScorer, case_chunks, has_volumes
-from medseg.runtime import releasing
 from medseg.training.distributed import gather_numbers, gather_objects
 from medseg.training.module import MAX_EPOCHS, LRSchedule
 
@@ -134,7 +133,7 @@ class ContractValidation(Callback):
         bs = max(1, self.cfg.eval.batch_size)
         scorer = ValidationScorer(self.cfg.eval.contract, surface=False, soft=True)
         losses: list[float] = []
-        for idx in releasing(case_chunks(self.val.meta, bs)[rank::world], when=has_volumes(self.val.meta)):
+        for idx in case_chunks(self.val.meta, bs)[rank::world]:
             meta = [self.val.meta[i] for i in idx]
             masks = np.asarray(self.val.masks[idx])
             probs = predict_probs(pl_module.net, take(self.val.images, idx), bs, self.precision, pl_module.device, self.cfg.train.channels_last,
