@@ -167,8 +167,8 @@ def schedule_cut(ev: RunEvidence) -> Finding | None:
     planned = int(ev.get("train.epochs", 1))
     ep = ev.epoch_numbers
     last = int(ep[-1])
-    stretched = last + 1 >= planned and bool(ev.get("schedule.fill_budget", False))
-    if last + 1 >= planned and not stretched:
+    stretched = last + 1 >= planned
+    if stretched and not ev.get("schedule.fill_budget", False):
         return None
     patience = int(ev.get("train.early_stopping.patience", 0) or 0)
     best = ev.summary.get("best_epoch")

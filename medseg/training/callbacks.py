@@ -268,7 +268,6 @@ class BudgetSchedule(Callback):
         self.budget_s = 60.0 * float(budget_minutes)
         self.warn = warn
         self.shorten, self.lengthen = bool(shorten), bool(lengthen)
-        self.planned: Optional[int] = None
         self.first_epoch_end: Optional[tuple[int, float]] = None  # (epochs done, Timer seconds) when first seen
         self.history: list[int] = []  # the planned epochs, then each change's
 
@@ -280,8 +279,7 @@ class BudgetSchedule(Callback):
         return out
 
     def on_train_start(self, trainer, pl_module) -> None:
-        self.planned = int(trainer.max_epochs)
-        self.history = [self.planned]
+        self.history = [int(trainer.max_epochs)]  # planned
         # a resumed run keeps the shortening or lengthening its checkpointed schedule carries
         for f in self._schedules(trainer):
             held = math.ceil(f.total_steps / max(1, pl_module.steps_per_epoch))
@@ -310,10 +308,10 @@ class BudgetSchedule(Callback):
         now, longer = int(trainer.max_epochs), min(fits - 1, MAX_EPOCHS)  # lengthening keeps one epoch spare
         if self.shorten and fits < now:
             self._set_epochs(trainer, pl_module, fits)
-            change = f"{fits} epochs, not the planned {self.planned}; training ends after epoch {fits - 1} and the LR decay was shortened to end there (schedule.follow_budget)"
+            change = f"{fits} epochs, not the planned {self.history[0]}; training ends after epoch {fits - 1} and the LR decay was shortened to end there (schedule.follow_budget)"
         elif self.lengthen and 2 * done <= now and longer > now:
             self._set_epochs(trainer, pl_module, longer)
-            change = (f"{fits} epochs, not the planned {self.planned}; training goes on to {longer} (one kept spare) and the "
+            change = (f"{fits} epochs, not the planned {self.history[0]}; training goes on to {longer} (one kept spare) and the "
                       "LR decay was stretched to end there (schedule.fill_budget)")
         else:
             return

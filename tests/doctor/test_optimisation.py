@@ -79,7 +79,6 @@ def test_schedule_cut_by_the_budget():
     assert O.schedule_cut(make_evidence(epochs=rows, config={**cfg, "schedule": {"name": "constant"}})) is None
 
 
-
 def test_schedule_cut_of_a_run_stretched_past_its_planned_epochs():
     # planned 5, schedule.fill_budget stretched the cosine to 12, then max_time (follow_budget off) stopped it after 7
     lr = [1e-3 * (0.01 + 0.99 * 0.5 * (1 + np.cos(np.pi * (e + 1) / 12))) for e in range(7)]
