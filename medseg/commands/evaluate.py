@@ -91,11 +91,16 @@ def evaluate_run(
     sweeper = SweepCounter(contract) if sweep else None
     for _, images, probs, masks, meta in run_probs_by_case(net, val, cfg, state):
         scorer.add(probs, masks, meta)
-        if pp_scorer is not None:
-            # the deployed pipeline (tuned on validation); the raw numbers stay the contract's
-            pp_scorer.add(run_probs(net, images, cfg, state, tta=pp.tta) if pp.tta else probs, masks, meta)
         if sweeper is not None:
             sweeper.add_chunk(probs, masks, meta)
+        if pp_scorer is not None:
+            # the deployed pipeline (tuned on validation); the raw numbers stay the contract's
+            if pp.tta:
+                del probs  # scored: its TTA probabilities replace it, not sit beside it
+                probs = run_probs(net, images, cfg, state, tta=pp.tta)
+            pp_scorer.add(probs, masks, meta)
+        # dropped before the next chunk is predicted, or two volumes' probabilities are in memory at once
+        del probs, images
     scores = scorer.result()
     summary = dict(scores.summary)
     summary["best_epoch"] = info["epoch"]

@@ -272,6 +272,7 @@ def _leave_one_fold_out(cfg: Config, oof: _OOFCases, rules: dict[int, PostProces
         raw[k] += [case_dice(p >= contract.threshold, t, contract) for p, t in zip(plain_cases, truths)]
         tuned[k] += [case_dice(rule.apply(p), t, contract) for p, t in zip(rule_cases, truths)]
         case_rows[k] += rows
+        del plain, plain_cases, rule_cases, masks, truths  # before the next chunk is read: not two chunks at once
     if not oof.volume_cases:  # the cases are images: the bootstrap's order is the fold's row order
         raw = {k: _in_row_order(v, case_rows[k]) for k, v in raw.items()}
         tuned = {k: _in_row_order(v, case_rows[k]) for k, v in tuned.items()}
@@ -390,6 +391,7 @@ def _write_oof_metrics(experiment: Path, cfg: Config, oof: _OOFCases, rule: Post
         scorer.add(plain, masks, part.meta)
         pp_scorer.add(plain if names == oof.sets[0] else oof.read(names, rows), masks, part.meta)
         visited += rows
+        del plain, masks  # before the next chunk is read: not two chunks at once
     scores = scorer.result()
     rows = [{**r, "fold": oof.fold_of.get(r["case"])} for r in _in_row_order(scores.image_rows, visited)]
     summary = {**scores.summary, "evaluated_on": "out-of-fold predictions (each case by the fold that did not train on it)",

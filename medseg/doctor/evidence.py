@@ -264,6 +264,7 @@ def gather_eval(ev: RunEvidence, loaded=None) -> EvalEvidence:
         prob_max = max(prob_max, float(probs.max()))
         mid += int(np.count_nonzero((probs > 0.01) & (probs < 0.99)))
         pixels += probs.size
+        del probs  # before the next chunk's prediction: not two volumes' probabilities at once
     scores = scorer.result()
     return EvalEvidence(
         prob_max=prob_max,

@@ -65,9 +65,11 @@ def predict_validation(run_dir: Path, cfg: Config, state: dict, val=None, keep: 
         for j, (i, m) in enumerate(zip(idx, meta)):
             if m["sample_id"] in wanted:
                 out.sample_ids.append(m["sample_id"])
-                out.images.append(images[j])
-                out.masks.append(masks[j])
-                out.probs.append(probs[j])
+                # copies: a view of one slice would keep its whole volume's arrays alive
+                out.images.append(np.array(images[j]))
+                out.masks.append(masks[j].copy())
+                out.probs.append(probs[j].copy())
+        del probs, images, masks  # before the next chunk's prediction: not two volumes' arrays at once
     if counter is not None:
         try:
             out.sweep = counter.result()

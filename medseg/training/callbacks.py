@@ -140,6 +140,7 @@ class ContractValidation(Callback):
                                   window=self.cfg.eval.sliding_window)
             scorer.add(probs, masks, meta)
             losses += self._case_losses(probs, masks, meta, pl_module)
+            del probs  # before the next chunk's prediction: not two volumes' probabilities at once
         if world > 1:
             # every rank merges the shards in rank order, so all of them score the same rows
             shards = gather_objects((scorer, losses))

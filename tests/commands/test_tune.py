@@ -15,7 +15,7 @@ from medseg.commands.predict import predict_run
 from medseg.config import config_from_dict
 from medseg.postprocess import PostProcess
 from medseg.runfolder import load_postprocess, load_run_config
-from tests.conftest import make_blob_folder, tiny_config
+from tests.conftest import ChunkTracker, make_blob_folder, tiny_config
 from tests.test_cli import _cli, _one_error_line
 
 
@@ -152,9 +152,11 @@ def test_tune_streams_volume_by_volume_and_chooses_what_the_whole_part_search_ch
     n_volumes = len({m["volume"] for m in val.meta})
     assert n_volumes >= 2
 
-    seen = []
-    monkeypatch.setattr(tune_mod, "run_prob_sets", lambda net, images, *a: seen.append(len(images)) or run_prob_sets(net, images, *a))
+    calls = ChunkTracker(run_prob_sets)
+    monkeypatch.setattr(tune_mod, "run_prob_sets", calls)
     streamed = tune_run(run, force=True, progress=False)
+    seen = calls.sizes
+    assert calls.alive == [0] * n_volumes  # each volume's sets dropped before the next volume is predicted
 
     # what tune did before it streamed: every probability of the part under each set, then one search
     net, _ = load_network(run, cfg, state["in_channels"])
@@ -178,3 +180,16 @@ def test_tune_streams_volume_by_volume_and_chooses_what_the_whole_part_search_ch
         assert {k: v for k, v in a.items() if k != "dice"} == {k: v for k, v in b.items() if k != "dice"}
         assert a["dice"] == pytest.approx(b["dice"], abs=1e-9, nan_ok=True)
     assert streamed["raw"]["dice"] == pytest.approx(want["raw"]["dice"], abs=1e-9)
+
+    # evaluate streams the same way: the raw and the rule's (TTA) probabilities of a volume are gone
+    # before the next volume is predicted
+    import medseg.commands.evaluate as evaluate_mod
+    import medseg.inference as inference_mod
+
+    raw_calls, rule_calls = ChunkTracker(inference_mod.run_probs), ChunkTracker(evaluate_mod.run_probs)
+    monkeypatch.setattr(inference_mod, "run_probs", raw_calls)
+    monkeypatch.setattr(evaluate_mod, "run_probs", rule_calls)
+    monkeypatch.setattr(runfs, "load_postprocess", lambda _: PostProcess(0.5, tta=("identity", "hflip")))  # a TTA rule
+    evaluate_run(run, progress=False)
+    assert raw_calls.sizes == rule_calls.sizes == seen
+    assert raw_calls.alive == rule_calls.alive == [0] * n_volumes

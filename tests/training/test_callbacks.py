@@ -14,7 +14,7 @@ from medseg.data.sources import load_data
 from medseg.inference import predict_probs
 from medseg.metrics.validation import CHUNK_BATCHES, score_validation
 from medseg.training.module import SegModule
-from tests.conftest import make_blob_folder, tiny_config
+from tests.conftest import ChunkTracker, make_blob_folder, tiny_config
 
 
 def _whole_set(module, val, cfg) -> dict:
@@ -48,14 +48,15 @@ def test_streamed_validation_from_the_cache_equals_whole_set_scoring_in_memory(t
     module = SegModule(cfg, int(memory.images.shape[1]), memory.foreground_fraction)
     module.eval()
 
-    seen = []
-    real = callbacks.predict_probs
-    monkeypatch.setattr(callbacks, "predict_probs", lambda net, images, *a, **k: seen.append(len(images)) or real(net, images, *a, **k))
+    calls = ChunkTracker(callbacks.predict_probs)
+    monkeypatch.setattr(callbacks, "predict_probs", calls)
     streamed = callbacks.ContractValidation(cfg, cached, "32-true").validate(module)
     in_memory = callbacks.ContractValidation(cfg, memory, "32-true").validate(module)
     want = _whole_set(module, memory, cfg)
 
     # streaming: no call saw more than one chunk (8 images, or one volume), and every image was scored once
+    seen = calls.sizes
+    assert calls.alive == [0] * len(seen)  # a chunk's probabilities are dropped before the next is predicted
     biggest_volume = max(m["n_slices"] for m in memory.meta) if kind == "volumes" else 0
     assert max(seen) <= max(2 * CHUNK_BATCHES, biggest_volume) and sum(seen) == 2 * len(memory.meta)
     assert len(seen) > 2
