@@ -20,6 +20,7 @@ from medseg.data.sources import get_source, prediction_units
 from medseg.errors import MedsegError
 from medseg.data.tta import FLIP
 from medseg.inference import run_probs
+from medseg.metrics.validation import case_chunks
 from medseg.postprocess import PostProcess
 from medseg.commands.experiment import ensemble_members
 
@@ -60,7 +61,6 @@ def predict_run(
     if loaded.in_channels != state["in_channels"]:
         raise MedsegError(f"{input_path}: images have {loaded.in_channels} channels, the model expects {state['in_channels']}")
     net = nets[0] if len(nets) == 1 else nets
-    images = np.stack([s.image for s in loaded.samples]).astype(np.float32, copy=False)
     if threshold is not None and not 0.0 < threshold < 1.0:
         raise MedsegError(f"--threshold: must be in (0, 1), got {threshold}")
     # the tuned rule (medseg tune) unless the caller asks for a bare threshold
@@ -69,22 +69,30 @@ def predict_run(
         pp = PostProcess(cfg.eval.contract.threshold if threshold is None else threshold, 0, False)
     # a rule tuned on TTA probabilities needs the same TTA; --tta alone asks for flip TTA
     tta = pp.tta or (FLIP if tta else ())
-    probs = run_probs(net, images, cfg, state, tta=tta)
     thr = pp.threshold
     output.mkdir(parents=True, exist_ok=True)
     source = get_source(loaded.source)
     writer = source.writer(output, data_cfg)
-    for unit, idx in prediction_units(loaded).items():
-        # back at the input's own size (a volume: its slices stacked in order), then the rule
-        full = np.stack([to_original(probs[i], loaded.samples[i].meta["resize"]) for i in idx])
-        if not source.volumetric:
-            full = full[0]
-        scale = full.shape[-1] * full.shape[-2] / probs[idx[0]].size  # pixels per input pixel
-        writer.write(loaded, unit, idx, full, pp.apply(full, area_scale=scale).astype(np.uint8))
+    units = prediction_units(loaded)
+    unit_of = {i: unit for unit, idx in units.items() for i in idx}
+    # a chunk of whole units at a time (one volume, or a few eval batches of images): memory holds that
+    # chunk's network inputs and probabilities, never the whole input's (a stack and a map per slice of it)
+    for chunk in case_chunks([s.meta for s in loaded.samples], cfg.eval.batch_size):
+        images = np.stack([loaded.samples[i].image for i in chunk]).astype(np.float32, copy=False)
+        probs = dict(zip(chunk, run_probs(net, images, cfg, state, tta=tta)))
+        for unit in dict.fromkeys(unit_of[i] for i in chunk):
+            idx = units[unit]
+            # back at the input's own size (a volume: its slices stacked in order), then the rule
+            full = np.stack([to_original(probs[i], loaded.samples[i].meta["resize"]) for i in idx])
+            if not source.volumetric:
+                full = full[0]
+            scale = full.shape[-1] * full.shape[-2] / probs[idx[0]].size  # pixels per input pixel
+            writer.write(loaded, unit, idx, full, pp.apply(full, area_scale=scale).astype(np.uint8))
+        del images, probs, full  # before the next chunk is predicted
     writer.close()
     runfs.write_json(
         output / "prediction.json",
         {"run": str(run_dir) if run_dir is not None else None, "members": [str(r) for r in runs], "input": str(input_path), "threshold": thr, "postprocess": pp.to_json(), "tta": bool(tta),
-         "tta_transforms": list(tta), "n_images": len(probs), "source": loaded.source},
+         "tta_transforms": list(tta), "n_images": len(loaded.samples), "source": loaded.source},
     )
     return output

@@ -75,6 +75,49 @@ def test_volumes_fit_reports_per_volume_and_predict_keeps_geometry(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("kind", ["images", "volumes"])
+def test_predict_streams_whole_units_a_chunk_at_a_time_and_writes_what_one_unit_alone_gives(tmp_path, monkeypatch, kind):
+    """A folder is predicted a chunk of whole units at a time (one volume, or 4 eval batches of images), each chunk's
+    arrays dropped before the next; every unit's files equal those of predicting that unit on its own."""
+    import medseg.commands.predict as predict_mod
+    from tests.conftest import ChunkTracker
+
+    if kind == "volumes":
+        data = _write_volumes(tmp_path / "vols")
+        run = _fit(tmp_path, data, data={"source": "volumes", "root": str(data), "input_size": [48, 48]},
+                   split={"mode": "holdout", "val_fraction": 0.34}, eval={"batch_size": 4})
+        folder, want_sizes, first, last = data, [6, 6, 6], "v0_image.nrrd", "v2_image.nrrd"
+    else:
+        run = _fit(tmp_path, make_blob_folder(tmp_path / "d", n=8, size=64), eval={"batch_size": 2})
+        folder = tmp_path / "new"
+        folder.mkdir()
+        rng = np.random.default_rng(1)
+        for i in range(10):  # 10 images of two sizes: chunks of 8 and 2
+            Image.fromarray(rng.integers(0, 255, (50 + 10 * (i % 2), 70), np.uint8)).save(folder / f"x{i}.png")
+        want_sizes, first, last = [8, 2], "x0.png", "x9.png"
+    calls = ChunkTracker(predict_mod.run_probs)
+    monkeypatch.setattr(predict_mod, "run_probs", calls)
+    out = predict_run(run, folder, tmp_path / "out")
+    assert calls.sizes == want_sizes and calls.alive == [0] * len(want_sizes)
+    for name in (first, last):
+        alone_in = folder if kind == "volumes" else tmp_path / f"alone-{name}"
+        if kind == "images":
+            alone_in.mkdir()
+            (alone_in / name).write_bytes((folder / name).read_bytes())
+        alone = predict_run(run, alone_in / name if kind == "volumes" else alone_in, tmp_path / f"out-{name}")
+        if kind == "volumes":
+            stem = name.replace("_image.nrrd", "")
+            for suffix in ("_prob.nrrd", "_mask.nrrd"):
+                a, b = nrrd.read(str(out / (stem + suffix)))[0], nrrd.read(str(alone / (stem + suffix)))[0]
+                np.testing.assert_allclose(a, b, atol=1e-5)
+        else:
+            for sub in ("probs", "masks"):
+                a = np.array(Image.open(out / sub / name)).astype(np.int64)
+                b = np.array(Image.open(alone / sub / name)).astype(np.int64)
+                assert a.shape == b.shape and np.abs(a - b).max() <= (1 if sub == "probs" else 0)
+
+
+@pytest.mark.slow
 def test_spacing_mode_gives_one_lesion_size_in_mm_the_same_pixels_and_predict_keeps_geometry(tmp_path):
     """Volumes at two spacings, resampled in-plane to 1 mm: the same 5.6 x 6.4 mm lesion covers the same pixels in both."""
     from medseg.data import load_data
