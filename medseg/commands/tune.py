@@ -60,8 +60,8 @@ def tune_run(
         # every transform runs once; each TTA set averages its own (the first set is the plain prediction)
         probs_by_set = run_prob_sets(net, take(val.images, idx), cfg, state, sets)
         search.add_chunk(probs_by_set, np.asarray(val.masks[idx]), [val.meta[i] for i in idx])
-        # dropped before the next chunk is predicted: kept, the name holds this volume's sets while the next
-        # volume's are made, two volumes in memory at once (+22% peak from 10 to 131 LiTS volumes, BENCHMARKS §9c)
+        # dropped before the next chunk: the name would keep this volume's sets alive while the next volume's are
+        # made, two volumes at once (the default tune's +22% from 10 to 131 LiTS volumes, BENCHMARKS §9c)
         del probs_by_set
     result = search.result(pp.min_gain)
     result["checkpoint"] = runfs.BEST_CKPT
