@@ -7,6 +7,8 @@ SIIM DICOMs -> probs/ + masks/ PNGs and submission.csv (ImageId, EncodedPixels, 
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -69,14 +71,48 @@ def predict_run(
         pp = PostProcess(cfg.eval.contract.threshold if threshold is None else threshold, 0, False)
     # a rule tuned on TTA probabilities needs the same TTA; --tta alone asks for flip TTA
     tta = pp.tta or (FLIP if tta else ())
-    thr = pp.threshold
-    output.mkdir(parents=True, exist_ok=True)
     source = get_source(loaded.source)
-    writer = source.writer(output, data_cfg)
     units = prediction_units(loaded)
+    # written into a hidden folder beside OUTPUT and renamed into place when complete: a failure (or a
+    # kill) part-way leaves OUTPUT as it was, never a folder of some units' files that looks finished
+    created = _first_missing(output)
+    staging = output.with_name(f".{output.name}.partial")
+    if staging.exists():
+        shutil.rmtree(staging)  # a killed earlier predict's leftovers: ours by name
+    staging.mkdir(parents=True)
+    try:
+        _predict_into(staging, loaded, units, source, data_cfg, net, cfg, state, tta, pp)
+        runfs.write_json(
+            staging / "prediction.json",
+            {"run": str(run_dir) if run_dir is not None else None, "members": [str(r) for r in runs], "input": str(input_path), "threshold": pp.threshold,
+             "postprocess": pp.to_json(), "tta": bool(tta), "tta_transforms": list(tta), "n_images": len(loaded.samples), "source": loaded.source},
+        )
+        if output.exists():
+            output.rmdir()  # empty (checked above): rename does not replace a folder on every platform
+        os.replace(staging, output)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        if created is not None and created != output:
+            shutil.rmtree(created, ignore_errors=True)  # the parent folders this call made, now empty
+        raise
+    return output
+
+
+def _first_missing(path: Path) -> Optional[Path]:
+    """The highest ancestor of PATH (or PATH itself) that does not exist yet, None if PATH exists."""
+    missing = None
+    for p in [path, *path.parents]:
+        if p.exists():
+            return missing
+        missing = p
+    return missing
+
+
+def _predict_into(folder: Path, loaded, units: dict, source, data_cfg, net, cfg, state, tta, pp: PostProcess) -> None:
+    """Every unit's files into FOLDER, a chunk of whole units at a time (one volume, or a few eval batches of
+    images): memory holds that chunk's network inputs and probabilities, never the whole input's."""
+    writer = source.writer(folder, data_cfg)
     unit_of = {i: unit for unit, idx in units.items() for i in idx}
-    # a chunk of whole units at a time (one volume, or a few eval batches of images): memory holds that
-    # chunk's network inputs and probabilities, never the whole input's (a stack and a map per slice of it)
     for chunk in case_chunks([s.meta for s in loaded.samples], cfg.eval.batch_size):
         images = np.stack([loaded.samples[i].image for i in chunk]).astype(np.float32, copy=False)
         probs = dict(zip(chunk, run_probs(net, images, cfg, state, tta=tta)))
@@ -90,9 +126,3 @@ def predict_run(
             writer.write(loaded, unit, idx, full, pp.apply(full, area_scale=scale).astype(np.uint8))
         del images, probs, full  # before the next chunk is predicted
     writer.close()
-    runfs.write_json(
-        output / "prediction.json",
-        {"run": str(run_dir) if run_dir is not None else None, "members": [str(r) for r in runs], "input": str(input_path), "threshold": thr, "postprocess": pp.to_json(), "tta": bool(tta),
-         "tta_transforms": list(tta), "n_images": len(loaded.samples), "source": loaded.source},
-    )
-    return output

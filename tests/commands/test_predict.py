@@ -95,9 +95,22 @@ def test_predict_streams_whole_units_a_chunk_at_a_time_and_writes_what_one_unit_
         for i in range(10):  # 10 images of two sizes: chunks of 8 and 2
             Image.fromarray(rng.integers(0, 255, (50 + 10 * (i % 2), 70), np.uint8)).save(folder / f"x{i}.png")
         want_sizes, first, last = [8, 2], "x0.png", "x9.png"
-    calls = ChunkTracker(predict_mod.run_probs)
+    # a failure on the second chunk leaves nothing: no output, no half of it, not the parents it made
+    real, n = predict_mod.run_probs, []
+    def fails_second(*a, **k):
+        n.append(1)
+        if len(n) == 2:
+            raise RuntimeError("out of memory")
+        return real(*a, **k)
+    monkeypatch.setattr(predict_mod, "run_probs", fails_second)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        predict_run(run, folder, tmp_path / "new-parent" / "out")
+    assert len(n) == 2 and not (tmp_path / "new-parent").exists()
+    (tmp_path / ".out.partial" / "masks").mkdir(parents=True)  # a killed predict's leftovers are replaced
+    calls = ChunkTracker(real)
     monkeypatch.setattr(predict_mod, "run_probs", calls)
     out = predict_run(run, folder, tmp_path / "out")
+    assert not (tmp_path / ".out.partial").exists() and (out / "prediction.json").is_file()
     assert calls.sizes == want_sizes and calls.alive == [0] * len(want_sizes)
     for name in (first, last):
         alone_in = folder if kind == "volumes" else tmp_path / f"alone-{name}"
