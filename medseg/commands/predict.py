@@ -76,7 +76,7 @@ def predict_run(
     # written into a hidden folder beside OUTPUT and renamed into place when complete: a failure (or a
     # kill) part-way leaves OUTPUT as it was, never a folder of some units' files that looks finished
     created = _first_missing(output)
-    staging = output.with_name(f".{output.name}.partial")
+    staging = output.absolute().with_name(f".{output.absolute().name}.partial")
     if staging.exists():
         shutil.rmtree(staging)  # a killed earlier predict's leftovers: ours by name
     staging.mkdir(parents=True)
@@ -88,8 +88,13 @@ def predict_run(
              "postprocess": pp.to_json(), "tta": bool(tta), "tta_transforms": list(tta), "n_images": len(loaded.samples), "source": loaded.source},
         )
         if output.exists():
-            output.rmdir()  # empty (checked above): rename does not replace a folder on every platform
-        os.replace(staging, output)
+            # an empty folder (checked above), perhaps the working directory: its entries move in,
+            # prediction.json last, so a folder holding it is complete
+            for entry in sorted(staging.iterdir(), key=lambda e: e.name == "prediction.json"):
+                os.replace(entry, output / entry.name)
+            staging.rmdir()
+        else:
+            os.replace(staging, output)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         if created is not None and created != output:

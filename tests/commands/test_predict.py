@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from pathlib import Path
 
 import nrrd
 import numpy as np
@@ -117,7 +118,14 @@ def test_predict_streams_whole_units_a_chunk_at_a_time_and_writes_what_one_unit_
         if kind == "images":
             alone_in.mkdir()
             (alone_in / name).write_bytes((folder / name).read_bytes())
-        alone = predict_run(run, alone_in / name if kind == "volumes" else alone_in, tmp_path / f"out-{name}")
+        alone = tmp_path / f"out-{name}"
+        if name == last:  # into an empty folder that exists: the working directory, named "."
+            alone.mkdir()
+            monkeypatch.chdir(alone)
+        predict_run(run, alone_in / name if kind == "volumes" else alone_in, Path(".") if name == last else alone)
+        if name == last:
+            assert Path.cwd() == alone  # the working directory was filled, not replaced
+        assert (alone / "prediction.json").is_file() and not list(tmp_path.glob(".*.partial"))
         if kind == "volumes":
             stem = name.replace("_image.nrrd", "")
             for suffix in ("_prob.nrrd", "_mask.nrrd"):
