@@ -2,10 +2,11 @@
 
 The plan (medseg/plan.py) sizes the batch and the epochs of a time budget from a `StepCost`:
 
-* measured (`plan.measure`): one untimed warm-up step, then one timed training step at batch 2
-  and one at batch 4 of the configured model, loss and precision at the planned size on the
-  device fit will use; the slope is the cost per image, the rest the fixed cost per step. On a
-  GPU the peak allocated memory at the two batch sizes gives memory per image the same way.
+* measured (`plan.measure`): at batch 2 and at batch 4, two untimed warm-up steps, then the
+  fastest of three timed training steps of the configured model, loss and precision at the
+  planned size on the device fit will use; the slope is the cost per image, the rest the fixed
+  cost per step. On a GPU the peak allocated memory at the two batch sizes gives memory per
+  image the same way.
 * formula: the network's multiply-accumulates and activation sizes, counted on PyTorch's meta
   device (shapes only, no computation); a training step costs 3x the forward pass, at an
   assumed 2.5 GMAC/s per CPU thread or 2 TMAC/s on a GPU. A rough guide, off by a factor of a
@@ -41,6 +42,12 @@ MACS_PER_S_GPU = 2e12
 TRAIN_COST_FACTOR = 3.0  # backward costs about twice the forward pass
 ACTIVATION_BYTES = 8.0  # float32 activation kept for backward + its gradient
 PARAM_BYTES = 16.0  # float32 weight, gradient and two AdamW moments
+# measured cost: untimed steps at each batch size, then the fastest of a few timed ones
+WARMUP_STEPS = 2
+TIMED_STEPS = 3
+# the two batch sizes timed (small: on a GPU the memory a batch may use is not known until these
+# steps measured it); the slope between them is the cost per image
+MEASURE_BATCHES = (2, 4)
 
 
 @dataclass
@@ -151,10 +158,9 @@ def _timed(fn, device: torch.device) -> float:
 def measure_cost(cfg: Config, in_channels: int, train_size: tuple[int, int], val_size: tuple[int, int], measure: bool = True) -> StepCost:
     """Seconds and memory of training steps of the configured model and loss on this machine.
 
-    Measured: one untimed warm-up step, then one timed step at batch 2 and one at batch 4 (GPUs
-    also warm up at batch 4, for cuDNN's algorithm choice), and one timed validation forward at
-    batch 4. The random state of torch is restored afterwards, so planning does not shift the
-    run's initialisation.
+    Measured: at each of MEASURE_BATCHES, WARMUP_STEPS untimed steps then the fastest of
+    TIMED_STEPS timed ones; the validation forward likewise at batch 4. The random state of
+    torch is restored afterwards, so planning does not shift the run's initialisation.
 
     Args:
         cfg: the config (model, loss, train.precision/accelerator/channels_last).
@@ -200,30 +206,35 @@ def measure_cost(cfg: Config, in_channels: int, train_size: tuple[int, int], val
             opt.step()
 
         module.train()
-        for b in (2, 4):
+        small, large = MEASURE_BATCHES
+        for b in (small, large):
             b3 = batch(b, train_size)
-            if b == 2 or device.type == "cuda":
-                step(b3)  # warm-up: allocator, kernels, cuDNN algorithm choice
+            # warm-up at every batch size: oneDNN (CPU) and cuDNN build kernels per input shape, and
+            # the allocator and AdamW's state settle over the first steps (with one warm-up step at
+            # batch 2 only, the estimate of a batch-16 step was 1.2-1.4x the warm step, BENCHMARKS §1.0)
+            for _ in range(WARMUP_STEPS):
+                step(b3)
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats()
-            seconds[b] = _timed(lambda: step(b3), device)
+            # the fastest of a few: a step slowed by another process says nothing about the model
+            seconds[b] = min(_timed(lambda: step(b3), device) for _ in range(TIMED_STEPS))
             if device.type == "cuda":
                 peaks[b] = float(torch.cuda.max_memory_allocated())
         module.eval()
         xv = batch(4, val_size)[0]
         with torch.no_grad(), autocast_for(precision, device):
             module(xv)
-            val_s = _timed(lambda: module(xv), device) / 4
+            val_s = min(_timed(lambda: module(xv), device) for _ in range(TIMED_STEPS)) / 4
         del module, opt, b3, xv
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    per_image = (seconds[4] - seconds[2]) / 2
-    fixed = seconds[2] - 2 * per_image
+    per_image = (seconds[large] - seconds[small]) / (large - small)
+    fixed = seconds[small] - small * per_image
     if per_image <= 0 or fixed < 0:  # timing noise: no trustworthy slope, charge it all per image
-        per_image, fixed = seconds[4] / 4, 0.0
+        per_image, fixed = seconds[large] / large, 0.0
     if peaks:
-        per_mem = max((peaks[4] - peaks[2]) / 2, 1.0)
-        formula = {"mem_fixed_bytes": max(peaks[4] - 4 * per_mem, 0.0), "mem_per_image_bytes": per_mem}
+        per_mem = max((peaks[large] - peaks[small]) / (large - small), 1.0)
+        formula = {"mem_fixed_bytes": max(peaks[large] - large * per_mem, 0.0), "mem_per_image_bytes": per_mem}
     return StepCost(method="measured", step_s_fixed=fixed, train_s_per_image=per_image, val_s_per_image=val_s, **formula, **common)
 
 

@@ -254,6 +254,39 @@ def test_measured_cost_times_this_machine_and_restores_the_random_state(tmp_path
     assert formula.method == "formula" and formula.macs_per_image > 0 and formula.mem_per_image_bytes > 0
 
 
+def test_measured_cost_warms_up_every_batch_size_and_keeps_the_fastest_timed_step(tmp_path, monkeypatch):
+    """A cold first step (kernels built for a new shape) or one slowed by another process must not
+    set the cost: each batch size is warmed up, then the fastest timed step is kept."""
+    import medseg.planning.stepcost as sc
+    from medseg.training import SegModule
+
+    cfg = config_from_dict(tiny_config(tmp_path, tmp_path / "runs", model={"name": "unet", "channels": [4, 8], "res_units": 0}))
+    seen, timed_at = [], []  # the batch size of every training step; where each timed one began
+    real_step = SegModule.training_step
+    def counting_step(self, batch, idx):
+        seen.append(batch[0].shape[0])
+        return real_step(self, batch, idx)
+    monkeypatch.setattr(SegModule, "training_step", counting_step)
+    # scripted seconds: slow first timed steps, as a contended or cold step would be
+    script = {2: iter([0.9, 0.3, 0.5]), 4: iter([1.0, 0.5, 0.7]), "val": iter([0.8, 0.4, 0.6])}
+    def fake_timed(fn, device):
+        n = len(seen)
+        fn()
+        if len(seen) == n:  # a validation forward: no training step ran
+            return next(script["val"])
+        timed_at.append(n)
+        return next(script[seen[-1]])
+    monkeypatch.setattr(sc, "_timed", fake_timed)
+    cost = measure_cost(cfg, 1, (32, 32), (32, 32), measure=True)
+    assert len(timed_at) == 2 * sc.TIMED_STEPS
+    for first in (timed_at[0], timed_at[sc.TIMED_STEPS]):  # the steps before each batch size's first timed one
+        b = seen[first]
+        assert seen[first - sc.WARMUP_STEPS:first] == [b] * sc.WARMUP_STEPS, seen
+    assert cost.train_s_per_image == pytest.approx(0.1)  # (0.5 - 0.3) / 2, from the fastest at each size
+    assert cost.step_s_fixed == pytest.approx(0.1)
+    assert cost.val_s_per_image == pytest.approx(0.4 / 4)
+
+
 # ---------------------------------------------------------------------------------------
 # `medseg plan` and fit
 
