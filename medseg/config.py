@@ -188,6 +188,12 @@ class TrainConfig(Section):
     )
     channels_last: bool = Field(True, description="Use channels_last memory format (faster convolutions on CPU and GPU).")
     deterministic: bool = Field(True, description="Seed every random stream per epoch so a resumed run equals an uninterrupted one.")
+    ema_share: float = Field(
+        0.0, ge=0.0, le=1.0,
+        description="Exponential moving average of the weights, with a time constant of this share of the run's planned "
+        "optimiser steps (0: off). Validation, the checkpoints and inference use the average in place of the last "
+        "weights.",
+    )
     budget_minutes: Optional[float] = Field(
         None, gt=0.0,
         description="Training time budget; with plan.enabled the plan sets train.epochs from the measured (or estimated) "

@@ -6,6 +6,7 @@
   same inference and the same scorer `medseg evaluate` uses, logged as `val/monitor` (which
   picks the best checkpoint and drives early stopping);
 * `EpochLog`: one row per epoch into metrics/epochs.csv and the loggers;
+* `WeightEMA`: an exponential moving average of the weights, validated and saved in their place;
 * `BudgetSchedule`: with a time budget, ends training after the epochs the budget really holds
   and shortens the LR decay to end with them;
 * `SameRun`: under DDP, every rank checks it trains the run rank 0 announced;
@@ -169,6 +170,82 @@ class ContractValidation(Callback):
             value = -1.0 if monitor != "loss" else 1e9
         pl_module.log("val/monitor", float(value), prog_bar=True)
         pl_module.log("val/dice", float(self.metrics.get("dice", float("nan"))), prog_bar=True)
+
+
+class WeightEMA(Callback):
+    """An exponential moving average (EMA) of the network's weights, which validation, checkpoints and inference use.
+
+    After every optimiser step the average moves towards the weights: `ema = d * ema + (1 - d) * w`,
+    BatchNorm running statistics included (integer buffers are copied). The decay `d` gives the
+    average a time constant of `share` of the run's planned optimiser steps (`1 - d = 1 / (share *
+    steps)`), so it averages over the same part of a short CPU run as of a long GPU run; in the
+    first steps `d` is at most `(1 + n) / (10 + n)` (n updates so far), so the random
+    initialisation is forgotten at once. At the end of each training epoch the average takes the
+    trained weights' place in the network, before `ContractValidation` scores it and the
+    checkpoint callbacks save it (what is validated is what is saved and predicted with); the
+    trained weights wait in this callback and go back into the network when the next epoch starts.
+    A checkpoint holds the average as the module's weights and the trained weights in this
+    callback's state, so a resumed run continues both.
+
+    Args:
+        share: `train.ema_share` (> 0).
+    """
+
+    def __init__(self, share: float):
+        self.share = float(share)
+        self.decay = 0.0
+        self.updates = 0
+        self.ema: Optional[dict[str, torch.Tensor]] = None
+        self.trained: Optional[dict[str, torch.Tensor]] = None  # the trained weights while the average sits in the network
+        self._step = -1
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        steps = max(1, int(pl_module.steps_per_epoch) * int(trainer.max_epochs))
+        self.decay = 1.0 - 1.0 / max(1.0, self.share * steps)
+        if self.ema is None:  # a new run: the initial weights; a resumed one: the average its checkpoint restored
+            self.ema = {k: v.detach().clone() for k, v in pl_module.net.state_dict().items()}
+        self._step = int(trainer.global_step)
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if self.trained is not None:
+            self._load(pl_module, self.trained)
+            self.trained = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if int(trainer.global_step) == self._step:  # accumulating: no optimiser step yet
+            return
+        self._step = int(trainer.global_step)
+        d = min(self.decay, (1.0 + self.updates) / (10.0 + self.updates))
+        self.updates += 1
+        live = pl_module.net.state_dict()
+        floats = [k for k, e in self.ema.items() if e.is_floating_point()]
+        with torch.no_grad():
+            torch._foreach_lerp_([self.ema[k] for k in floats], [live[k].detach() for k in floats], 1.0 - d)
+            for k, e in self.ema.items():
+                if not e.is_floating_point():
+                    e.copy_(live[k])
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if self.ema is None or self.trained is not None:
+            return
+        self.trained = {k: v.detach().clone() for k, v in pl_module.net.state_dict().items()}
+        self._load(pl_module, self.ema)
+
+    @staticmethod
+    def _load(pl_module, state: dict[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            for k, v in pl_module.net.state_dict().items():
+                v.copy_(state[k])
+
+    def state_dict(self) -> dict[str, Any]:
+        # while the average sits in the network it is the checkpoint's own weights: not stored twice
+        return {"share": self.share, "updates": self.updates, "trained": self.trained,
+                "ema": self.ema if self.trained is None else None}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        # ema None: on_train_start takes it from the restored network, which holds it
+        self.updates = int(state["updates"])
+        self.ema, self.trained = state["ema"], state["trained"]
 
 
 class EpochLog(Callback):

@@ -20,7 +20,7 @@ from medseg.data.arrays import SplitArrays
 from medseg.runtime import training_device
 from medseg.training import tracking
 from medseg.training.callbacks import (
-    AtomicCheckpointIO, BatchCompositionAudit, BudgetSchedule, ContractValidation, EpochLog, KillSwitch, SameRun,
+    AtomicCheckpointIO, BatchCompositionAudit, BudgetSchedule, ContractValidation, EpochLog, KillSwitch, SameRun, WeightEMA,
 )
 from medseg.training.distributed import trainer_devices, world_size
 
@@ -61,6 +61,8 @@ def build_trainer(
     callbacks: list[Callback] = [
         SameRun(run_dir),
         audit,
+        # before the validation: the average takes the trained weights' place at the end of each epoch
+        *([WeightEMA(cfg.train.ema_share)] if cfg.train.ema_share > 0 else []),
         validation,
         EpochLog(run_dir, audit, validation),
         ModelCheckpoint(

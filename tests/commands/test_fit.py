@@ -59,8 +59,9 @@ def test_training_learns_the_synthetic_lesions(tmp_path):
 
 
 @pytest.mark.slow
-def test_resume_after_kill_equals_uninterrupted_run(blob_data, tmp_path):
-    cfg = tiny_config(blob_data, tmp_path / "runs", train__epochs=4)
+@pytest.mark.parametrize("ema_share", [0.0, 0.3])
+def test_resume_after_kill_equals_uninterrupted_run(blob_data, tmp_path, ema_share):
+    cfg = tiny_config(blob_data, tmp_path / "runs", train={"epochs": 4, "batch_size": 4, "ema_share": ema_share})
     path = write_config(tmp_path / "c.yaml", cfg)
     full = _cli("fit", path, "--no-progress")
     assert full.returncode == 0, full.stderr[-2000:]
@@ -86,7 +87,17 @@ def test_resume_after_kill_equals_uninterrupted_run(blob_data, tmp_path):
     for ra, rb in zip(a, b):
         assert ra["train_loss"] == pytest.approx(rb["train_loss"], abs=1e-6)
         assert ra["val_dice"] == pytest.approx(rb["val_dice"], abs=1e-6, nan_ok=True)
-    wa = torch.load(tmp_path / "runs" / "t" / runfs.LAST_CKPT, weights_only=True)["state_dict"]
-    wb = torch.load(run_k / runfs.LAST_CKPT, weights_only=True)["state_dict"]
+    ca = torch.load(tmp_path / "runs" / "t" / runfs.LAST_CKPT, weights_only=True)
+    cb = torch.load(run_k / runfs.LAST_CKPT, weights_only=True)
+    wa, wb = ca["state_dict"], cb["state_dict"]
     for k in wa:
         assert torch.allclose(wa[k].float(), wb[k].float(), atol=1e-6), k
+    if ema_share:
+        # the checkpoint's weights are the average; the trained weights a resume continues from are the callback's
+        ta, tb = ca["callbacks"]["WeightEMA"]["trained"], cb["callbacks"]["WeightEMA"]["trained"]
+        assert cb["callbacks"]["WeightEMA"]["ema"] is None  # the average is the checkpoint's weights, not stored twice
+        assert max(float((ta[k] - wa["net." + k]).abs().max()) for k in ta if ta[k].is_floating_point()) > 1e-4
+        for k in ta:
+            assert torch.allclose(ta[k].float(), tb[k].float(), atol=1e-6), k
+        summary = json.loads((run_k / runfs.SUMMARY).read_text())
+        assert summary["training_reported"]["match"], summary["training_reported"]  # evaluate scores the average too

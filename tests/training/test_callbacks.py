@@ -177,3 +177,73 @@ def test_a_resumed_run_keeps_the_epochs_its_checkpointed_schedule_holds(lengthen
                                   fit_loop=SimpleNamespace(max_epochs=4))
         callbacks.BudgetSchedule(1.0, shorten=True, lengthen=lengthen).on_train_start(trainer, SimpleNamespace(steps_per_epoch=2))
         assert trainer.fit_loop.max_epochs == want, (total, lengthen)
+
+
+def _ema_fit(accumulate: int, epochs: int = 3, steps: int = 4, share: float = 0.5):
+    """A Lightning fit of a tiny SegModule with WeightEMA and two spies: the weights after each optimiser step
+    (`steps`), the weights validation sees at each epoch end (`validated`), the weights at each epoch's first batch."""
+    import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import Callback
+    from torch.utils.data import DataLoader, TensorDataset
+
+    cfg = config_from_dict(tiny_config(".", ".", model={"name": "unet", "channels": [4, 8], "res_units": 1},
+                                       train={"epochs": epochs, "batch_size": 2, "ema_share": share, "accumulate": accumulate}))
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2 * steps * accumulate, 1, 16, 16, generator=g)
+    y = (x > 0.6).float()
+    loader = DataLoader(TensorDataset(x, y, torch.arange(len(x))), batch_size=2)
+    torch.manual_seed(0)
+    module = SegModule(cfg, 1, steps_per_epoch=steps)
+    copy = lambda: {k: v.detach().clone() for k, v in module.net.state_dict().items()}  # noqa: E731
+
+    class Spy(Callback):
+        def __init__(self):
+            self.steps, self.validated, self.first_batch, self._step = [], [], [], 0
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if batch_idx == 0:
+                self.first_batch.append(copy())
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if trainer.global_step != self._step:
+                self._step = trainer.global_step
+                self.steps.append(copy())
+
+        def on_train_epoch_end(self, trainer, pl_module):
+            self.validated.append(copy())
+
+    spy_steps, spy_val = Spy(), Spy()
+    ema = callbacks.WeightEMA(share)
+    # the order of build_trainer: the average goes in before the validation reads the network
+    trainer = pl.Trainer(max_epochs=epochs, callbacks=[spy_steps, ema, spy_val], accumulate_grad_batches=accumulate,
+                         logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         limit_val_batches=0, num_sanity_val_steps=0, accelerator="cpu", devices=1)
+    trainer.fit(module, train_dataloaders=loader)
+    return spy_steps, spy_val, ema, steps * epochs
+
+
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_weight_ema_is_the_average_of_the_trained_weights_and_what_validation_sees(accumulate):
+    steps, val, ema, total = _ema_fit(accumulate)
+    assert len(steps.steps) == total  # one update per optimiser step, not per micro-batch
+    decay = 1.0 - 1.0 / (0.5 * total)
+    # independently: the average over the recorded weights after each optimiser step, from the initial weights
+    init = steps.first_batch[0]
+    avg = {k: v.double() for k, v in init.items()}
+    per_epoch = total // 3
+    for n, w in enumerate(steps.steps):
+        d = min(decay, (1.0 + n) / (10.0 + n))
+        for k, v in w.items():
+            avg[k] = d * avg[k] + (1 - d) * v.double() if v.is_floating_point() else v.double()
+        if (n + 1) % per_epoch == 0:
+            seen = val.validated[(n + 1) // per_epoch - 1]
+            for k in avg:
+                assert torch.allclose(seen[k].double(), avg[k], atol=1e-5), k
+    # the average is not the trained weights (else the test proves nothing), and each epoch trains on from its
+    # own last weights, not from the average validation saw
+    last = steps.steps[-1]
+    assert max(float((val.validated[-1][k] - last[k]).abs().max()) for k in last if last[k].is_floating_point()) > 1e-3
+    for e in (1, 2):
+        trained = steps.steps[e * per_epoch - 1]
+        assert all(torch.equal(steps.first_batch[e][k], trained[k]) for k in trained)
+    assert ema.updates == total
