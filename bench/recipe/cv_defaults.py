@@ -1,7 +1,8 @@
-"""Cross-validation of default candidates inside BUSI's training 80% (the test 20% is never read).
+"""Cross-validation of default candidates inside a set's training part (the test part is never read).
 
-The 624 training cases of the prepared copy (bench/recipe/prepare.py: its train + val) are cut
-into K folds stratified by class; every candidate trains on K-1 folds under the same wall-clock
+The training cases of the prepared copy (bench/recipe/prepare.py: its train + val) are cut
+into K folds of whole `patient` groups (the copy's cases.csv; BUSI split v2's pseudo-patients,
+so no near-copy of a lesion is on both sides of a fold), stratified by class; every candidate trains on K-1 folds under the same wall-clock
 budget and is scored on the held-out fold. Per fold and candidate: the raw per-image Dice
 (threshold 0.5, empty=one), and the post-processed Dice, whose rule `medseg tune` picks on that
 same fold (so it is optimistic by the same amount for every candidate; use it to rank, not to
@@ -14,6 +15,7 @@ report).
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import subprocess
 import sys
@@ -25,14 +27,28 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[2]
 
 
-def folds_of(cases: list[str], k: int, seed: int) -> list[list[str]]:
-    """K folds, stratified by class (the stem before the last underscore)."""
+def folds_of(cases: list[str], k: int, seed: int, rows: dict[str, dict] | None = None) -> list[list[str]]:
+    """K folds of whole patient groups, stratified by class.
+
+    Groups come from `rows[case]["patient"]` (each case its own group without it); a group's class
+    is its first case's (`class` column; without rows, the stem before the last underscore). Within a
+    class, groups are dealt in a random order, each to the fold holding the fewest images so far.
+    """
+    rows = rows or {}
+    groups: dict[str, list[str]] = {}
+    for c in sorted(cases):
+        groups.setdefault(rows.get(c, {}).get("patient") or c, []).append(c)
+
+    def cls_of(case: str) -> str:
+        # without cases.csv, BUSI-style names carry the class (benign_001); a cases.csv without `class`: one class
+        return rows.get(case, {}).get("class") or ("all" if rows else case.rsplit("_", 1)[0])
+
     rng = np.random.RandomState(seed)
     folds: list[list[str]] = [[] for _ in range(k)]
-    for cls in sorted({c.rsplit("_", 1)[0] for c in cases}):
-        members = sorted(c for c in cases if c.rsplit("_", 1)[0] == cls)
-        for i, j in enumerate(rng.permutation(len(members))):
-            folds[i % k].append(members[j])
+    for cls in sorted({cls_of(m[0]) for m in groups.values()}):
+        names = sorted(g for g, m in groups.items() if cls_of(m[0]) == cls)
+        for j in rng.permutation(len(names)):
+            min(folds, key=len).extend(groups[names[j]])
     return [sorted(f) for f in folds]
 
 
@@ -65,8 +81,11 @@ def main() -> None:
     a.out.mkdir(parents=True)
     a.out, a.prep = a.out.resolve(), a.prep.resolve()  # the configs resolve relative paths against their own folder
     split = json.loads((a.prep / "split.json").read_text())
-    pool = sorted(split["train"] + split["val"])  # the 80%; split["test"] is never used here
-    folds = folds_of(pool, a.folds, a.seed)
+    pool = sorted(split["train"] + split["val"])  # the training part; split["test"] is never used here
+    cases_csv = a.prep / "cases.csv"
+    rows = {r["case"]: r for r in csv.DictReader(open(cases_csv))} if cases_csv.is_file() else {}
+    folds = folds_of(pool, a.folds, a.seed, rows)
+    size = int(split.get("size", 256))
     results = {"command": " ".join(sys.argv), "budget_min": a.budget_min, "folds": [len(f) for f in folds], "runs": []}
     for cand in a.candidate:
         name, _, sets = cand.partition("=")
@@ -78,7 +97,7 @@ def main() -> None:
             cfg = a.out / f"{name}_fold{k}.yaml"
             cfg.write_text(
                 f"name: {name}-fold{k}\noutput_dir: {a.out / 'runs'}\nseed: {a.seed}\n"
-                f"data: {{source: images, root: {a.prep}, input_size: [256, 256]}}\n"
+                f"data: {{source: images, root: {a.prep}, input_size: [{size}, {size}]}}\n"
                 f"split: {{mode: file, file: {fold_split}}}\ntrain: {{budget_minutes: {a.budget_min}}}\n"
             )
             cmd = [sys.executable, "-m", "medseg.cli", "fit", str(cfg), "--no-progress"] + [x for s in overrides for x in ("--set", s)]
