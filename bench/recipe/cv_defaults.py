@@ -66,6 +66,16 @@ def split_overrides(sets: str) -> list[str]:
     return [s for s in out + [cur] if s]
 
 
+def _num(x) -> str:
+    """Two decimals, or n/a where a set has no such figure (no empty images: no false-alarm rate)."""
+    return "n/a" if x is None or x != x else f"{x:.2f}"
+
+
+def _mean(rows: list[dict], key: str) -> str:
+    vals = [r[key] for r in rows if r[key] is not None]
+    return _num(float(np.mean(vals)) if vals else None)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("prep", type=Path)
@@ -73,12 +83,13 @@ def main() -> None:
     ap.add_argument("--budget-min", type=float, default=5.0)
     ap.add_argument("--folds", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--resume", action="store_true", help="OUT exists: keep its finished runs, train the others")
     ap.add_argument("--candidate", action="append", required=True,
                     help="NAME=key=value[,key=value...] (medseg --set overrides; 'NAME=' for the defaults)")
     a = ap.parse_args()
-    if a.out.exists():
-        sys.exit(f"{a.out}: exists; never overwritten")
-    a.out.mkdir(parents=True)
+    if a.out.exists() and not a.resume:
+        sys.exit(f"{a.out}: exists; never overwritten (--resume keeps its finished runs)")
+    a.out.mkdir(parents=True, exist_ok=True)
     a.out, a.prep = a.out.resolve(), a.prep.resolve()  # the configs resolve relative paths against their own folder
     split = json.loads((a.prep / "split.json").read_text())
     pool = sorted(split["train"] + split["val"])  # the training part; split["test"] is never used here
@@ -100,28 +111,32 @@ def main() -> None:
                 f"data: {{source: images, root: {a.prep}, input_size: [{size}, {size}]}}\n"
                 f"split: {{mode: file, file: {fold_split}}}\ntrain: {{budget_minutes: {a.budget_min}}}\n"
             )
+            run_dir = a.out / "runs" / f"{name}-fold{k}"
             cmd = [sys.executable, "-m", "medseg.cli", "fit", str(cfg), "--no-progress"] + [x for s in overrides for x in ("--set", s)]
             print(f"[{time.strftime('%H:%M:%S')}] {name} fold {k}: {' '.join(cmd[3:])}", flush=True)
             t0 = time.time()
-            r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
-            (a.out / f"{name}_fold{k}.log").write_text(r.stdout + r.stderr)
-            if r.returncode != 0:
-                raise SystemExit(f"{name} fold {k} failed; see {a.out / f'{name}_fold{k}.log'}")
-            s = json.loads((a.out / "runs" / f"{name}-fold{k}" / "metrics" / "summary.json").read_text())
+            if not (run_dir / "metrics" / "summary.json").is_file():
+                if run_dir.exists():
+                    raise SystemExit(f"{run_dir}: unfinished; remove it to train it again")
+                r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+                (a.out / f"{name}_fold{k}.log").write_text(r.stdout + r.stderr)
+                if r.returncode != 0:
+                    raise SystemExit(f"{name} fold {k} failed; see {a.out / f'{name}_fold{k}.log'}")
+            s = json.loads((run_dir / "metrics" / "summary.json").read_text())
             pp = s.get("postprocessed") or s
             row = {"candidate": name, "overrides": overrides, "fold": k, "dice_raw": s["dice"], "dice_postprocessed": pp["dice"],
-                   "fp_rate_empty_raw": s["fp_rate_empty"], "fp_rate_empty_postprocessed": pp["fp_rate_empty"],
-                   "dice_nonempty_raw": s["dice_nonempty"], "best_epoch": s.get("best_epoch"), "wall_s": time.time() - t0}
+                   "fp_rate_empty_raw": s.get("fp_rate_empty"), "fp_rate_empty_postprocessed": pp.get("fp_rate_empty"),
+                   "dice_nonempty_raw": s.get("dice_nonempty"), "best_epoch": s.get("best_epoch"), "wall_s": time.time() - t0}
             results["runs"].append(row)
             print(f"   dice raw {row['dice_raw']:.4f}, post-processed {row['dice_postprocessed']:.4f}, "
-                  f"fp_rate_empty {row['fp_rate_empty_raw']:.2f} -> {row['fp_rate_empty_postprocessed']:.2f}", flush=True)
+                  f"fp_rate_empty {_num(row['fp_rate_empty_raw'])} -> {_num(row['fp_rate_empty_postprocessed'])}", flush=True)
             (a.out / "results.json").write_text(json.dumps(results, indent=1))
     lines = ["| candidate | overrides | Dice raw (mean ± sd over folds) | Dice post-processed | FP rate normals raw → post-processed |", "|---|---|---|---|---|"]
     for cand in dict.fromkeys(r["candidate"] for r in results["runs"]):
         rs = [r for r in results["runs"] if r["candidate"] == cand]
         f = lambda key: f"{np.mean([r[key] for r in rs]):.3f} ± {np.std([r[key] for r in rs]):.3f}"  # noqa: E731
         lines.append(f"| {cand} | {' '.join(rs[0]['overrides']) or '(defaults)'} | {f('dice_raw')} | {f('dice_postprocessed')} | "
-                     f"{np.mean([r['fp_rate_empty_raw'] for r in rs]):.2f} → {np.mean([r['fp_rate_empty_postprocessed'] for r in rs]):.2f} |")
+                     f"{_mean(rs, 'fp_rate_empty_raw')} → {_mean(rs, 'fp_rate_empty_postprocessed')} |")
     (a.out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
