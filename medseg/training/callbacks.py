@@ -185,7 +185,9 @@ class WeightEMA(Callback):
     checkpoint callbacks save it (what is validated is what is saved and predicted with); the
     trained weights wait in this callback and go back into the network when the next epoch starts.
     A checkpoint holds the average as the module's weights and the trained weights in this
-    callback's state, so a resumed run continues both.
+    callback's state, so a resumed run continues both. (Lightning's `WeightAveraging` swaps the
+    average in around Lightning's validation loop, which medseg turns off, and saves it only into
+    checkpoints: the best checkpoint would be chosen by the trained weights' score.)
 
     Args:
         share: `train.ema_share` (> 0).
@@ -198,6 +200,7 @@ class WeightEMA(Callback):
         self.ema: Optional[dict[str, torch.Tensor]] = None
         self.trained: Optional[dict[str, torch.Tensor]] = None  # the trained weights while the average sits in the network
         self._step = -1
+        self._pairs: tuple[list, list, list] = ([], [], [])  # float averages, their live tensors, (int average, live) pairs
 
     def on_train_start(self, trainer, pl_module) -> None:
         steps = max(1, int(pl_module.steps_per_epoch) * int(trainer.max_epochs))
@@ -210,6 +213,11 @@ class WeightEMA(Callback):
         if self.trained is not None:
             self._load(pl_module, self.trained)
             self.trained = None
+        # once an epoch, not every step: state_dict()'s tensors share the parameters' storage
+        live = pl_module.net.state_dict()
+        floats = [k for k, e in self.ema.items() if e.is_floating_point()]
+        self._pairs = ([self.ema[k] for k in floats], [live[k] for k in floats],
+                       [(e, live[k]) for k, e in self.ema.items() if not e.is_floating_point()])
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if int(trainer.global_step) == self._step:  # accumulating: no optimiser step yet
@@ -217,13 +225,11 @@ class WeightEMA(Callback):
         self._step = int(trainer.global_step)
         d = min(self.decay, (1.0 + self.updates) / (10.0 + self.updates))
         self.updates += 1
-        live = pl_module.net.state_dict()
-        floats = [k for k, e in self.ema.items() if e.is_floating_point()]
+        averages, live, ints = self._pairs
         with torch.no_grad():
-            torch._foreach_lerp_([self.ema[k] for k in floats], [live[k].detach() for k in floats], 1.0 - d)
-            for k, e in self.ema.items():
-                if not e.is_floating_point():
-                    e.copy_(live[k])
+            torch._foreach_lerp_(averages, live, 1.0 - d)
+            for e, v in ints:
+                e.copy_(v)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         if self.ema is None or self.trained is not None:
