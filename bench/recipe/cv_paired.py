@@ -1,0 +1,69 @@
+"""Paired per-image comparison of cv_defaults.py runs against a reference run, fold by fold.
+
+Every run of one fold is scored on the same held-out images in the same order (the fold's
+split file), so per-image differences pair: raw from `metrics/cases.csv` (by case id), and the
+tuned pipeline from `metrics/cases_postprocessed.csv` (which names cases by their index only).
+Statistics are medseg compare's: bootstrap 95% CI of the mean difference (10,000 resamples,
+seed 0), two-sided Wilcoxon p, and the verdict (CI excludes 0 and p < 0.05).
+
+    .venv/bin/python bench/recipe/cv_paired.py /work/bench-runs/s13/cv-chase/runs ema10 siim
+    .venv/bin/python bench/recipe/cv_paired.py /work/bench-runs/s13/cv-busi-loss/runs siim --ref-dir /work/bench-runs/s13/cv-busi-ema/runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from medseg.metrics.paired import A_BETTER, B_BETTER, bootstrap_mean_ci, verdict, wilcoxon_p  # noqa: E402
+
+FILES = {"raw": ("cases.csv", "case"), "post-processed": ("cases_postprocessed.csv", "case_index")}
+
+
+def per_case(run: Path, which: str) -> dict[str, float]:
+    name, key = FILES[which]
+    with open(run / "metrics" / name) as f:
+        return {r[key]: float(r["dice"]) for r in csv.DictReader(f)}
+
+
+def pair(ref: Path, other: Path, which: str) -> dict:
+    """other - ref per image: means, mean difference, CI, Wilcoxon p, images better/worse, verdict."""
+    a, b = per_case(ref, which), per_case(other, which)
+    if a.keys() != b.keys():
+        raise SystemExit(f"{ref} and {other}: not the same held-out images")
+    keys = sorted(a)
+    d = np.array([b[k] - a[k] for k in keys])
+    low, high = bootstrap_mean_ci(d)
+    p = wilcoxon_p(d)
+    return {"n": len(d), "ref": float(np.mean([a[k] for k in keys])), "other": float(np.mean([b[k] for k in keys])),
+            "diff": float(d.mean()), "ci": (low, high), "p": p, "better": int((d > 0).sum()), "worse": int((d < 0).sum()),
+            "verdict": {B_BETTER: f"{other.name} better", A_BETTER: f"{ref.name} better"}.get(v := verdict(low, high, p, 0.05), v)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("runs", type=Path, help="the runs/ folder of a cv_defaults.py output")
+    ap.add_argument("candidates", nargs="+", help="candidate names to compare with the reference")
+    ap.add_argument("--ref", default="default", help="the reference candidate's name")
+    ap.add_argument("--ref-dir", type=Path, help="the runs/ folder holding the reference (default: RUNS), for a reference "
+                    "trained by another cv_defaults.py call on the same folds")
+    ap.add_argument("--folds", type=int, default=2)
+    a = ap.parse_args()
+    print("| candidate | fold | scores | reference -> candidate | difference [95% CI] | Wilcoxon p | images better / worse | verdict |")
+    print("|---|---|---|---|---|---|---|---|")
+    for cand in a.candidates:
+        for k in range(a.folds):
+            for which in FILES:
+                r = pair((a.ref_dir or a.runs) / f"{a.ref}-fold{k}", a.runs / f"{cand}-fold{k}", which)
+                print(f"| {cand} | {k} | {which} | {r['ref']:.3f} -> {r['other']:.3f} | {r['diff']:+.3f} [{r['ci'][0]:+.3f}, "
+                      f"{r['ci'][1]:+.3f}] | {r['p']:.2g} | {r['better']} / {r['worse']} | {r['verdict']} |")
+
+
+if __name__ == "__main__":
+    main()
