@@ -40,6 +40,11 @@ class ModelConfig(Section):
         "ignore it). `medseg models` lists each model's stride and defaults.",
     )
     res_units: int = Field(2, ge=0, le=4, description="unet: residual units per level (0: plain convolutions).")
+    deep_supervision: int = Field(
+        0, ge=0, le=8, description="Side outputs at 1/2, 1/4, ... resolution that the loss also scores in training "
+        "(deep supervision; weights in loss.deep_supervision, default 1, 0.5, 0.25, ...); 0: off. Only networks "
+        "that emit them (flexunet-*, up to 4; `medseg models` says which). Inference uses the full-resolution output.",
+    )
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout probability inside the network.")
     pretrained: Optional[Path] = Field(
         None, description="Local weights file (state_dict or Lightning checkpoint) loaded before training; only tensors "
@@ -365,9 +370,12 @@ class Config(Section):
     data: DataConfig = Field(default_factory=DataConfig, description="Where the data is and how it is read.")
     split: SplitConfig = Field(default_factory=SplitConfig, description="How cases are split into train/val/test.")
     model: ModelConfig = Field(default_factory=ModelConfig, description="The network.")
-    loss: dict[str, Union[float, dict[str, Any]]] = Field(
+    # a list only for the deep_supervision entry (validate_loss_spec refuses one elsewhere)
+    loss: dict[str, Union[float, list[float], dict[str, Any]]] = Field(
         default_factory=lambda: {"bce": 1.0, "dice": 1.0},
-        description="Weighted loss terms, e.g. {bce: 3, dice: 1, focal: 4}; a term may be a dict with 'weight' and parameters.",
+        description="Weighted loss terms, e.g. {bce: 3, dice: 1, focal: 4}; a term may be a dict with 'weight' and "
+        "parameters. `deep_supervision: [w0, w1, ...]` weighs the full-resolution output and the side outputs of "
+        "model.deep_supervision (default 1, 0.5, 0.25, ...).",
     )
     optim: OptimConfig = Field(default_factory=OptimConfig, description="Optimiser.")
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig, description="Learning-rate schedule.")
@@ -425,6 +433,18 @@ class Config(Section):
                     f"{key}: {list(size)}: each side must be a multiple of {stride}, the output stride of model "
                     f"'{self.model.name}' (with its channels)"
                 )
+        spec = get_model_spec(self.model.name)
+        if self.model.deep_supervision > spec.side_outputs:
+            raise ValueError(
+                f"model.deep_supervision: {self.model.deep_supervision} side outputs, but model '{self.model.name}' "
+                + (f"emits at most {spec.side_outputs}" if spec.side_outputs else "emits none (`medseg models` lists those that do)")
+            )
+        ds_weights = self.loss.get("deep_supervision")
+        if isinstance(ds_weights, list) and len(ds_weights) < 1 + self.model.deep_supervision:
+            raise ValueError(
+                f"loss.deep_supervision: {len(ds_weights)} weights for the {1 + self.model.deep_supervision} outputs "
+                f"of model.deep_supervision: {self.model.deep_supervision} (full resolution first)"
+            )
         if self.schedule.warmup_epochs >= self.train.epochs:
             raise ValueError(
                 f"schedule.warmup_epochs: warm-up ({self.schedule.warmup_epochs:g} epochs) must be shorter than "

@@ -239,7 +239,7 @@ def load_network(run_dir: Path, cfg: Config, in_channels: int, which: str = BEST
     if not path.is_file():
         raise MedsegError(f"{path}: no checkpoint (did training finish an epoch?)")
     ckpt = check_checkpoint(path)
-    net = create_model(cfg.model.name, in_channels, cfg.model.channels, cfg.model.dropout, cfg.model.res_units)
+    net = create_model(cfg.model.name, in_channels, cfg.model.channels, cfg.model.dropout, cfg.model.res_units, cfg.model.deep_supervision)
     state = {k[len("net."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
     try:
         net.load_state_dict(state)

@@ -10,6 +10,8 @@ def list_models() -> list[str]:
     out = []
     for name, spec in MODELS.items():
         chans = spec.channels()
-        facts = [f"stride {spec.output_stride()}"] + ([f"channels {list(chans)}"] if chans else []) + ([spec.description] if spec.description else [])
+        facts = [f"stride {spec.output_stride()}"] + ([f"channels {list(chans)}"] if chans else [])
+        facts += [f"deep supervision up to {spec.side_outputs} side outputs"] if spec.side_outputs else []
+        facts += ([spec.description] if spec.description else [])
         out.append(f"{name}\t{'; '.join(facts)}")
     return out

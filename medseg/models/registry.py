@@ -24,6 +24,8 @@ class ModelSpec:
         default_channels: the channels used when ``model.channels`` is null; None when the
             network has no channels knob.
         encoder_prefixes: state_dict key prefixes of the encoder (pretrained encoders, layer-wise LR).
+        side_outputs: the most deep-supervision side outputs the network can emit in training
+            (``model.deep_supervision``); 0: none. A factory of such a network takes `side_outputs`.
         description: one line for `medseg models`.
     """
 
@@ -32,6 +34,7 @@ class ModelSpec:
     stride: Union[int, Callable[[Sequence[int]], int]]
     default_channels: Optional[tuple[int, ...]] = None
     encoder_prefixes: tuple[str, ...] = ()
+    side_outputs: int = 0
     description: str = ""
 
     def channels(self, channels: Optional[Sequence[int]] = None) -> Optional[list[int]]:
@@ -70,7 +73,8 @@ def get_model_spec(name: str) -> ModelSpec:
     return MODELS[name]
 
 
-def create_model(name: str, in_channels: int, channels: Optional[Sequence[int]] = None, dropout: float = 0.0, res_units: int = 2) -> "nn.Module":
+def create_model(name: str, in_channels: int, channels: Optional[Sequence[int]] = None, dropout: float = 0.0, res_units: int = 2,
+                 side_outputs: int = 0) -> "nn.Module":
     """Build a registered network with one output channel (logits).
 
     Args:
@@ -79,6 +83,13 @@ def create_model(name: str, in_channels: int, channels: Optional[Sequence[int]] 
         channels: feature channels per level (None: the model's default; ignored by models without the knob).
         dropout: dropout probability.
         res_units: unet residual units per level.
+        side_outputs: deep-supervision side outputs in training (0: the network returns one tensor).
     """
     spec = get_model_spec(name)
-    return spec.factory(in_channels=in_channels, channels=spec.channels(channels), dropout=dropout, res_units=res_units)
+    if side_outputs > spec.side_outputs:
+        raise MedsegError(
+            f"config error: model.deep_supervision: {side_outputs} side outputs, but model '{name}' emits "
+            + (f"at most {spec.side_outputs}" if spec.side_outputs else "none (`medseg models` lists those that do)")
+        )
+    extra = {"side_outputs": side_outputs} if side_outputs else {}
+    return spec.factory(in_channels=in_channels, channels=spec.channels(channels), dropout=dropout, res_units=res_units, **extra)

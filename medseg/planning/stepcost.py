@@ -91,7 +91,7 @@ class StepCost:
 
 
 def _build_net(cfg: Config, in_channels: int):
-    return create_model(cfg.model.name, in_channels, cfg.model.channels, cfg.model.dropout, cfg.model.res_units)
+    return create_model(cfg.model.name, in_channels, cfg.model.channels, cfg.model.dropout, cfg.model.res_units, cfg.model.deep_supervision)
 
 
 def count_network(cfg: Config, in_channels: int, size: tuple[int, int]) -> tuple[float, float, int]:

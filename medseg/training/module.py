@@ -138,7 +138,7 @@ class SegModule(pl.LightningModule):
                  precision: str = "32-true"):
         super().__init__()
         self.cfg = cfg
-        self.net = create_model(cfg.model.name, in_channels, cfg.model.channels, cfg.model.dropout, cfg.model.res_units)
+        self.net = create_model(cfg.model.name, in_channels, cfg.model.channels, cfg.model.dropout, cfg.model.res_units, cfg.model.deep_supervision)
         if cfg.model.pretrained is not None:
             spec = get_model_spec(cfg.model.name)
             self.pretrained_info = load_weights(self.net, cfg.model.pretrained, cfg.model.pretrained_min_share, spec.encoder_prefixes)
