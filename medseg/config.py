@@ -433,12 +433,9 @@ class Config(Section):
                     f"{key}: {list(size)}: each side must be a multiple of {stride}, the output stride of model "
                     f"'{self.model.name}' (with its channels)"
                 )
-        spec = get_model_spec(self.model.name)
-        if self.model.deep_supervision > spec.side_outputs:
-            raise ValueError(
-                f"model.deep_supervision: {self.model.deep_supervision} side outputs, but model '{self.model.name}' "
-                + (f"emits at most {spec.side_outputs}" if spec.side_outputs else "emits none (`medseg models` lists those that do)")
-            )
+        error = get_model_spec(self.model.name).side_output_error(self.model.deep_supervision)
+        if error:
+            raise ValueError(error)
         ds_weights = self.loss.get("deep_supervision")
         if isinstance(ds_weights, list) and len(ds_weights) < 1 + self.model.deep_supervision:
             raise ValueError(

@@ -31,7 +31,7 @@ from medseg.config import Config, config_from_dict, read_yaml, resolve_paths
 from medseg.data import load_data
 from medseg.data.arrays import SplitArrays, stack_part
 from medseg.errors import MedsegError, NoUsableData
-from medseg.models import create_model
+from medseg.models import create_model_from_config
 from medseg.models.weights import load_torch_file
 from medseg.postprocess import PostProcess
 
@@ -239,7 +239,7 @@ def load_network(run_dir: Path, cfg: Config, in_channels: int, which: str = BEST
     if not path.is_file():
         raise MedsegError(f"{path}: no checkpoint (did training finish an epoch?)")
     ckpt = check_checkpoint(path)
-    net = create_model(cfg.model.name, in_channels, cfg.model.channels, cfg.model.dropout, cfg.model.res_units, cfg.model.deep_supervision)
+    net = create_model_from_config(cfg.model, in_channels)
     state = {k[len("net."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
     try:
         net.load_state_dict(state)

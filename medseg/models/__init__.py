@@ -9,7 +9,7 @@ channels and the key prefixes of its encoder. `load_weights` loads a local weigh
 from medseg.models import unet  # noqa: F401, I001
 from medseg.models import flexunet, segresnet  # noqa: F401, I001
 from medseg.models import smp  # noqa: F401, I001 — only when segmentation_models_pytorch is installed
-from medseg.models.registry import MODELS, ModelSpec, available_models, create_model, get_model_spec, register_model
+from medseg.models.registry import MODELS, ModelSpec, available_models, create_model, create_model_from_config, get_model_spec, register_model
 from medseg.models.weights import load_weights
 
-__all__ = ["MODELS", "ModelSpec", "available_models", "create_model", "get_model_spec", "load_weights", "register_model"]
+__all__ = ["MODELS", "ModelSpec", "available_models", "create_model", "create_model_from_config", "get_model_spec", "load_weights", "register_model"]

@@ -9,6 +9,7 @@ the plain network; the side heads are a few hundred weights, unused there.
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Optional, Sequence
 
 from medseg.models.registry import ModelSpec, register_model
@@ -21,6 +22,7 @@ BACKBONES = ["resnet18", "resnet34", "resnet50"] + [f"efficientnet-b{i}" for i i
 SIDE_OUTPUTS = 4
 
 
+@functools.cache
 def _side_output_class():
     """The FlexibleUNet subclass with side heads (built on first use: MONAI is imported lazily)."""
     import torch
@@ -39,7 +41,6 @@ def _side_output_class():
             blocks = self.decoder.blocks
             if not 1 <= side_outputs < len(blocks):
                 raise ValueError(f"side_outputs must be 1..{len(blocks) - 1}, got {side_outputs}")
-            self.side_outputs = side_outputs
             # finest first: the stage before the last (1/2) is side output 1, as the loss weighs them
             stages = [blocks[len(blocks) - 2 - i] for i in range(side_outputs)]
             outs = kwargs.get("out_channels", 1)
@@ -52,7 +53,7 @@ def _side_output_class():
                 return super().forward(inputs)
             feats = self.encoder(inputs)
             skips = feats[:-1][::-1]
-            x = feats[1:][::-1][0]
+            x = feats[-1]
             stages = []
             for i, block in enumerate(self.decoder.blocks):  # UNetDecoder.forward, keeping each stage's output
                 x = block(x, skips[i] if i < self.skip_connect else None)
@@ -69,13 +70,9 @@ def _out_channels(block) -> int:
     return int(convs[-1].out_channels)
 
 
-_DS_CLASS = None
-
-
 def _flex(backbone: str):
     def build(in_channels: int, channels: Optional[Sequence[int]], dropout: float, res_units: int = 2,
               side_outputs: int = 0) -> "nn.Module":
-        global _DS_CLASS
         from monai.networks.nets import FlexibleUNet
 
         kwargs = dict(
@@ -88,9 +85,7 @@ def _flex(backbone: str):
         )
         if not side_outputs:
             return FlexibleUNet(**kwargs)
-        if _DS_CLASS is None:
-            _DS_CLASS = _side_output_class()
-        return _DS_CLASS(side_outputs=side_outputs, **kwargs)
+        return _side_output_class()(side_outputs=side_outputs, **kwargs)
 
     return build
 

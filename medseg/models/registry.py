@@ -37,6 +37,14 @@ class ModelSpec:
     side_outputs: int = 0
     description: str = ""
 
+    def side_output_error(self, n: int) -> Optional[str]:
+        """Why this network cannot emit `n` side outputs (`model.deep_supervision: n`), or None."""
+        if n <= self.side_outputs:
+            return None
+        return f"model.deep_supervision: {n} side outputs, but model '{self.name}' emits " + (
+            f"at most {self.side_outputs}" if self.side_outputs else "none (`medseg models` lists those that do)"
+        )
+
     def channels(self, channels: Optional[Sequence[int]] = None) -> Optional[list[int]]:
         """The channels in force: the configured ones, else the spec's default."""
         if channels is not None:
@@ -86,10 +94,18 @@ def create_model(name: str, in_channels: int, channels: Optional[Sequence[int]] 
         side_outputs: deep-supervision side outputs in training (0: the network returns one tensor).
     """
     spec = get_model_spec(name)
-    if side_outputs > spec.side_outputs:
-        raise MedsegError(
-            f"config error: model.deep_supervision: {side_outputs} side outputs, but model '{name}' emits "
-            + (f"at most {spec.side_outputs}" if spec.side_outputs else "none (`medseg models` lists those that do)")
-        )
+    error = spec.side_output_error(side_outputs)
+    if error:
+        raise MedsegError(f"config error: {error}")
     extra = {"side_outputs": side_outputs} if side_outputs else {}
     return spec.factory(in_channels=in_channels, channels=spec.channels(channels), dropout=dropout, res_units=res_units, **extra)
+
+
+def create_model_from_config(model, in_channels: int) -> "nn.Module":
+    """The network a config's `model` section describes (training, the plan's step timing, a run folder).
+
+    Args:
+        model: the config's `model` section (name, channels, dropout, res_units, deep_supervision).
+        in_channels: input channels of the data.
+    """
+    return create_model(model.name, in_channels, model.channels, model.dropout, model.res_units, model.deep_supervision)

@@ -28,7 +28,7 @@ from typing import Optional
 import torch
 
 from medseg.config import Config
-from medseg.models import create_model
+from medseg.models import create_model_from_config
 from medseg.runtime import autocast_for, device_name, resolve_precision, synchronize, training_device
 from medseg.training import SegModule
 
@@ -91,7 +91,7 @@ class StepCost:
 
 
 def _build_net(cfg: Config, in_channels: int):
-    return create_model(cfg.model.name, in_channels, cfg.model.channels, cfg.model.dropout, cfg.model.res_units, cfg.model.deep_supervision)
+    return create_model_from_config(cfg.model, in_channels)
 
 
 def count_network(cfg: Config, in_channels: int, size: tuple[int, int]) -> tuple[float, float, int]:

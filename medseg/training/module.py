@@ -17,7 +17,7 @@ import torch
 
 from medseg.config import Config
 from medseg.losses import build_loss
-from medseg.models import create_model, get_model_spec, load_weights
+from medseg.models import create_model_from_config, get_model_spec, load_weights
 
 
 # A warm-up longer than this share of training leaves the LR below its peak for most of the run and
@@ -138,7 +138,7 @@ class SegModule(pl.LightningModule):
                  precision: str = "32-true"):
         super().__init__()
         self.cfg = cfg
-        self.net = create_model(cfg.model.name, in_channels, cfg.model.channels, cfg.model.dropout, cfg.model.res_units, cfg.model.deep_supervision)
+        self.net = create_model_from_config(cfg.model, in_channels)
         if cfg.model.pretrained is not None:
             spec = get_model_spec(cfg.model.name)
             self.pretrained_info = load_weights(self.net, cfg.model.pretrained, cfg.model.pretrained_min_share, spec.encoder_prefixes)
