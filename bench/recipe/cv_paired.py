@@ -1,8 +1,9 @@
 """Paired per-image comparison of cv_defaults.py runs against a reference run, fold by fold.
 
 Every run of one fold is scored on the same held-out images in the same order (the fold's
-split file), so per-image differences pair: raw from `metrics/cases.csv` (by case id), and the
-tuned pipeline from `metrics/cases_postprocessed.csv` (which names cases by their index only).
+split file), so per-image differences pair by case name: raw from `metrics/cases.csv`, the tuned
+pipeline from `metrics/cases_postprocessed.csv` (runs before 2026-12-06 named its cases by their
+index only; those pair by index).
 Statistics are medseg compare's: bootstrap 95% CI of the mean difference (10,000 resamples,
 seed 0), two-sided Wilcoxon p, and the verdict (CI excludes 0 and p < 0.05).
 
@@ -23,13 +24,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from medseg.metrics.paired import A_BETTER, B_BETTER, bootstrap_mean_ci, verdict, wilcoxon_p  # noqa: E402
 
-FILES = {"raw": ("cases.csv", "case"), "post-processed": ("cases_postprocessed.csv", "case_index")}
+FILES = {"raw": "cases.csv", "post-processed": "cases_postprocessed.csv"}
 
 
 def per_case(run: Path, which: str) -> dict[str, float]:
-    name, key = FILES[which]
-    with open(run / "metrics" / name) as f:
-        return {r[key]: float(r["dice"]) for r in csv.DictReader(f)}
+    with open(run / "metrics" / FILES[which]) as f:
+        rows = list(csv.DictReader(f))
+    key = "case" if rows and rows[0].get("case") else "case_index"
+    return {r[key]: float(r["dice"]) for r in rows}
 
 
 def pair(ref: Path, other: Path, which: str) -> dict:

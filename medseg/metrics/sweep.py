@@ -189,3 +189,20 @@ def sweep_cases(probs: Sequence[np.ndarray], masks: Sequence[np.ndarray], meta: 
         out_p.append(np.stack([probs[i] for i in idx]))
         out_m.append(np.stack([masks[i] for i in idx]))
     return out_p, out_m
+
+
+def sweep_case_names(meta: Sequence[dict] | None, contract: MetricContract, n: int) -> list[tuple[str | None, str | None]]:
+    """(case, case_id) of each case `sweep_cases` returns, in its order.
+
+    Images are named by `sample_id` and `case_id` (as the per-image rows of cases.csv are);
+    volumes of a per-volume contract by their volume name (both fields).
+
+    Args:
+        meta / contract: as `sweep_cases`.
+        n: the number of images (names are None where meta is missing).
+    """
+    if not meta:
+        return [(None, None)] * n
+    if contract.reduction == "per_volume" and meta[0].get("volume") is not None:
+        return [(v, v) for v in slices_by_volume(meta)]
+    return [(m.get("sample_id"), m.get("case_id")) for m in meta]

@@ -23,7 +23,7 @@ from medseg.metrics.cases import case_metrics
 from medseg.metrics.contract import MetricContract
 from medseg.metrics.overlap import overlap_scores
 from medseg.metrics.summary import summarize
-from medseg.metrics.sweep import sweep_cases
+from medseg.metrics.sweep import sweep_case_names, sweep_cases
 
 
 def image_contract(contract: MetricContract) -> MetricContract:
@@ -213,8 +213,10 @@ class PostprocessedScorer:
 
     def add(self, probs: np.ndarray, masks, meta: Sequence[dict]) -> None:
         cases_p, cases_m = sweep_cases(probs, [np.asarray(m) for m in masks], meta, self.contract)
-        for p, m in zip(cases_p, cases_m):
-            self.rows.append({"case_index": len(self.rows), **case_metrics(self.apply(p).astype(np.float32), m, self.hard, surface=True)})
+        names = sweep_case_names(meta, self.contract, len(cases_p))
+        for p, m, (case, case_id) in zip(cases_p, cases_m, names):
+            self.rows.append({"case_index": len(self.rows), "case": case, "case_id": case_id,
+                              **case_metrics(self.apply(p).astype(np.float32), m, self.hard, surface=True)})
         self.n_images += len(probs)
 
     def result(self) -> tuple[dict, list[dict]]:
@@ -233,7 +235,8 @@ def score_postprocessed(
     """Summary and per-case rows of post-processed masks under the contract.
 
     Post-processing works per case: per image, or per stacked volume for a per-volume
-    contract (`sweep_cases`), so the rows are those cases.
+    contract (`sweep_cases`), so the rows are those cases, each with `case_index`, `case` and
+    `case_id` (`sweep_case_names`: the sample and case ids of an image, the name of a volume).
 
     Args:
         probs / masks / meta: as `score_validation`.

@@ -20,7 +20,7 @@ from medseg.config import config_from_dict
 from medseg.doctor.evidence import gather_eval, load_evidence
 from medseg.inference import run_probs
 from medseg.metrics import MetricContract
-from medseg.metrics.validation import image_contract, score_validation
+from medseg.metrics.validation import image_contract, score_postprocessed, score_validation
 from tests.conftest import make_blob_folder, tiny_config
 
 AGREE = 1e-9
@@ -76,6 +76,27 @@ def test_per_volume_contract_scores_volumes_and_falls_back_per_image():
     assert s.dice == pytest.approx(np.mean([_numpy_dice([p.ravel()], [m.ravel()]) for p, m in vols]), abs=1e-12)
     assert s.image_summary["dice"] == pytest.approx(_numpy_dice(probs, masks), abs=1e-12)
     assert [r["volume"] for r in s.volume_rows] == ["v0", "v1"]
+
+
+def test_postprocessed_rows_name_their_cases_images_and_volumes():
+    """cases_postprocessed.csv pairs with cases.csv by name (not only by position): images by
+    sample and case id, volumes of a per-volume contract by volume name."""
+    rng = np.random.default_rng(1)
+    masks = np.zeros((6, 16, 16), np.uint8)
+    masks[0, 4:8, 4:8] = masks[3, 2:9, 5:9] = masks[5, 2:6, 2:6] = 1
+    probs = np.clip(masks * 0.7 + rng.uniform(0, 0.5, masks.shape), 0, 1).astype(np.float32)
+    meta = [{"sample_id": f"v{i // 3}_z{i % 3}", "case_id": f"p{i}", "volume": f"v{i // 3}", "slice": 2 - i % 3}
+            for i in range(6)]
+    keep_high = lambda p: p >= 0.6  # noqa: E731 — the "rule": a higher threshold
+    _, rows = score_postprocessed(probs, masks, meta, MetricContract(), keep_high)
+    image_rows = score_validation(probs, masks, meta, MetricContract()).image_rows
+    assert [(r["case"], r["case_id"]) for r in rows] == [(r["case"], r["case_id"]) for r in image_rows]
+    assert [r["case_index"] for r in rows] == list(range(6))
+    for r, p, m in zip(rows, probs, masks):
+        assert r["dice"] == pytest.approx(_numpy_dice([p], [m], threshold=0.6), abs=1e-12)
+    _, vol_rows = score_postprocessed(probs, masks, meta, MetricContract(reduction="per_volume"), keep_high)
+    assert [(r["case"], r["case_id"]) for r in vol_rows] == [("v0", "v0"), ("v1", "v1")]
+    assert vol_rows[1]["dice"] == pytest.approx(_numpy_dice([probs[3:].ravel()], [masks[3:].ravel()], threshold=0.6), abs=1e-12)
 
 
 def test_only_the_metrics_package_scores():
