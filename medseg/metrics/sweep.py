@@ -170,6 +170,11 @@ def _nanmean_axis0(a: np.ndarray) -> np.ndarray:
     return np.where(n > 0, total / np.maximum(n, 1), np.nan)
 
 
+def _by_volume(meta: Sequence[dict] | None, contract: MetricContract) -> bool:
+    # the one rule for when a case is a stacked volume rather than an image
+    return contract.reduction == "per_volume" and bool(meta) and meta[0].get("volume") is not None
+
+
 def sweep_cases(probs: Sequence[np.ndarray], masks: Sequence[np.ndarray], meta: Sequence[dict] | None, contract: MetricContract):
     """The cases a sweep scores: per-volume contracts stack 2D slices back into their volumes.
 
@@ -182,7 +187,7 @@ def sweep_cases(probs: Sequence[np.ndarray], masks: Sequence[np.ndarray], meta: 
             `volume`: images, returned unchanged).
         contract: the run's contract; only `per_volume` regroups.
     """
-    if contract.reduction != "per_volume" or not meta or meta[0].get("volume") is None:
+    if not _by_volume(meta, contract):
         return list(probs), list(masks)
     out_p, out_m = [], []
     for idx in slices_by_volume(meta).values():
@@ -203,6 +208,6 @@ def sweep_case_names(meta: Sequence[dict] | None, contract: MetricContract, n: i
     """
     if not meta:
         return [(None, None)] * n
-    if contract.reduction == "per_volume" and meta[0].get("volume") is not None:
+    if _by_volume(meta, contract):
         return [(v, v) for v in slices_by_volume(meta)]
     return [(m.get("sample_id"), m.get("case_id")) for m in meta]
