@@ -103,6 +103,12 @@ class AugmentConfig(Section):
     overrides: dict[str, float] = Field(
         default_factory=dict, description="Per-transform probability overrides, e.g. {hflip: 0.0, rotate: 0.3}."
     )
+    copy_paste: float = Field(
+        0.0, ge=0.0, le=1.0,
+        description="Probability that a training image with foreground gets one more lesion, cut from another training "
+        "image (mirrored, scaled 0.75-1.25, feathered, never touching its own lesions), before the other transforms; "
+        "empty images stay empty. 0: off.",
+    )
 
 
 class SamplerConfig(Section):

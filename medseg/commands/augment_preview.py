@@ -16,6 +16,7 @@ import numpy as np
 
 from medseg.config import Config
 from medseg.data.augment import build_augment
+from medseg.data.copy_paste import STREAM_PASTE, build_copy_paste
 from medseg.data.sources import Sample, load_data
 from medseg.data.split import make_split
 from medseg.errors import MedsegError
@@ -28,6 +29,22 @@ _TITLE_PT = 6
 _TITLE_PX = 22  # room above each image for two lines of title
 
 
+def training_samples(cfg: Config, samples: list[Sample]) -> list[Sample]:
+    """Every sample of the training split (as `fit` makes it), foreground ones first, each group in a seeded order.
+
+    Args:
+        cfg: the run config (split section and seed).
+        samples: every loaded sample (with masks).
+    """
+    split = make_split([s.case_id for s in samples], cfg.split, cfg.seed)
+    train_cases = set(split["train"])
+    train = [s for s in samples if s.case_id in train_cases]
+    rng = np.random.default_rng([cfg.seed, 41])
+    with_fg = [s for s in train if s.mask is not None and s.mask.any()]
+    empty = [s for s in train if s.mask is None or not s.mask.any()]
+    return [with_fg[i] for i in rng.permutation(len(with_fg))] + [empty[i] for i in rng.permutation(len(empty))]
+
+
 def pick_training_samples(cfg: Config, samples: list[Sample], n: int) -> list[Sample]:
     """Up to n samples of the training split (as `fit` makes it), foreground ones first.
 
@@ -36,14 +53,7 @@ def pick_training_samples(cfg: Config, samples: list[Sample], n: int) -> list[Sa
         samples: every loaded sample (with masks).
         n: how many to pick.
     """
-    split = make_split([s.case_id for s in samples], cfg.split, cfg.seed)
-    train_cases = set(split["train"])
-    train = [s for s in samples if s.case_id in train_cases]
-    rng = np.random.default_rng([cfg.seed, 41])
-    with_fg = [s for s in train if s.mask is not None and s.mask.any()]
-    empty = [s for s in train if s.mask is None or not s.mask.any()]
-    ordered = [with_fg[i] for i in rng.permutation(len(with_fg))] + [empty[i] for i in rng.permutation(len(empty))]
-    return ordered[:n]
+    return training_samples(cfg, samples)[:n]
 
 
 def _title(words: list[str], width: int = 34) -> str:
@@ -88,13 +98,18 @@ def write_augment_preview(cfg: Config, out: Path, n: int = 8, variants: int = 5)
     if variants < 1:
         raise MedsegError(f"--variants {variants}: show at least 1 augmented version")
     aug = build_augment(cfg.augment.preset, cfg.augment.overrides)
-    if aug is None:
+    if aug is None and cfg.augment.copy_paste == 0:
         raise MedsegError(f"augment.preset: '{cfg.augment.preset}' with these overrides applies no transform; nothing to preview")
 
     loaded = load_data(cfg.data, with_masks=True, progress=False)
-    chosen = pick_training_samples(cfg, loaded.samples, n)
+    train = training_samples(cfg, loaded.samples)
+    chosen = train[:n]
     if not chosen:
         raise MedsegError("split: the training set has no images")
+    # copy-paste draws its donors from the whole training split, as fit does
+    train_images = [s.image for s in train]
+    train_masks = [np.zeros(s.image.shape[1:], np.uint8) if s.mask is None else s.mask.astype(np.uint8) for s in train]
+    paste = build_copy_paste(cfg.augment.copy_paste, np.array([m.any() for m in train_masks], bool))
     # one seed per cell, from the run seed: the same config draws the same preview
     seeds = np.random.default_rng([cfg.seed, 43]).integers(0, 2**31 - 1, size=(len(chosen), variants))
 
@@ -109,6 +124,7 @@ def write_augment_preview(cfg: Config, out: Path, n: int = 8, variants: int = 5)
     fig.text(
         0.5, 1 - (HEADER_PX / 2) / height_px,
         f"augment preset '{cfg.augment.preset}'" + (f" with {overrides}" if overrides else "")
+        + (f", copy-paste {cfg.augment.copy_paste:g}" if cfg.augment.copy_paste else "")
         + f"; mask outline in green; {'centre channel of ' + str(loaded.in_channels) if loaded.in_channels > 1 else 'one channel'}",
         ha="center", va="center", fontsize=8,
     )
@@ -126,9 +142,18 @@ def write_augment_preview(cfg: Config, out: Path, n: int = 8, variants: int = 5)
             if c == 0:
                 _draw(ax, image, mask, vmin, vmax, _title([f"{sample.sample_id}", "original"]))
                 continue
-            aug.set_random_seed(int(seeds[r, c - 1]))
-            res = aug(image=image.copy(), mask=mask.copy())
-            _draw(ax, res["image"], res["mask"], vmin, vmax, _title(res["applied"]))
+            img_c, mask_c, applied = image, mask, []
+            if paste is not None:
+                pasted_img, mask_c, pasted = paste(
+                    sample.image, mask, r, train_images, train_masks, np.random.default_rng([int(seeds[r, c - 1]), STREAM_PASTE])
+                )
+                img_c = np.ascontiguousarray(pasted_img.transpose(1, 2, 0), dtype=np.float32)
+                applied += ["copy_paste"] if pasted else []
+            if aug is not None:
+                aug.set_random_seed(int(seeds[r, c - 1]))
+                res = aug(image=img_c.copy(), mask=mask_c.copy())
+                img_c, mask_c, applied = res["image"], res["mask"], applied + res["applied"]
+            _draw(ax, img_c, mask_c, vmin, vmax, _title(applied))
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
         with open(out, "xb") as fh:  # "x": fail rather than overwrite a file made meanwhile

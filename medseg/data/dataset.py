@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from medseg.data.copy_paste import STREAM_PASTE
+
 
 class SegDataset(Dataset):
     """Images (N, C, H, W) float32 and masks (N, H, W) uint8 held in memory.
@@ -17,13 +19,15 @@ class SegDataset(Dataset):
     Args:
         images: stacked normalised images.
         masks: stacked binary masks.
-        augment: an albumentations Compose or None.
+        augment: an `Augmenter` (or any callable with its signature) or None.
+        paste: a `LesionCopyPaste` run before `augment`, or None.
     """
 
-    def __init__(self, images: np.ndarray, masks: np.ndarray, augment=None):
+    def __init__(self, images: np.ndarray, masks: np.ndarray, augment=None, paste=None):
         self.images = images
         self.masks = masks
         self.augment = augment
+        self.paste = paste
 
     def __len__(self) -> int:
         return len(self.images)
@@ -31,6 +35,8 @@ class SegDataset(Dataset):
     def __getitem__(self, key):
         idx, aug_seed = key if isinstance(key, tuple) else (key, None)
         img, mask = self.images[idx], self.masks[idx]
+        if self.paste is not None and aug_seed is not None:
+            img, mask, _ = self.paste(img, mask, idx, self.images, self.masks, np.random.default_rng([int(aug_seed), STREAM_PASTE]))
         if self.augment is not None and aug_seed is not None:
             self.augment.set_random_seed(int(aug_seed))
             out = self.augment(image=np.ascontiguousarray(img.transpose(1, 2, 0)), mask=mask)

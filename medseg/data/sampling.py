@@ -208,8 +208,10 @@ class CropDataset(SegDataset):
         foreground_share: share of crops centred on a foreground pixel.
     """
 
-    def __init__(self, images: np.ndarray, masks: np.ndarray, augment=None, crop_size: Sequence[int] = (128, 128), foreground_share: float = 0.33):
-        super().__init__(images, masks, augment)
+    def __init__(
+        self, images: np.ndarray, masks: np.ndarray, augment=None, crop_size: Sequence[int] = (128, 128), foreground_share: float = 0.33, paste=None
+    ):
+        super().__init__(images, masks, augment, paste)
         self.crop_size = (int(crop_size[0]), int(crop_size[1]))
         self.foreground_share = float(foreground_share)
 
@@ -238,15 +240,16 @@ def check_sampler_pool(sampler_cfg, epochs: int, positive: np.ndarray) -> None:
         raise MedsegError(f"config error: {key}: asks for positive images but the training set has no image with foreground")
 
 
-def build_train_dataset(images: np.ndarray, masks: np.ndarray, augment, sampler_cfg) -> SegDataset:
+def build_train_dataset(images: np.ndarray, masks: np.ndarray, augment, sampler_cfg, paste=None) -> SegDataset:
     """The training dataset: full images, or crops when sampler.crop_size is set.
 
     Args:
         images / masks: ndarrays, or `SampleStack`s that read each sample from the cache when drawn.
+        paste: a `LesionCopyPaste` (augment.copy_paste) or None; it pastes into the full image, before any crop.
     """
     if sampler_cfg.crop_size is None or tuple(sampler_cfg.crop_size) == tuple(masks.shape[1:]):
-        return SegDataset(images, masks, augment)
-    return CropDataset(images, masks, augment, sampler_cfg.crop_size, sampler_cfg.foreground_crop_share)
+        return SegDataset(images, masks, augment, paste)
+    return CropDataset(images, masks, augment, sampler_cfg.crop_size, sampler_cfg.foreground_crop_share, paste)
 
 
 def build_train_sampler(

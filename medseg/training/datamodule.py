@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader
 from medseg.config import Config
 from medseg.data.arrays import SplitArrays
 from medseg.data.augment import build_augment
+from medseg.data.copy_paste import build_copy_paste
 from medseg.data.sampling import build_train_dataset, build_train_sampler
 from medseg.runtime import training_device, usable_cores
 
@@ -52,7 +53,9 @@ class SegDataModule(pl.LightningDataModule):
         cfg = self.cfg
         bs = cfg.train.batch_size
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
-        dataset = build_train_dataset(self.train.images, self.train.masks, build_augment(cfg.augment.preset, cfg.augment.overrides), cfg.sampler)
+        augment = build_augment(cfg.augment.preset, cfg.augment.overrides)
+        paste = build_copy_paste(cfg.augment.copy_paste, self.train.positive)
+        dataset = build_train_dataset(self.train.images, self.train.masks, augment, cfg.sampler, paste)
         sampler = build_train_sampler(
             cfg.sampler, self.train.positive, bs, cfg.seed, cfg.train.epochs, num_samples=self.micro_batches * bs,
             rank=rank, world_size=world,

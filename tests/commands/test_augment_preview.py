@@ -68,3 +68,16 @@ def test_augment_preview_refuses_when_nothing_augments(preview_config, tmp_path,
         write_augment_preview(config_from_dict(raw), tmp_path / "p.png")
     one_line(err, "augment.preset")
     assert not (tmp_path / "p.png").exists()
+
+
+def test_augment_preview_shows_copy_paste_alone(preview_config, tmp_path):
+    _, raw = preview_config
+    raw["augment"] = {"preset": "none", "copy_paste": 1.0}
+    raw["data"]["input_size"] = [64, 64]
+    raw["data"]["root"] = str(make_blob_folder(tmp_path / "big", n=8, size=64))
+    out = write_augment_preview(config_from_dict(raw), tmp_path / "p.png", n=2, variants=3)
+    png = np.asarray(Image.open(out).convert("RGB")).astype(int)
+    green = (png[..., 1] - np.maximum(png[..., 0], png[..., 2])) > 120
+    cells = [green[HEADER_PX + CELL_PX * 0 :, c * CELL_PX : (c + 1) * CELL_PX][:CELL_PX].sum() for c in range(4)]
+    # the original has one outlined lesion; every copy-pasted variant outlines more
+    assert all(v > cells[0] for v in cells[1:]), cells
