@@ -20,6 +20,9 @@ empty-image gate is tuned on) is the sampler's, not lowered by the augmentation.
 It runs before the geometric and intensity transforms, so the pasted lesion moves and changes
 with the rest of the image. Every draw comes from the sample's augmentation seed, so a
 resumed run replays it.
+
+Off by default (`augment.copy_paste: 0`): by patient-grouped CV on BUSI it gained on one fold
+and lost on the other (BENCHMARKS §5i).
 """
 
 from __future__ import annotations
