@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 
 from medseg.data.copy_paste import STREAM_PASTE, LesionCopyPaste
+from medseg.data.sampling import positive_images
 
 
 def main() -> None:
@@ -30,7 +31,7 @@ def main() -> None:
         for f in files
     ])
     images = np.zeros((len(masks), 1, args.size, args.size), np.float32)  # placement depends on the masks only
-    pos = np.flatnonzero(masks.reshape(len(masks), -1).any(1))
+    pos = np.flatnonzero(positive_images(masks))
     paste = LesionCopyPaste(1.0, pos)
     fired = sum(paste(images[i], masks[i], int(i), images, masks, np.random.default_rng([s, STREAM_PASTE]))[2] for s in range(3) for i in pos)
     print(f"{args.data}: pasted {fired} of {3 * len(pos)} draws; foreground share {masks.mean():.3f}")
