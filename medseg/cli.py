@@ -37,6 +37,11 @@ class Part(str, Enum):
     test = "test"
 
 
+class Checkpoint(str, Enum):
+    best = "best"
+    last = "last"
+
+
 class EmptyPolicy(str, Enum):
     one = "one"
     nan = "nan"
@@ -151,11 +156,13 @@ def evaluate(
     data: Optional[Path] = typer.Option(None, "--data", help="YAML with a data: section to evaluate on instead of the run's validation split."),
     sweep: bool = typer.Option(False, "--sweep", help="Also sweep the threshold 0.05..0.95 and report the best."),
     split: Part = typer.Option(Part.val, "--split", help="Which cases of the run's split.json to score (results go to runs/NAME/evaluations/<split>)."),
+    checkpoint: Checkpoint = typer.Option(Checkpoint.best, "--checkpoint", help="best: the monitor's best epoch (what tune, predict and "
+                                          "export use); last: the final epoch's weights (results go to evaluations/<split>-last)."),
     device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP),
     no_progress: bool = typer.Option(False, "--no-progress", help="Hide progress bars."),
     json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
 ):
-    """Recompute validation metrics from the best checkpoint (checked against what training reported).
+    """Recompute validation metrics from the best (or last) checkpoint (checked against what training reported).
 
     Raw numbers follow the metric contract; when the run was tuned (postprocess.json) the
     post-processed pipeline is scored beside them.
@@ -169,13 +176,15 @@ def evaluate(
     if runfs.is_experiment(run):
         from medseg.commands.experiment import evaluate_experiment
 
+        if checkpoint != Checkpoint.best:
+            raise MedsegError(f"{run}: --checkpoint last scores one run; an experiment scores its members' best checkpoints")
         with _device_scope(device):
             s = evaluate_experiment(run, data, part="test", console=console, progress=not no_progress)
         if json_out:
             _print_json(s)
         return
     with _device_scope(device):
-        s = evaluate_run(run, data, sweep=sweep, console=console, progress=not no_progress, part=split.value)
+        s = evaluate_run(run, data, sweep=sweep, console=console, progress=not no_progress, part=split.value, checkpoint=checkpoint.value)
     if json_out:
         _print_json(s)
     tr = s.get("training_reported")

@@ -8,8 +8,19 @@ budget and is scored on the held-out fold. Per fold and candidate: the raw per-i
 same fold (so it is optimistic by the same amount for every candidate; use it to rank, not to
 report).
 
+Nested (``--inner-val F``), for how a run should validate and tune on a small training set: the
+held-out fold becomes the run's *test* part, never seen in training, checkpoint choice or tuning;
+the run validates (best epoch, tuning) on a share F of whole patient groups of the remaining
+folds (at least one group) and trains on the rest. With ``--train-cap N`` the remaining folds are
+first cut to N images of whole random groups, so a large set stands in for a set of tens of
+images while its held-out fold stays large enough to score. Each run is then scored on its test
+part with ``medseg evaluate --split test``, once from the best checkpoint and once from the last
+(``--checkpoint last``): raw, and with the rule tuned on its own validation cases.
+
     .venv/bin/python -u bench/recipe/cv_defaults.py /work/cache/busi256 --out runs/bench-cv \\
         --budget-min 5 --folds 2 --candidate default= --candidate r34=model.name=flexunet-resnet34
+    .venv/bin/python -u bench/recipe/cv_defaults.py /work/cache/busi256 --out runs/bench-small \\
+        --budget-min 3 --folds 2 --inner-val 0.15 --train-cap 40 --candidate default=
 """
 
 from __future__ import annotations
@@ -52,6 +63,49 @@ def folds_of(cases: list[str], k: int, seed: int, rows: dict[str, dict] | None =
     return [sorted(f) for f in folds]
 
 
+def nested_split(pool: list[str], held: list[str], val_share: float, cap: int | None, seed: int,
+                 rows: dict[str, dict] | None = None) -> dict[str, list[str]]:
+    """{train, val, test}: test = the held-out fold; val = whole random patient groups of the rest
+    (at least one group, until val_share of the rest is reached); train = the others. With `cap`, the
+    rest is first cut to whole random groups until it holds at least `cap` images."""
+    rows = rows or {}
+    rng = np.random.RandomState(seed)
+    groups: dict[str, list[str]] = {}
+    for c in sorted(set(pool) - set(held)):
+        groups.setdefault(rows.get(c, {}).get("patient") or c, []).append(c)
+    order = [sorted(groups)[i] for i in rng.permutation(len(groups))]
+    if cap is not None:
+        kept, n = [], 0
+        for g in order:
+            if n >= cap:
+                break
+            kept.append(g)
+            n += len(groups[g])
+        order = kept
+    n_rest = sum(len(groups[g]) for g in order)
+    val: list[str] = []
+    for g in order:
+        if val and len(val) >= val_share * n_rest:
+            break
+        val.extend(groups[g])
+    train = sorted(c for g in order for c in groups[g] if c not in set(val))
+    if not train:
+        raise SystemExit(f"--inner-val {val_share}: nothing left to train on")
+    return {"train": train, "val": sorted(val), "test": sorted(held)}
+
+
+def evaluate_test(run_dir: Path, checkpoint: str) -> dict:
+    """`medseg evaluate RUN --split test --checkpoint C --json` (a folder evaluations/test[-last] beside the run)."""
+    folder = run_dir / "evaluations" / ("test" if checkpoint == "best" else "test-last")
+    if not (folder / "summary.json").is_file():
+        cmd = [sys.executable, "-m", "medseg.cli", "evaluate", str(run_dir), "--split", "test", "--checkpoint", checkpoint,
+               "--no-progress", "--json"]
+        r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+        if r.returncode != 0 and not (folder / "summary.json").is_file():
+            raise SystemExit(f"{' '.join(cmd)} failed:\n{r.stderr[-2000:]}")
+    return json.loads((folder / "summary.json").read_text())
+
+
 def split_overrides(sets: str) -> list[str]:
     """'a=1,b={x: 1, y: 2}' -> ['a=1', 'b={x: 1, y: 2}']: commas inside YAML brackets stay."""
     out, depth, cur = [], 0, ""
@@ -84,6 +138,9 @@ def main() -> None:
     ap.add_argument("--folds", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--resume", action="store_true", help="OUT exists: keep its finished runs, train the others")
+    ap.add_argument("--inner-val", type=float, help="nested: the held-out fold is each run's test part; the run validates "
+                    "on this share of the other folds' patient groups")
+    ap.add_argument("--train-cap", type=int, help="nested: cut the other folds to about this many images (whole groups)")
     ap.add_argument("--candidate", action="append", required=True,
                     help="NAME=key=value[,key=value...] (medseg --set overrides; 'NAME=' for the defaults)")
     a = ap.parse_args()
@@ -104,7 +161,11 @@ def main() -> None:
         for k, held in enumerate(folds):
             fold_split = a.out / f"split_fold{k}.json"
             if not fold_split.exists():
-                fold_split.write_text(json.dumps({"train": sorted(set(pool) - set(held)), "val": held}))
+                if a.inner_val is not None:
+                    part = nested_split(pool, held, a.inner_val, a.train_cap, a.seed + 1000 * (k + 1), rows)
+                else:
+                    part = {"train": sorted(set(pool) - set(held)), "val": held}
+                fold_split.write_text(json.dumps(part))
             cfg = a.out / f"{name}_fold{k}.yaml"
             cfg.write_text(
                 f"name: {name}-fold{k}\noutput_dir: {a.out / 'runs'}\nseed: {a.seed}\n"
@@ -127,9 +188,24 @@ def main() -> None:
             row = {"candidate": name, "overrides": overrides, "fold": k, "dice_raw": s["dice"], "dice_postprocessed": pp["dice"],
                    "fp_rate_empty_raw": s.get("fp_rate_empty"), "fp_rate_empty_postprocessed": pp.get("fp_rate_empty"),
                    "dice_nonempty_raw": s.get("dice_nonempty"), "best_epoch": s.get("best_epoch"), "wall_s": time.time() - t0}
+            if a.inner_val is not None:
+                # the run's own metrics are on its validation cases; the held-out fold is its test part
+                row["val_dice_raw"], row["val_dice_postprocessed"] = row["dice_raw"], row["dice_postprocessed"]
+                row["n_train"], row["n_val"] = (len(json.loads(fold_split.read_text())[p]) for p in ("train", "val"))
+                row["rule"] = pp.get("rule_text") if s.get("postprocessed") else "raw"
+                for ck in ("best", "last"):
+                    t = evaluate_test(run_dir, ck)
+                    tp = t.get("postprocessed") or t
+                    row[f"test_{ck}_raw"], row[f"test_{ck}_postprocessed"] = t["dice"], tp["dice"]
+                    row[f"test_{ck}_fp_raw"], row[f"test_{ck}_fp_postprocessed"] = t.get("fp_rate_empty"), tp.get("fp_rate_empty")
+                    row[f"{ck}_epoch"] = t.get("best_epoch", t.get("epoch"))
+                row["dice_raw"], row["dice_postprocessed"] = row["test_best_raw"], row["test_best_postprocessed"]
+                row["fp_rate_empty_raw"], row["fp_rate_empty_postprocessed"] = row["test_best_fp_raw"], row["test_best_fp_postprocessed"]
             results["runs"].append(row)
             print(f"   dice raw {row['dice_raw']:.4f}, post-processed {row['dice_postprocessed']:.4f}, "
-                  f"fp_rate_empty {_num(row['fp_rate_empty_raw'])} -> {_num(row['fp_rate_empty_postprocessed'])}", flush=True)
+                  f"fp_rate_empty {_num(row['fp_rate_empty_raw'])} -> {_num(row['fp_rate_empty_postprocessed'])}"
+                  + (f"; last epoch raw {row['test_last_raw']:.4f}, post-processed {row['test_last_postprocessed']:.4f}"
+                     f" (epochs {row['best_epoch']} / {row['last_epoch']}; {row['rule']})" if a.inner_val is not None else ""), flush=True)
             (a.out / "results.json").write_text(json.dumps(results, indent=1))
     lines = ["| candidate | overrides | Dice raw (mean ± sd over folds) | Dice post-processed | FP rate normals raw → post-processed |", "|---|---|---|---|---|"]
     for cand in dict.fromkeys(r["candidate"] for r in results["runs"]):
@@ -137,6 +213,15 @@ def main() -> None:
         f = lambda key: f"{np.mean([r[key] for r in rs]):.3f} ± {np.std([r[key] for r in rs]):.3f}"  # noqa: E731
         lines.append(f"| {cand} | {' '.join(rs[0]['overrides']) or '(defaults)'} | {f('dice_raw')} | {f('dice_postprocessed')} | "
                      f"{_mean(rs, 'fp_rate_empty_raw')} → {_mean(rs, 'fp_rate_empty_postprocessed')} |")
+    if a.inner_val is not None:
+        lines += ["", "Nested: scored on each fold's test part (never validated or tuned on).", "",
+                  "| candidate | fold | train / val images | val Dice raw → tuned | test raw best | test tuned best | test raw last | "
+                  "test tuned last | FP normals raw → tuned (best) | epochs best / last | rule |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in results["runs"]:
+            lines.append(f"| {r['candidate']} | {r['fold']} | {r['n_train']} / {r['n_val']} | {r['val_dice_raw']:.3f} → "
+                         f"{r['val_dice_postprocessed']:.3f} | {r['test_best_raw']:.3f} | {r['test_best_postprocessed']:.3f} | "
+                         f"{r['test_last_raw']:.3f} | {r['test_last_postprocessed']:.3f} | {_num(r['test_best_fp_raw'])} → "
+                         f"{_num(r['test_best_fp_postprocessed'])} | {r['best_epoch']} / {r['last_epoch']} | {r['rule']} |")
     (a.out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -9,6 +9,10 @@ seed 0), two-sided Wilcoxon p, and the verdict (CI excludes 0 and p < 0.05).
 
     .venv/bin/python bench/recipe/cv_paired.py /work/bench-runs/s13/cv-chase/runs ema10 siim
     .venv/bin/python bench/recipe/cv_paired.py /work/bench-runs/s13/cv-busi-loss/runs siim --ref-dir /work/bench-runs/s13/cv-busi-ema/runs
+
+Nested runs (cv_defaults.py --inner-val) are scored on their test part beside the run: pair them
+with ``--metrics evaluations/test``; the last checkpoint against the best one of the same run with
+``--ref-metrics evaluations/test --metrics evaluations/test-last`` and the reference as candidate.
 """
 
 from __future__ import annotations
@@ -27,16 +31,16 @@ from medseg.metrics.paired import A_BETTER, B_BETTER, bootstrap_mean_ci, verdict
 FILES = {"raw": "cases.csv", "post-processed": "cases_postprocessed.csv"}
 
 
-def per_case(run: Path, which: str) -> dict[str, float]:
-    with open(run / "metrics" / FILES[which]) as f:
+def per_case(run: Path, which: str, metrics: str = "metrics") -> dict[str, float]:
+    with open(run / metrics / FILES[which]) as f:
         rows = list(csv.DictReader(f))
     key = "case" if rows and rows[0].get("case") else "case_index"
     return {r[key]: float(r["dice"]) for r in rows}
 
 
-def pair(ref: Path, other: Path, which: str) -> dict:
+def pair(ref: Path, other: Path, which: str, ref_metrics: str = "metrics", metrics: str = "metrics") -> dict:
     """other - ref per image: means, mean difference, CI, Wilcoxon p, images better/worse, verdict."""
-    a, b = per_case(ref, which), per_case(other, which)
+    a, b = per_case(ref, which, ref_metrics), per_case(other, which, metrics)
     if a.keys() != b.keys():
         raise SystemExit(f"{ref} and {other}: not the same held-out images")
     keys = sorted(a)
@@ -56,13 +60,15 @@ def main() -> None:
     ap.add_argument("--ref-dir", type=Path, help="the runs/ folder holding the reference (default: RUNS), for a reference "
                     "trained by another cv_defaults.py call on the same folds")
     ap.add_argument("--folds", type=int, default=2)
+    ap.add_argument("--metrics", default="metrics", help="the candidates' per-case folder inside a run (nested: evaluations/test)")
+    ap.add_argument("--ref-metrics", help="the reference's (default: --metrics)")
     a = ap.parse_args()
     print("| candidate | fold | scores | reference -> candidate | difference [95% CI] | Wilcoxon p | images better / worse | verdict |")
     print("|---|---|---|---|---|---|---|---|")
     for cand in a.candidates:
         for k in range(a.folds):
             for which in FILES:
-                r = pair((a.ref_dir or a.runs) / f"{a.ref}-fold{k}", a.runs / f"{cand}-fold{k}", which)
+                r = pair((a.ref_dir or a.runs) / f"{a.ref}-fold{k}", a.runs / f"{cand}-fold{k}", which, a.ref_metrics or a.metrics, a.metrics)
                 print(f"| {cand} | {k} | {which} | {r['ref']:.3f} -> {r['other']:.3f} | {r['diff']:+.3f} [{r['ci'][0]:+.3f}, "
                       f"{r['ci'][1]:+.3f}] | {r['p']:.2g} | {r['better']} / {r['worse']} | {r['verdict']} |")
 

@@ -19,6 +19,7 @@ from medseg.metrics.sweep import SweepCounter
 from medseg.metrics.validation import PostprocessedScorer, ValidationScorer
 
 MATCH_TOLERANCE = 1e-4
+CHECKPOINTS = {"best": runfs.BEST_CKPT, "last": runfs.LAST_CKPT}
 
 
 def other_data_arrays(cfg, data_config: Path, in_channels: int, progress: bool = True):
@@ -53,8 +54,9 @@ def evaluate_run(
     progress: bool = True,
     part: str = "val",
     own: bool = False,
+    checkpoint: str = "best",
 ) -> dict:
-    """Score the best checkpoint on the run's validation cases (or on another dataset).
+    """Score the best (or last) checkpoint on the run's validation cases (or on another dataset).
 
     Args:
         run_dir: the run folder.
@@ -66,25 +68,32 @@ def evaluate_run(
         part: which cases of the run's split to score: 'val' (the default) or 'test'.
         own: write the run's own metrics/ (fit's final evaluation); otherwise results go to
             a new runs/NAME/evaluations/<val|test|data stem>[-N]/ and the run's files stay as they are.
+        checkpoint: 'best' (the monitor's best epoch, what tune, predict and export use) or 'last'
+            (the final epoch's weights; its folder name gets '-last'). Scoring both on cases outside
+            the validation split shows whether picking the best epoch on the validation cases paid.
+            A tuned rule is applied to either (it was tuned on the best checkpoint's probabilities).
     """
+    if checkpoint not in CHECKPOINTS:
+        raise MedsegError(f"evaluate: checkpoint must be one of {', '.join(CHECKPOINTS)}, got '{checkpoint}'")
     console = console or Console(stderr=True)
     run_dir = runfs.open_run(run_dir)
     cfg = runfs.load_run_config(run_dir)
     state = runfs.load_state(run_dir)
     contract = cfg.eval.contract
-    if own and (data_config is not None or part != "val" or runfs.is_finished(run_dir, state)):
+    if own and (data_config is not None or part != "val" or checkpoint != "best" or runfs.is_finished(run_dir, state)):
         raise MedsegError(f"{run_dir}: only fit writes a run's own metrics, on its validation cases, before the run finishes")
     if data_config is not None:
         val = other_data_arrays(cfg, data_config, state["in_channels"], progress)
     elif part != "val" or val is None:
         val = runfs.load_split_part(run_dir, cfg, part=part, loaded=loaded, progress=progress)
-    net, info = runfs.load_network(run_dir, cfg, state["in_channels"])
+    net, info = runfs.load_network(run_dir, cfg, state["in_channels"], CHECKPOINTS[checkpoint])
     pp = runfs.load_postprocess(run_dir)
     # only now, with the data and the checkpoint known good, is anything written
     if own:
         out_dir = run_dir / runfs.METRICS
     else:
-        out_dir = runfs.create_evaluation(run_dir, Path(data_config).stem if data_config is not None else part)
+        name = Path(data_config).stem if data_config is not None else part
+        out_dir = runfs.create_evaluation(run_dir, name if checkpoint == "best" else f"{name}-{checkpoint}")
     # streamed: one chunk of whole cases (a few batches of images, or a volume) at a time
     scorer = ValidationScorer(contract, surface=True)
     pp_scorer = PostprocessedScorer(contract, pp.apply) if pp is not None else None
@@ -103,8 +112,8 @@ def evaluate_run(
         del probs, images
     scores = scorer.result()
     summary = dict(scores.summary)
-    summary["best_epoch"] = info["epoch"]
-    summary["checkpoint"] = runfs.BEST_CKPT
+    summary["best_epoch" if checkpoint == "best" else "epoch"] = info["epoch"]
+    summary["checkpoint"] = CHECKPOINTS[checkpoint]
     summary["evaluated_on"] = str(data_config) if data_config else ("validation split" if part == "val" else f"{part} split")
     summary["soft_dice"] = scores.soft_dice
     if scores.volume_summary is not None:
@@ -135,5 +144,5 @@ def evaluate_run(
         print_sweep(console, sw, contract)
     summary["written_to"] = str(out_dir)
     runfs.write_json(out_dir / runfs.SUMMARY_NAME, summary)
-    print_summary(console, summary, title=f"{run_dir.name}: best epoch {info['epoch']}")
+    print_summary(console, summary, title=f"{run_dir.name}: {checkpoint} epoch {info['epoch']}")
     return summary

@@ -61,3 +61,38 @@ def test_sweep_rows_match_numpy_at_every_threshold(run):
         assert r["dice"] == pytest.approx(_dice(probs, val.masks, r["threshold"]), abs=1e-12), r["threshold"]
     best = max(sweep["rows"], key=lambda r: r["dice"])
     assert s["threshold_sweep"]["best_value"] == pytest.approx(best["dice"], abs=1e-12)
+
+
+@pytest.mark.slow
+def test_checkpoint_last_scores_the_last_weights_beside_the_run(run, tmp_path):
+    import shutil
+
+    import torch
+
+    copy = tmp_path / run.name
+    shutil.copytree(run, copy)
+    cfg = runfs.load_run_config(copy)
+    val = runfs.load_split_part(copy, cfg)
+    own = (copy / runfs.SUMMARY).read_bytes()
+    # untouched: the last weights reproduce the last epoch's reported validation Dice
+    s = evaluate_run(copy, progress=False, checkpoint="last")
+    epochs = runfs.read_csv(copy / runfs.EPOCHS_CSV)
+    assert s["checkpoint"] == runfs.LAST_CKPT and s["epoch"] == int(epochs[-1]["epoch"]) and "best_epoch" not in s
+    assert s["training_reported"]["epoch"] == s["epoch"] and s["training_reported"]["match"]
+    assert runfs.read_json(copy / runfs.EVALUATIONS / "val-last" / runfs.SUMMARY_NAME)["dice"] == s["dice"]
+    assert (copy / runfs.SUMMARY).read_bytes() == own
+    # last.ckpt given other weights (the output bias pushed down): evaluate must score those, not best.ckpt's
+    ckpt = torch.load(copy / runfs.LAST_CKPT, weights_only=True)
+    bias = [k for k, v in ckpt["state_dict"].items() if k.startswith("net.") and k.endswith("bias")][-1]
+    ckpt["state_dict"][bias] = ckpt["state_dict"][bias] - 1.5
+    torch.save(ckpt, copy / runfs.LAST_CKPT)
+    s2 = evaluate_run(copy, progress=False, checkpoint="last")
+    net, _ = runfs.load_network(copy, cfg, 1, runfs.LAST_CKPT)
+    probs = run_probs(net, val.images, cfg, runfs.load_state(copy))
+    assert s2["dice"] == pytest.approx(_dice(probs, val.masks, 0.5), abs=1e-12)
+    best_net, _ = runfs.load_network(copy, cfg, 1)
+    assert not np.allclose(probs, run_probs(best_net, val.images, cfg, runfs.load_state(copy)))
+    assert not s2["training_reported"]["match"]  # what the CLI turns into exit 2
+    assert s2["written_to"] == str(copy / runfs.EVALUATIONS / "val-last-2")  # beside the first, never over it
+    with pytest.raises(Exception, match="checkpoint must be one of best, last"):
+        evaluate_run(copy, progress=False, checkpoint="worst")
