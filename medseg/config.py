@@ -205,6 +205,14 @@ class TrainConfig(Section):
         "optimiser steps (0: off). Validation, the checkpoints and inference use the average in place of the last "
         "weights.",
     )
+    last_checkpoint_every_s: float = Field(
+        60.0, ge=0.0,
+        description="checkpoints/last.ckpt (what `fit --resume` continues from) is rewritten at the end of an epoch once "
+        "this many seconds have passed since its last write, and always at the run's final epoch; 0: every epoch. A "
+        "checkpoint holds the weights and the optimiser state (284 MB for the ResNet-34 U-Net): written every epoch, it "
+        "cost a 3-minute run on 34 images a sixth of its epochs (BENCHMARKS.md §5j). A resume replays the epochs after "
+        "it, which are seeded per epoch.",
+    )
     budget_minutes: Optional[float] = Field(
         None, gt=0.0,
         description="Training time budget; with plan.enabled the plan sets train.epochs from the measured (or estimated) "

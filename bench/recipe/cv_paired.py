@@ -12,7 +12,8 @@ seed 0), two-sided Wilcoxon p, and the verdict (CI excludes 0 and p < 0.05).
 
 Nested runs (cv_defaults.py --inner-val) are scored on their test part beside the run: pair them
 with ``--metrics evaluations/test``; the last checkpoint against the best one of the same run with
-``--ref-metrics evaluations/test --metrics evaluations/test-last`` and the reference as candidate.
+``--ref-metrics evaluations/test --metrics evaluations/test-last`` and the reference as candidate;
+each run's tuned pipeline against its own raw prediction with ``--tuned-vs-raw``.
 """
 
 from __future__ import annotations
@@ -38,9 +39,9 @@ def per_case(run: Path, which: str, metrics: str = "metrics") -> dict[str, float
     return {r[key]: float(r["dice"]) for r in rows}
 
 
-def pair(ref: Path, other: Path, which: str, ref_metrics: str = "metrics", metrics: str = "metrics") -> dict:
+def pair(ref: Path, other: Path, which: str, ref_metrics: str = "metrics", metrics: str = "metrics", ref_which: str | None = None) -> dict:
     """other - ref per image: means, mean difference, CI, Wilcoxon p, images better/worse, verdict."""
-    a, b = per_case(ref, which, ref_metrics), per_case(other, which, metrics)
+    a, b = per_case(ref, ref_which or which, ref_metrics), per_case(other, which, metrics)
     if a.keys() != b.keys():
         raise SystemExit(f"{ref} and {other}: not the same held-out images")
     keys = sorted(a)
@@ -49,7 +50,7 @@ def pair(ref: Path, other: Path, which: str, ref_metrics: str = "metrics", metri
     p = wilcoxon_p(d)
     return {"n": len(d), "ref": float(np.mean([a[k] for k in keys])), "other": float(np.mean([b[k] for k in keys])),
             "diff": float(d.mean()), "ci": (low, high), "p": p, "better": int((d > 0).sum()), "worse": int((d < 0).sum()),
-            "verdict": {B_BETTER: f"{other.name} better", A_BETTER: f"{ref.name} better"}.get(v := verdict(low, high, p, 0.05), v)}
+            "code": (v := verdict(low, high, p, 0.05)), "verdict": {B_BETTER: f"{other.name} better", A_BETTER: f"{ref.name} better"}.get(v, v)}
 
 
 def main() -> None:
@@ -62,11 +63,18 @@ def main() -> None:
     ap.add_argument("--folds", type=int, default=2)
     ap.add_argument("--metrics", default="metrics", help="the candidates' per-case folder inside a run (nested: evaluations/test)")
     ap.add_argument("--ref-metrics", help="the reference's (default: --metrics)")
+    ap.add_argument("--tuned-vs-raw", action="store_true", help="pair each candidate's tuned pipeline with its own raw prediction")
     a = ap.parse_args()
     print("| candidate | fold | scores | reference -> candidate | difference [95% CI] | Wilcoxon p | images better / worse | verdict |")
     print("|---|---|---|---|---|---|---|---|")
     for cand in a.candidates:
         for k in range(a.folds):
+            if a.tuned_vs_raw:
+                run = a.runs / f"{cand}-fold{k}"
+                r = pair(run, run, "post-processed", a.metrics, a.metrics, ref_which="raw")
+                print(f"| {cand} | {k} | raw -> tuned | {r['ref']:.3f} -> {r['other']:.3f} | {r['diff']:+.3f} [{r['ci'][0]:+.3f}, "
+                      f"{r['ci'][1]:+.3f}] | {r['p']:.2g} | {r['better']} / {r['worse']} | { {B_BETTER: 'tuned better', A_BETTER: 'raw better'}.get(r['code'], r['verdict'])} |")
+                continue
             for which in FILES:
                 r = pair((a.ref_dir or a.runs) / f"{a.ref}-fold{k}", a.runs / f"{cand}-fold{k}", which, a.ref_metrics or a.metrics, a.metrics)
                 print(f"| {cand} | {k} | {which} | {r['ref']:.3f} -> {r['other']:.3f} | {r['diff']:+.3f} [{r['ci'][0]:+.3f}, "

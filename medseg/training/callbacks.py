@@ -31,7 +31,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import Callback, Timer
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, Timer
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from medseg import runfolder as runfs
@@ -445,6 +445,34 @@ class KillSwitch(Callback):
     def on_train_batch_end(self, trainer, *args, **kwargs):
         if trainer.global_step >= self.step:
             os._exit(137)
+
+
+class LatestCheckpoint(ModelCheckpoint):
+    """checkpoints/last.ckpt: the latest finished epoch, what `fit --resume` continues from.
+
+    Its own callback because Lightning 2.6's ``save_last`` writes last.ckpt only at epochs that saved a
+    new best: a resume restarted from the best epoch and `evaluate --checkpoint last` scored the best.
+    Written at the end of an epoch once `every_s` seconds have passed since the last write (0: every
+    epoch), and always at the final one (max_epochs reached, or a callback such as the budget or early
+    stopping stopping the run: Lightning runs checkpoint callbacks after the others).
+
+    Args:
+        dirpath: the run's checkpoints folder.
+        every_s: the least seconds between two writes.
+    """
+
+    def __init__(self, dirpath: Path, every_s: float):
+        super().__init__(dirpath=dirpath, filename=Path(runfs.LAST_CKPT).stem, monitor=None, save_top_k=1,
+                         save_on_train_epoch_end=True, enable_version_counter=False)
+        self.every_s = float(every_s)
+        self._written_at: Optional[float] = None
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        final = trainer.should_stop or (trainer.max_epochs is not None and trainer.current_epoch + 1 >= trainer.max_epochs)
+        if not final and self._written_at is not None and time.monotonic() - self._written_at < self.every_s:
+            return
+        super().on_train_epoch_end(trainer, pl_module)
+        self._written_at = time.monotonic()
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -20,7 +20,8 @@ from medseg.data.arrays import SplitArrays
 from medseg.runtime import training_device
 from medseg.training import tracking
 from medseg.training.callbacks import (
-    AtomicCheckpointIO, BatchCompositionAudit, BudgetSchedule, ContractValidation, EpochLog, KillSwitch, SameRun, WeightEMA,
+    AtomicCheckpointIO, BatchCompositionAudit, BudgetSchedule, ContractValidation, EpochLog, KillSwitch, LatestCheckpoint, SameRun,
+    WeightEMA,
 )
 from medseg.training.distributed import trainer_devices, world_size
 
@@ -67,8 +68,9 @@ def build_trainer(
         EpochLog(run_dir, audit, validation),
         ModelCheckpoint(
             dirpath=run_dir / runfs.CHECKPOINTS, filename="best", monitor="val/monitor", mode=monitor_mode,
-            save_top_k=1, save_last=True, save_on_train_epoch_end=True, enable_version_counter=False,
+            save_top_k=1, save_on_train_epoch_end=True, enable_version_counter=False,
         ),
+        LatestCheckpoint(run_dir / runfs.CHECKPOINTS, cfg.train.last_checkpoint_every_s),
     ]
     if cfg.train.budget_minutes and (cfg.schedule.follow_budget or cfg.schedule.fill_budget):
         # after EpochLog: the row shows the epoch as trained

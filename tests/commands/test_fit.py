@@ -59,9 +59,53 @@ def test_training_learns_the_synthetic_lesions(tmp_path):
 
 
 @pytest.mark.slow
+def test_last_checkpoint_is_the_last_epoch_when_it_is_not_the_best(blob_data, tmp_path):
+    # lr 1e-9: the weights barely move, so the validation Dice never beats epoch 0's and only epoch 0 is "best".
+    # Lightning 2.6's save_last wrote last.ckpt only at a new best: a resume then replayed from epoch 0.
+    cfg = tiny_config(blob_data, tmp_path / "runs", optim={"lr": 1e-9}, train={"epochs": 4, "batch_size": 4, "last_checkpoint_every_s": 0})
+    path = write_config(tmp_path / "c.yaml", cfg)
+    killed = _cli("fit", path, "--no-progress", env={"MEDSEG_KILL_AT_STEP": "7"})  # 3 steps per epoch: inside epoch 2
+    assert killed.returncode == 137, killed.stderr[-2000:]
+    run = tmp_path / "runs" / "t"
+    rows = runfs.read_csv(run / runfs.EPOCHS_CSV)
+    assert [r["epoch"] for r in rows] == [0, 1] and rows[1]["val_dice"] == rows[0]["val_dice"]
+    assert torch.load(run / runfs.BEST_CKPT, weights_only=True)["epoch"] == 0
+    assert torch.load(run / runfs.LAST_CKPT, weights_only=True)["epoch"] == 1
+    resumed = _cli("fit", "--resume", run, "--no-progress")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    after = runfs.read_csv(run / runfs.EPOCHS_CSV)
+    assert [r["epoch"] for r in after] == [0, 1, 2, 3]
+    assert [r["train_seconds"] for r in after[:2]] == [r["train_seconds"] for r in rows]  # epoch 1 was not trained again
+    assert torch.load(run / runfs.BEST_CKPT, weights_only=True)["epoch"] == 0
+    assert torch.load(run / runfs.LAST_CKPT, weights_only=True)["epoch"] == 3
+    last = evaluate_run(run, progress=False, checkpoint="last")
+    assert last["epoch"] == 3 and last["training_reported"]["epoch"] == 3 and last["training_reported"]["match"]
+
+
+@pytest.mark.slow
+def test_last_checkpoint_throttled_is_written_first_and_at_the_final_epoch(blob_data, tmp_path):
+    # every_s far beyond the run: last.ckpt is written at epoch 0 and at the final epoch only
+    cfg = tiny_config(blob_data, tmp_path / "runs", train={"epochs": 4, "batch_size": 4, "last_checkpoint_every_s": 1e6})
+    path = write_config(tmp_path / "c.yaml", cfg)
+    killed = _cli("fit", path, "--no-progress", env={"MEDSEG_KILL_AT_STEP": "7"})  # inside epoch 2
+    assert killed.returncode == 137, killed.stderr[-2000:]
+    run = tmp_path / "runs" / "t"
+    rows = runfs.read_csv(run / runfs.EPOCHS_CSV)
+    assert [r["epoch"] for r in rows] == [0, 1]
+    assert torch.load(run / runfs.LAST_CKPT, weights_only=True)["epoch"] == 0
+    resumed = _cli("fit", "--resume", run, "--no-progress")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    after = runfs.read_csv(run / runfs.EPOCHS_CSV)
+    assert [r["epoch"] for r in after] == [0, 1, 2, 3]
+    assert after[0]["train_seconds"] == rows[0]["train_seconds"]  # epoch 0 kept; epoch 1 trained again from its seed
+    assert after[1]["train_loss"] == pytest.approx(rows[1]["train_loss"], abs=1e-6)
+    assert torch.load(run / runfs.LAST_CKPT, weights_only=True)["epoch"] == 3
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("ema_share", [0.0, 0.3])
 def test_resume_after_kill_equals_uninterrupted_run(blob_data, tmp_path, ema_share):
-    cfg = tiny_config(blob_data, tmp_path / "runs", train={"epochs": 4, "batch_size": 4, "ema_share": ema_share})
+    cfg = tiny_config(blob_data, tmp_path / "runs", train={"epochs": 4, "batch_size": 4, "ema_share": ema_share, "last_checkpoint_every_s": 0})
     path = write_config(tmp_path / "c.yaml", cfg)
     full = _cli("fit", path, "--no-progress")
     assert full.returncode == 0, full.stderr[-2000:]
