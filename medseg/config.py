@@ -210,7 +210,7 @@ class TrainConfig(Section):
         description="checkpoints/last.ckpt (what `fit --resume` continues from) is rewritten at the end of an epoch once "
         "this many seconds have passed since its last write, and always at the run's final epoch; 0: every epoch. A "
         "checkpoint holds the weights and the optimiser state (284 MB for the ResNet-34 U-Net): written every epoch, it "
-        "cost a 3-minute run on 34 images a sixth of its epochs (BENCHMARKS.md §5j). A resume replays the epochs after "
+        "cost 3-minute runs on 34 images 15-23% of their epochs (BENCHMARKS.md §5j). A resume replays the epochs after "
         "it, which are seeded per epoch.",
     )
     budget_minutes: Optional[float] = Field(

@@ -469,7 +469,9 @@ class LatestCheckpoint(ModelCheckpoint):
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         final = trainer.should_stop or (trainer.max_epochs is not None and trainer.current_epoch + 1 >= trainer.max_epochs)
-        if not final and self._written_at is not None and time.monotonic() - self._written_at < self.every_s:
+        due = final or self._written_at is None or time.monotonic() - self._written_at >= self.every_s
+        # rank 0 decides for all: saving is collective under DDP (a barrier), and each rank's clock differs a little
+        if not trainer.strategy.broadcast(due, src=0):
             return
         super().on_train_epoch_end(trainer, pl_module)
         self._written_at = time.monotonic()
