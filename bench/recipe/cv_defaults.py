@@ -38,6 +38,14 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[2]
 
 
+def patient_groups(cases, rows: dict[str, dict]) -> dict[str, list[str]]:
+    """{group: its cases, sorted}: the `patient` column of rows (each case its own group without it)."""
+    groups: dict[str, list[str]] = {}
+    for c in sorted(cases):
+        groups.setdefault(rows.get(c, {}).get("patient") or c, []).append(c)
+    return groups
+
+
 def folds_of(cases: list[str], k: int, seed: int, rows: dict[str, dict] | None = None) -> list[list[str]]:
     """K folds of whole patient groups, stratified by class.
 
@@ -46,9 +54,7 @@ def folds_of(cases: list[str], k: int, seed: int, rows: dict[str, dict] | None =
     class, groups are dealt in a random order, each to the fold holding the fewest images so far.
     """
     rows = rows or {}
-    groups: dict[str, list[str]] = {}
-    for c in sorted(cases):
-        groups.setdefault(rows.get(c, {}).get("patient") or c, []).append(c)
+    groups = patient_groups(cases, rows)
 
     def cls_of(case: str) -> str:
         # without cases.csv, BUSI-style names carry the class (benign_001); a cases.csv without `class`: one class
@@ -68,11 +74,8 @@ def nested_split(pool: list[str], held: list[str], val_share: float, cap: int | 
     """{train, val, test}: test = the held-out fold; val = whole random patient groups of the rest
     (at least one group, until val_share of the rest is reached); train = the others. With `cap`, the
     rest is first cut to whole random groups until it holds at least `cap` images."""
-    rows = rows or {}
     rng = np.random.RandomState(seed)
-    groups: dict[str, list[str]] = {}
-    for c in sorted(set(pool) - set(held)):
-        groups.setdefault(rows.get(c, {}).get("patient") or c, []).append(c)
+    groups = patient_groups(set(pool) - set(held), rows or {})
     order = [sorted(groups)[i] for i in rng.permutation(len(groups))]
     if cap is not None:
         kept, n = [], 0
@@ -88,7 +91,8 @@ def nested_split(pool: list[str], held: list[str], val_share: float, cap: int | 
         if val and len(val) >= val_share * n_rest:
             break
         val.extend(groups[g])
-    train = sorted(c for g in order for c in groups[g] if c not in set(val))
+    in_val = set(val)
+    train = sorted(c for g in order for c in groups[g] if c not in in_val)
     if not train:
         raise SystemExit(f"--inner-val {val_share}: nothing left to train on")
     return {"train": train, "val": sorted(val), "test": sorted(held)}
@@ -101,7 +105,7 @@ def evaluate_test(run_dir: Path, checkpoint: str) -> dict:
         cmd = [sys.executable, "-m", "medseg.cli", "evaluate", str(run_dir), "--split", "test", "--checkpoint", checkpoint,
                "--no-progress", "--json"]
         r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
-        if r.returncode != 0 and not (folder / "summary.json").is_file():
+        if r.returncode != 0:
             raise SystemExit(f"{' '.join(cmd)} failed:\n{r.stderr[-2000:]}")
     return json.loads((folder / "summary.json").read_text())
 
@@ -166,6 +170,7 @@ def main() -> None:
                 else:
                     part = {"train": sorted(set(pool) - set(held)), "val": held}
                 fold_split.write_text(json.dumps(part))
+            part = json.loads(fold_split.read_text())
             cfg = a.out / f"{name}_fold{k}.yaml"
             cfg.write_text(
                 f"name: {name}-fold{k}\noutput_dir: {a.out / 'runs'}\nseed: {a.seed}\n"
@@ -191,7 +196,7 @@ def main() -> None:
             if a.inner_val is not None:
                 # the run's own metrics are on its validation cases; the held-out fold is its test part
                 row["val_dice_raw"], row["val_dice_postprocessed"] = row["dice_raw"], row["dice_postprocessed"]
-                row["n_train"], row["n_val"] = (len(json.loads(fold_split.read_text())[p]) for p in ("train", "val"))
+                row["n_train"], row["n_val"] = len(part["train"]), len(part["val"])
                 row["rule"] = pp.get("rule_text") if s.get("postprocessed") else "raw"
                 for ck in ("best", "last"):
                     t = evaluate_test(run_dir, ck)
