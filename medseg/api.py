@@ -65,13 +65,13 @@ def fit(config: Union[str, Path, dict, Config], progress: bool = False, device: 
 
 
 def evaluate(run: Union[str, Path], device: Optional[str] = None, **kwargs: Any) -> dict:
-    """Score a run's best checkpoint (as `medseg evaluate`) on `device`; keyword arguments as `evaluate_run`."""
+    """Score a run's model checkpoint (as `medseg evaluate`) on `device`; keyword arguments as `evaluate_run`."""
     with device_scope(device):
         return evaluate_run(Path(run), progress=kwargs.pop("progress", False), **kwargs)
 
 
 def export(run: Union[str, Path], fmt: str = "onnx", out: Optional[Path] = None) -> Path:
-    """Export a run's best network (as `medseg export`); returns the folder with the model and its sidecar."""
+    """Export a run's network (as `medseg export`); returns the folder with the model and its sidecar."""
     return export_run(Path(run), fmt, out)
 
 
@@ -91,7 +91,7 @@ class Prediction:
 
 
 class Predictor:
-    """A run's best network with its preprocessing and tuned post-processing, for arrays and files.
+    """A run's network (its train.checkpoint) with its preprocessing and tuned post-processing, for arrays and files.
 
     Args:
         run: the run folder.
@@ -160,5 +160,5 @@ class Predictor:
 
 
 def load(run: Union[str, Path], device: Optional[str] = None) -> Predictor:
-    """A `Predictor` for a run folder (its best checkpoint, preprocessing and tuned rule), on `device` (see `Predictor`)."""
+    """A `Predictor` for a run folder (its model checkpoint, preprocessing and tuned rule), on `device` (see `Predictor`)."""
     return Predictor(run, device)

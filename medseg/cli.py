@@ -115,7 +115,7 @@ def fit(
     no_progress: bool = typer.Option(False, "--no-progress", help="Hide progress bars."),
     json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
 ):
-    """Train a model into a new run folder (runs/NAME), then evaluate its best checkpoint; or a K-fold experiment (--folds K)."""
+    """Train a model into a new run folder (runs/NAME), then evaluate its model checkpoint; or a K-fold experiment (--folds K)."""
     from medseg import runfolder as runfs
     from medseg.commands.fit import fit as do_fit
     from medseg.config import load_config
@@ -156,13 +156,15 @@ def evaluate(
     data: Optional[Path] = typer.Option(None, "--data", help="YAML with a data: section to evaluate on instead of the run's validation split."),
     sweep: bool = typer.Option(False, "--sweep", help="Also sweep the threshold 0.05..0.95 and report the best."),
     split: Part = typer.Option(Part.val, "--split", help="Which cases of the run's split.json to score (results go to runs/NAME/evaluations/<split>)."),
-    checkpoint: Checkpoint = typer.Option(Checkpoint.best, "--checkpoint", help="best: the monitor's best epoch (what tune, predict and "
-                                          "export use); last: the final epoch's weights (results go to evaluations/<split>-last)."),
+    checkpoint: Optional[Checkpoint] = typer.Option(
+        None, "--checkpoint", help="Default: the run's model, the file its train.checkpoint names (what tune, predict and export "
+        "use). best: the monitor's best epoch; last: the final epoch's weights. A file other than the run's model writes "
+        "evaluations/<split>-best or -last."),
     device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP),
     no_progress: bool = typer.Option(False, "--no-progress", help="Hide progress bars."),
     json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
 ):
-    """Recompute validation metrics from the best (or last) checkpoint (checked against what training reported).
+    """Recompute validation metrics from the run's model checkpoint (checked against what training reported).
 
     Raw numbers follow the metric contract; when the run was tuned (postprocess.json) the
     post-processed pipeline is scored beside them.
@@ -176,15 +178,16 @@ def evaluate(
     if runfs.is_experiment(run):
         from medseg.commands.experiment import evaluate_experiment
 
-        if checkpoint != Checkpoint.best:
-            raise MedsegError(f"{run}: --checkpoint last scores one run; an experiment scores its members' best checkpoints")
+        if checkpoint is not None:
+            raise MedsegError(f"{run}: --checkpoint scores one run; an experiment scores each member's model (its train.checkpoint)")
         with _device_scope(device):
             s = evaluate_experiment(run, data, part="test", console=console, progress=not no_progress)
         if json_out:
             _print_json(s)
         return
     with _device_scope(device):
-        s = evaluate_run(run, data, sweep=sweep, console=console, progress=not no_progress, part=split.value, checkpoint=checkpoint.value)
+        s = evaluate_run(run, data, sweep=sweep, console=console, progress=not no_progress, part=split.value,
+                         checkpoint=checkpoint.value if checkpoint is not None else None)
     if json_out:
         _print_json(s)
     tr = s.get("training_reported")
@@ -444,7 +447,7 @@ def tune(
 
 @app.command()
 def export(
-    run: Path = typer.Argument(..., help="Run folder (its best checkpoint is exported)."),
+    run: Path = typer.Argument(..., help="Run folder (its model checkpoint, per train.checkpoint, is exported)."),
     format: ExportFormat = typer.Option(ExportFormat.onnx, "--format", help="onnx (checked with onnxruntime; needs medseg[export]) or torchscript."),
     out: Optional[Path] = typer.Option(None, "--out", help="New (or empty) folder for the model and model.json (default runs/NAME/exports/FORMAT)."),
     json_out: bool = typer.Option(False, "--json", help=JSON_HELP),

@@ -194,6 +194,14 @@ class TrainConfig(Section):
         "dice", description="Validation quantity that picks the best checkpoint and drives early stopping (hard, per the contract)."
     )
     early_stopping: EarlyStopConfig = Field(default_factory=EarlyStopConfig, description="Early stopping on the monitor.")
+    checkpoint: Literal["best", "last"] = Field(
+        "best",
+        description="Which weights are the run's model, the ones tune, evaluate, predict, export, the report and the doctor "
+        "use. best: the epoch with the best validation monitor (checkpoints/best.ckpt). last: the final epoch "
+        "(checkpoints/last.ckpt, always written at the end; no best.ckpt is kept), as nnU-Net deploys its final "
+        "checkpoint: an epoch picked on a handful of validation images is a lottery that can land on an early, "
+        "unfinished model (BENCHMARKS.md §5j, §5k). The plan sets last when the validation part is too small to pick from.",
+    )
     steps_per_epoch: Optional[int] = Field(
         None, ge=1, description="Optimiser micro-batches per epoch (default: one pass over the training images)."
     )

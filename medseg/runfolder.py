@@ -231,12 +231,31 @@ def check_checkpoint(path: Path) -> dict:
     return ckpt
 
 
-def load_network(run_dir: Path, cfg: Config, in_channels: int, which: str = BEST_CKPT) -> tuple:
-    """Rebuild the network and load a checkpoint's weights; returns (net in eval mode, checkpoint info)."""
+def model_checkpoint(cfg: Config, which: Optional[str] = None) -> str:
+    """The checkpoint file (relative to the run) that is the run's model, per ``train.checkpoint``, or `which` ('best'/'last')."""
+    files = {"best": BEST_CKPT, "last": LAST_CKPT}
+    name = which or cfg.train.checkpoint
+    if name not in files:
+        raise ValueError(f"checkpoint: '{name}' is not one of {', '.join(files)}")
+    return files[name]
+
+
+def load_network(run_dir: Path, cfg: Config, in_channels: int, which: Optional[str] = None) -> tuple:
+    """Rebuild the network and load a checkpoint's weights; returns (net in eval mode, checkpoint info).
+
+    Args:
+        run_dir: the run folder.
+        cfg: its config (the network, and ``train.checkpoint``: which file is the run's model).
+        in_channels: the network's input channels.
+        which: 'best' or 'last' to load that file instead of the run's model.
+    """
     import torch  # here: the light verbs (compare, report --no-predict) read run folders without it
 
-    path = Path(run_dir) / which
+    rel = model_checkpoint(cfg, which)
+    path = Path(run_dir) / rel
     if not path.is_file():
+        if rel == BEST_CKPT and cfg.train.checkpoint == "last":
+            raise MedsegError(f"{path}: no checkpoint: this run keeps only its last epoch (train.checkpoint: last)")
         raise MedsegError(f"{path}: no checkpoint (did training finish an epoch?)")
     ckpt = check_checkpoint(path)
     net = create_model_from_config(cfg.model, in_channels)
@@ -249,7 +268,7 @@ def load_network(run_dir: Path, cfg: Config, in_channels: int, which: str = BEST
     if cfg.train.channels_last:
         net = net.to(memory_format=torch.channels_last)
     net.eval()
-    return net, {"epoch": int(ckpt.get("epoch", -1)), "global_step": int(ckpt.get("global_step", -1))}
+    return net, {"epoch": int(ckpt.get("epoch", -1)), "global_step": int(ckpt.get("global_step", -1)), "checkpoint": rel}
 
 
 def load_split_part(run_dir: Path, cfg: Config, part: str = "val", loaded=None, progress: bool = False) -> SplitArrays:

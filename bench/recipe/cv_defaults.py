@@ -15,7 +15,9 @@ folds (at least one group) and trains on the rest. With ``--train-cap N`` the re
 first cut to N images of whole random groups, so a large set stands in for a set of tens of
 images while its held-out fold stays large enough to score. Each run is then scored on its test
 part with ``medseg evaluate --split test``, once from the best checkpoint and once from the last
-(``--checkpoint last``): raw, and with the rule tuned on its own validation cases.
+(``--checkpoint last``): raw, and with the rule tuned on its own validation cases. Nested runs set
+``train.checkpoint=best`` and ``postprocess.tune=true`` (before the candidate's own keys), so both
+choices are measured where the plan would keep the last epoch untuned (fewer than 30 validation cases).
 
     .venv/bin/python -u bench/recipe/cv_defaults.py /work/cache/busi256 --out runs/bench-cv \\
         --budget-min 5 --folds 2 --candidate default= --candidate r34=model.name=flexunet-resnet34
@@ -162,6 +164,10 @@ def main() -> None:
     for cand in a.candidate:
         name, _, sets = cand.partition("=")
         overrides = split_overrides(sets)
+        if a.inner_val is not None:
+            # nested runs measure both choices the plan makes for small validation parts (the best epoch or the last,
+            # tuned or raw), so they keep best.ckpt and tune; a candidate's own --set comes after and wins
+            overrides = ["train.checkpoint=best", "postprocess.tune=true"] + overrides
         for k, held in enumerate(folds):
             fold_split = a.out / f"split_fold{k}.json"
             if not fold_split.exists():

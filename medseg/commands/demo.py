@@ -101,6 +101,7 @@ def summary_lines(run_dir: Path, val: dict, test: dict, findings: list, pred_dir
     """The demo's summary (Markdown): held-out figures first, then validation, the doctor, where things are."""
     pp, vpp = test.get("postprocessed") or {}, val.get("postprocessed") or {}
     final = pp.get("dice", test["dice"])
+    epoch_text = f"best epoch {val['best_epoch']}" if "best_epoch" in val else f"last epoch {val.get('epoch')}"
     lines = [
         "# medseg demo summary",
         "",
@@ -110,7 +111,7 @@ def summary_lines(run_dir: Path, val: dict, test: dict, findings: list, pred_dir
         f"{TARGET_DICE:.2f}), {_f(test['dice'])} raw network; lesion recall {_f(pp.get('lesion_recall', test.get('lesion_recall')))}, "
         f"false alarms on normal images {_f(pp.get('fp_rate_empty', test.get('fp_rate_empty')))}",
         f"- validation images ({val['n_cases']}): Dice {_f(vpp.get('dice', val['dice']))} post-processed, {_f(val['dice'])} raw "
-        f"(best epoch {val.get('best_epoch')})",
+        f"({epoch_text})",
         f"- post-processing: {pp.get('rule_text', 'none')}",
         f"- wall time (train, tune, evaluate, predict, report, doctor): {wall:.0f} s",
         "",

@@ -1,4 +1,4 @@
-"""`medseg evaluate`: recompute metrics from a run's best checkpoint (and check them against training's)."""
+"""`medseg evaluate`: recompute metrics from a run's model checkpoint (and check them against training's)."""
 
 from __future__ import annotations
 
@@ -54,9 +54,9 @@ def evaluate_run(
     progress: bool = True,
     part: str = "val",
     own: bool = False,
-    checkpoint: str = "best",
+    checkpoint: Optional[str] = None,
 ) -> dict:
-    """Score the best (or last) checkpoint on the run's validation cases (or on another dataset).
+    """Score the run's model (or its best or last checkpoint) on the run's validation cases (or on another dataset).
 
     Args:
         run_dir: the run folder.
@@ -68,32 +68,35 @@ def evaluate_run(
         part: which cases of the run's split to score: 'val' (the default) or 'test'.
         own: write the run's own metrics/ (fit's final evaluation); otherwise results go to
             a new runs/NAME/evaluations/<val|test|data stem>[-N]/ and the run's files stay as they are.
-        checkpoint: 'best' (the monitor's best epoch, what tune, predict and export use) or 'last'
-            (the final epoch's weights; its folder name gets '-last'). Scoring both on cases outside
-            the validation split shows whether picking the best epoch on the validation cases paid.
-            A tuned rule is applied to either (it was tuned on the best checkpoint's probabilities).
+        checkpoint: None: the run's model, the file ``train.checkpoint`` names (what tune, predict and
+            export use); 'best' (the monitor's best epoch) or 'last' (the final epoch) to score that file
+            instead, its folder name then suffixed '-best' or '-last'. Scoring both on cases outside the
+            validation split shows whether picking the best epoch on the validation cases paid. A tuned
+            rule is applied to either (it was tuned on the run's model's probabilities).
     """
-    if checkpoint not in CHECKPOINTS:
+    if checkpoint is not None and checkpoint not in CHECKPOINTS:
         raise MedsegError(f"evaluate: checkpoint must be one of {', '.join(CHECKPOINTS)}, got '{checkpoint}'")
     console = console or Console(stderr=True)
     run_dir = runfs.open_run(run_dir)
     cfg = runfs.load_run_config(run_dir)
     state = runfs.load_state(run_dir)
     contract = cfg.eval.contract
-    if own and (data_config is not None or part != "val" or checkpoint != "best" or runfs.is_finished(run_dir, state)):
+    deployed = cfg.train.checkpoint
+    checkpoint = checkpoint or deployed
+    if own and (data_config is not None or part != "val" or checkpoint != deployed or runfs.is_finished(run_dir, state)):
         raise MedsegError(f"{run_dir}: only fit writes a run's own metrics, on its validation cases, before the run finishes")
     if data_config is not None:
         val = other_data_arrays(cfg, data_config, state["in_channels"], progress)
     elif part != "val" or val is None:
         val = runfs.load_split_part(run_dir, cfg, part=part, loaded=loaded, progress=progress)
-    net, info = runfs.load_network(run_dir, cfg, state["in_channels"], CHECKPOINTS[checkpoint])
+    net, info = runfs.load_network(run_dir, cfg, state["in_channels"], checkpoint)
     pp = runfs.load_postprocess(run_dir)
     # only now, with the data and the checkpoint known good, is anything written
     if own:
         out_dir = run_dir / runfs.METRICS
     else:
         name = Path(data_config).stem if data_config is not None else part
-        out_dir = runfs.create_evaluation(run_dir, name if checkpoint == "best" else f"{name}-{checkpoint}")
+        out_dir = runfs.create_evaluation(run_dir, name if checkpoint == deployed else f"{name}-{checkpoint}")
     # streamed: one chunk of whole cases (a few batches of images, or a volume) at a time
     scorer = ValidationScorer(contract, surface=True)
     pp_scorer = PostprocessedScorer(contract, pp.apply) if pp is not None else None

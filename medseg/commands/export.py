@@ -49,7 +49,7 @@ def export_run(run_dir: Path, fmt: str = "onnx", out: Optional[Path] = None, con
     """Write the exported model and its sidecar into a new folder; returns the folder.
 
     Args:
-        run_dir: the run folder (its best checkpoint is exported).
+        run_dir: the run folder (its model is exported: the checkpoint ``train.checkpoint`` names).
         fmt: 'onnx' or 'torchscript'.
         out: the folder to write (new or empty); default runs/NAME/exports/FORMAT[-N].
         console: where to print.
@@ -95,8 +95,8 @@ def export_run(run_dir: Path, fmt: str = "onnx", out: Optional[Path] = None, con
         "medseg_version": medseg.__version__,
         "torch_version": torch.__version__,
         "run": str(run_dir.resolve()),
-        "checkpoint": runfs.BEST_CKPT,
-        "best_epoch": info["epoch"],
+        "checkpoint": info["checkpoint"],
+        "best_epoch" if info["checkpoint"] == runfs.BEST_CKPT else "epoch": info["epoch"],
         "model": cfg.model.name,
         "input": {
             "name": "image", "layout": "NCHW", "dtype": "float32", "channels": state["in_channels"], "size": [h, w],

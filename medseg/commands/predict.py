@@ -36,7 +36,7 @@ def predict_run(
     console: Optional[Console] = None,
     raw: bool = False,
 ) -> Path:
-    """Predict INPUT with a run's best checkpoint, or an ensemble, into the new folder OUTPUT.
+    """Predict INPUT with a run's model checkpoint (train.checkpoint), or an ensemble, into the new folder OUTPUT.
 
     Args:
         run_dir: a run folder; an experiment folder (the mean of its folds' probabilities, then the

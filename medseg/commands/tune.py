@@ -28,7 +28,7 @@ def tune_run(
     run_dir: Path, console: Optional[Console] = None, val=None, force: bool = False, progress: bool = True,
     overrides: Optional[list[str]] = None,
 ) -> dict:
-    """Tune post-processing for a run on its validation cases with the best checkpoint.
+    """Tune post-processing for a run on its validation cases with its model (``train.checkpoint``: best or last epoch).
 
     Args:
         run_dir: the run folder.
@@ -64,8 +64,8 @@ def tune_run(
         # made, two volumes at once (the default tune's +22% from 10 to 131 LiTS volumes, BENCHMARKS §9c)
         del probs_by_set
     result = search.result(pp.min_gain)
-    result["checkpoint"] = runfs.BEST_CKPT
-    result["best_epoch"] = info["epoch"]
+    result["checkpoint"] = info["checkpoint"]
+    result["best_epoch" if info["checkpoint"] == runfs.BEST_CKPT else "epoch"] = info["epoch"]
     result["contract_text"] = contract.describe()
     runfs.write_csv(run_dir / runfs.POSTPROCESS_CSV, result["rows"])
     runfs.write_json(out, {k: v for k, v in result.items() if k != "rows"})

@@ -42,7 +42,7 @@ def diagnose(run_dir: Path, evaluate: bool = True, loaded=None) -> list[Finding]
 
     Args:
         run_dir: the run folder (config.yaml, fingerprint.json, metrics/, checkpoints/).
-        evaluate: also reload the data and run the best checkpoint on the validation images
+        evaluate: also reload the data and run the model checkpoint on the validation images
             (duplicates, split intensity, threshold sweep, lesion-level errors); without it only
             the run's files are read.
         loaded: the run's data already in memory (`medseg.data.load_data` result), to skip reloading it.

@@ -11,6 +11,7 @@ from medseg.doctor.data import network_stride, round_to_stride
 from medseg.doctor.evidence import RunEvidence, finite
 from medseg.doctor.finding import Finding
 from medseg.losses import DEEP_SUPERVISION_KEY, loss_traits
+from medseg.training import SELECT_MIN_VAL_CASES
 
 # A loss component worth reporting costs at least this much mean Dice and this share of the deficit.
 MIN_LOST_DICE, MIN_DEFICIT_SHARE = 0.03, 0.25
@@ -159,8 +160,9 @@ def dice_loss_findings(ev: RunEvidence, rows: list[dict], summary: dict) -> list
             why = (f"the predictions on empty images are lesion-sized (median {fp_med:.0f} px against {les_med:.0f} px per "
                    "lesion image), not specks: no threshold or component-size rule removes them without removing lesions; "
                    "the network has not learned what an image without a lesion looks like")
-        if ev.get("postprocess.tune", True) is False and not large:
-            # the tuned threshold + small-component removal is medseg's own control for specks
+        if ev.get("postprocess.tune", True) is False and not large and not 0 < ev.val_cases < SELECT_MIN_VAL_CASES:
+            # the tuned threshold + small-component removal is medseg's own control for specks (not on a handful of
+            # validation cases: there a tuned rule is chance, and the plan turns tuning off)
             fix_key, fix_value = "postprocess.tune", True
         elif large and ev.get("model.name") in ("unet", "basicunet"):
             # a deeper encoder sees more context per pixel (BENCHMARKS.md §5: cross-validation on BUSI)

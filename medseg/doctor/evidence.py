@@ -1,7 +1,7 @@
 """What the doctor knows about a run: its files, and (optionally) the checkpoint re-run on validation.
 
 `load_evidence` reads the run folder; `gather_eval` reloads the data and predicts the validation
-images with the best checkpoint, keeping only what the checks need (probabilities, per-image
+images with the run's model checkpoint (train.checkpoint), keeping only what the checks need (probabilities, per-image
 statistics, small thumbnails). The family modules read a `RunEvidence` and never touch files.
 """
 
@@ -31,7 +31,7 @@ THUMB_SIDE = 16
 
 @dataclass
 class EvalEvidence:
-    """The best checkpoint re-run on the validation images (hard metrics under the contract).
+    """The run's model checkpoint re-run on the validation images (hard metrics under the contract).
 
     The validation images are predicted and scored a chunk of whole cases at a time (no
     probability map of the whole set is kept); what the checks need of the probabilities is
@@ -53,7 +53,7 @@ class EvalEvidence:
             the normalised network input.
         mask_values: distinct mask values the loader produced (expected: 0 and 1).
         train_positive_share: share of training images with foreground.
-        best_epoch: epoch of the checkpoint.
+        best_epoch: epoch of the checkpoint (the last epoch under ``train.checkpoint: last``).
         scores: the validation scorer's output for these predictions under the hard contract
             (`scores.summary` is the contract's summary: per volume for a per-volume contract).
     """
@@ -76,6 +76,7 @@ class EvalEvidence:
     train_positive_share: float
     best_epoch: int
     scores: Optional[ValidationScores] = None
+    checkpoint: str = "checkpoints/best.ckpt"  # the file that was run (runfolder.model_checkpoint)
 
 
 @dataclass
@@ -133,6 +134,14 @@ class RunEvidence:
     def series(self, name: str) -> np.ndarray:
         """One epochs.csv column as floats in epoch order (NaN where missing or not a number)."""
         return np.array([_as_float(r.get(name)) for r in self.epochs], dtype=float)
+
+    @property
+    def val_cases(self) -> int:
+        """Validation cases of the run: its split.json, else the fingerprint's count (0 when neither says)."""
+        if self.split.get("val"):
+            return len(self.split["val"])
+        val = (self.fingerprint.get("by_split") or {}).get("val") or {}
+        return int(val.get("n_cases") or val.get("n_images") or 0)
 
     @property
     def epoch_numbers(self) -> np.ndarray:
@@ -228,7 +237,7 @@ def _distinct(masks) -> np.ndarray:
 
 
 def gather_eval(ev: RunEvidence, loaded=None) -> EvalEvidence:
-    """Reload the data, predict the validation images with the best checkpoint, collect statistics.
+    """Reload the data, predict the validation images with the model checkpoint, collect statistics.
 
     Args:
         ev: the run's evidence (config, split, state).
@@ -285,6 +294,7 @@ def gather_eval(ev: RunEvidence, loaded=None) -> EvalEvidence:
         train_positive_share=float(train.positive.mean()) if len(train.masks) else float("nan"),
         best_epoch=int(info["epoch"]),
         scores=scores,
+        checkpoint=info["checkpoint"],
     )
 
 

@@ -94,13 +94,13 @@ def nonfinite(ev: RunEvidence) -> Finding | None:
 
 
 def nan_checkpoint(ev: RunEvidence) -> Finding | None:
-    """The best checkpoint itself predicts NaN."""
+    """The run's model checkpoint itself predicts NaN."""
     if ev.eval is None or ev.eval.probs_finite:
         return None
     return Finding(
         id="optimisation.nan_weights", family="optimisation", severity="serious", confidence=0.99, impact=1.0,
-        title="the best checkpoint predicts NaN",
-        evidence=f"non-finite probabilities on the validation images from checkpoints/best.ckpt (epoch {ev.eval.best_epoch})",
+        title="the run's model checkpoint predicts NaN",
+        evidence=f"non-finite probabilities on the validation images from {ev.eval.checkpoint} (epoch {ev.eval.best_epoch})",
         why="the weights were destroyed by a non-finite step; every metric of this run is meaningless",
         fix_key="optim.lr", fix_value=float(f"{float(ev.get('optim.lr', 1e-3)) / 10:.2g}"), numbers={},
     )

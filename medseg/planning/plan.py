@@ -30,8 +30,19 @@ with the rules below, and write every value with the reason for it to plan.json:
   BCE into a positives-only loss (the full ratio reaches hundreds on tiny targets). Focal is added when the median positive image has less
   than 1% foreground pixels: its (1 - p)^gamma factor keeps the many easy background pixels
   from drowning the few lesion pixels.
-* ``augment.preset``: by the number of training images: heavy below 200, medium below 2000,
-  light otherwise (few images need more variation; many images carry their own).
+* ``augment.preset``: by the number of training images: medium below 2000, light otherwise (many
+  images carry their own variation). Heavy (medium plus elastic, grid and optical distortions and
+  CLAHE) was the rule below 200 images until nested CV at the last epoch found it never better:
+  medium won on CHASE_DB1's vessels in every fold (their 1-3 px masks resampled by the
+  distortions) and tied on PH2 (68 training images) and BUSI cut to 34 (BENCHMARKS.md §5k).
+* ``train.checkpoint`` and ``postprocess.tune``: with fewer than `SELECT_MIN_VAL_CASES` validation
+  cases (volumes count once), ``last`` and ``false``: the final epoch is the model and its raw
+  prediction is kept, as nnU-Net deploys its final checkpoint; an epoch or a rule picked on a
+  handful of images is a lottery (BENCHMARKS.md §5j: on 1-7 BUSI validation images the last epoch
+  was never detectably worse than the picked one and up to 0.25 Dice better, and the tuned rule
+  lost 0.008 on average on the test images; §5k: the rule broke even at 24-25 validation images,
+  where the picked epoch still lost 0.04 on one fold, and first gained on both folds at 47).
+  With more, ``best`` and ``true``.
 * ``train.batch_size``: the largest power of two (at least 2) that fits in memory (the measured
   or estimated memory per image against 70% of the GPU's memory, or 25% of RAM on CPU),
   keeps at least 8 optimiser steps per epoch, and stays within 32 (GPU) or 16 (CPU); with a
@@ -83,7 +94,7 @@ from medseg.data.fingerprint import compute_fingerprint, original_statistics
 from medseg.models import get_model_spec
 from medseg.planning.stepcost import StepCost, epoch_seconds, measure_cost
 from medseg.runtime import training_device
-from medseg.training import MAX_EPOCHS, WARMUP_MAX_SHARE, WARMUP_PLANNED_SHARE
+from medseg.training import MAX_EPOCHS, SELECT_MIN_VAL_CASES, WARMUP_MAX_SHARE, WARMUP_PLANNED_SHARE
 
 PLAN_JSON = runfs.PLAN
 PLAN_VERSION = 1
@@ -102,7 +113,6 @@ POS_WEIGHT_MIN = 1.5
 PLAIN_BCE_FROM_FG = 0.01
 FOCAL_BELOW_FG = 0.01
 # augmentation
-HEAVY_BELOW_IMAGES = 200
 MEDIUM_BELOW_IMAGES = 2000
 # batch size and epochs
 MAX_BATCH = {"cpu": 16, "gpu": 32}
@@ -319,13 +329,28 @@ def plan_loss(fp: dict, batch_positive_share: Optional[float]) -> tuple[dict, st
     return loss, "; ".join(why), pos_weight
 
 
+def plan_checkpoint(fp: dict) -> tuple[str, str]:
+    """('best' or 'last', reason): whether the validation part is large enough to pick an epoch and a post-processing rule."""
+    val = (fp.get("by_split") or {}).get("val") or {}
+    n = int(val.get("n_cases") or val.get("n_images") or 0)
+    if n < SELECT_MIN_VAL_CASES:
+        return "last", (f"{n} validation cases (< {SELECT_MIN_VAL_CASES}): an epoch or a post-processing rule picked on so "
+                        "few is a lottery (BENCHMARKS.md §5j, §5k), so the final epoch of the decayed schedule is the model and "
+                        "its raw prediction is kept; validation only reports")
+    return "best", (f"{n} validation cases (>= {SELECT_MIN_VAL_CASES}): the epoch with the best validation "
+                    "score (train.monitor) is the model, and post-processing is tuned on them")
+
+
 def plan_augment(fp: dict) -> tuple[str, str]:
-    """Augmentation preset by the number of training images."""
+    """Augmentation preset by the number of training images: medium below `MEDIUM_BELOW_IMAGES`, light from there.
+
+    No set measured gained from heavy (medium plus elastic, grid and optical distortions, CLAHE) at the
+    short budgets medseg plans for, however few its images (BENCHMARKS.md §5k).
+    """
     n = int(_train_stats(fp).get("n_images") or fp.get("n_images") or 0)
-    if n < HEAVY_BELOW_IMAGES:
-        return "heavy", f"{n} training images (< {HEAVY_BELOW_IMAGES}): heavy augmentation to make up for few examples"
     if n < MEDIUM_BELOW_IMAGES:
-        return "medium", f"{n} training images (< {MEDIUM_BELOW_IMAGES}): medium augmentation"
+        return "medium", (f"{n} training images (< {MEDIUM_BELOW_IMAGES}): medium augmentation; heavy's distortions "
+                          "gained nothing on 34-136 training images and cost thin structures (BENCHMARKS.md §5k)")
     return "light", f"{n} training images (>= {MEDIUM_BELOW_IMAGES}): the data carry their own variation, light augmentation"
 
 
@@ -487,6 +512,9 @@ def make_plan(cfg: Config, fp: dict, measure: Optional[bool] = None, world: int 
     loss, why, _ = plan_loss(fp, share)
     p.decide("loss", loss, why)
     p.decide("augment.preset", *plan_augment(fp))
+    checkpoint, why = plan_checkpoint(fp)
+    p.decide("train.checkpoint", checkpoint, why)
+    p.decide("postprocess.tune", checkpoint == "best", why)
 
     train = _train_stats(fp)
     n_train = int(train.get("n_images") or fp.get("n_images") or 1)

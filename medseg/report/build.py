@@ -49,7 +49,7 @@ def build_report(run_dir: Path, val=None, console: Optional[Console] = None, pre
         run_dir: the run folder.
         val: the validation `SplitArrays` already in memory (fit passes them to skip reloading the data).
         console: where to print the report's path.
-        predict: run the best checkpoint on the validation images (overlays, and the threshold
+        predict: run the model checkpoint on the validation images (overlays, and the threshold
             curve when metrics/threshold_sweep.json is absent).
         findings: the doctor's findings as dicts (the caller runs the doctor), or None.
         doctor_error: why there are no findings, shown in their place.
@@ -89,7 +89,7 @@ def _add_predictions(ctx: RunContext, val) -> None:
     if ctx.sweep is None:
         if ctx.preds.sweep is not None:
             ctx.sweep = ctx.preds.sweep
-            ctx.sweep_source = "the best checkpoint on the validation split, computed for this report"
+            ctx.sweep_source = "the model checkpoint on the validation split, computed for this report"
         else:
             ctx.preds_error = ctx.preds.sweep_error
 

@@ -1,4 +1,4 @@
-"""The best checkpoint run on the validation images, for the overlays and the threshold curve (streamed)."""
+"""The run's model checkpoint run on the validation images, for the overlays and the threshold curve (streamed)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from medseg.metrics.sweep import SweepCounter
 
 @dataclass
 class ValPredictions:
-    """The best checkpoint run on the validation images, streamed: the arrays of the cases asked for, and the sweep of all.
+    """The model checkpoint run on the validation images, streamed: the arrays of the cases asked for, and the sweep of all.
 
     Attributes:
         sample_ids: the kept cases, in validation order; ``images`` / ``masks`` / ``probs`` hold
@@ -38,7 +38,7 @@ class ValPredictions:
 
 def predict_validation(run_dir: Path, cfg: Config, state: dict, val=None, keep: Optional[Iterable[str]] = None,
                        sweep: bool = True) -> ValPredictions:
-    """Run the best checkpoint on the validation split, a chunk of whole cases at a time.
+    """Run the model checkpoint on the validation split, a chunk of whole cases at a time.
 
     Memory holds one chunk and the kept cases, not the validation set's probabilities.
 

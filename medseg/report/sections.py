@@ -40,7 +40,8 @@ def result_section(ctx: RunContext) -> Section:
         sec.blocks.append(Note("metrics/summary.json is missing: the run has not been evaluated (medseg evaluate RUN).", warn=True))
         return sec
     # one row per table, metric names as headers: the headline stays a glance, not a page
-    where = f"best epoch {fmt(s.get('best_epoch'))} on the {s.get('evaluated_on', 'validation split')}; {contract_caption(ctx)}"
+    epoch = f"best epoch {fmt(s.get('best_epoch'))}" if "epoch" not in s else f"last epoch {fmt(s.get('epoch'))} (train.checkpoint: last)"
+    where = f"{epoch} on the {s.get('evaluated_on', 'validation split')}; {contract_caption(ctx)}"
     overlap = [(k, s[k]) for k in HEADLINE_OVERLAP if k in s]
     if isinstance(s.get("per_volume"), dict) and "dice" in s["per_volume"]:
         overlap.append(("dice per volume", s["per_volume"]["dice"]))
@@ -237,7 +238,9 @@ def config_section(ctx: RunContext) -> Section:
         ["optimiser", opt],
         ["schedule", schedule],
         ["augmentation", aug],
-        ["epochs", f"{t.epochs} max, {run_epochs} run, best {fmt(ctx.summary.get('best_epoch'))}{early}"],
+        ["epochs", f"{t.epochs} max, {run_epochs} run, "
+                   + (f"best {fmt(ctx.summary.get('best_epoch'))}" if t.checkpoint == "best" else "the last is the model (train.checkpoint: last)")
+                   + early],
         ["batch", batch],
         ["precision", f"{st.get('precision', '—')} (config: {t.precision})"],
         ["monitor", t.monitor],

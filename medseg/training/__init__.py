@@ -13,7 +13,7 @@
 
 from medseg.training import distributed
 from medseg.training.datamodule import SegDataModule
-from medseg.training.module import MAX_EPOCHS, WARMUP_MAX_SHARE, WARMUP_PLANNED_SHARE, SegModule, lr_lambda
+from medseg.training.module import MAX_EPOCHS, SELECT_MIN_VAL_CASES, WARMUP_MAX_SHARE, WARMUP_PLANNED_SHARE, SegModule, lr_lambda
 from medseg.training.trainer import build_trainer
 
-__all__ = ["distributed", "MAX_EPOCHS", "WARMUP_MAX_SHARE", "WARMUP_PLANNED_SHARE", "SegDataModule", "SegModule", "build_trainer", "lr_lambda"]
+__all__ = ["distributed", "MAX_EPOCHS", "SELECT_MIN_VAL_CASES", "WARMUP_MAX_SHARE", "WARMUP_PLANNED_SHARE", "SegDataModule", "SegModule", "build_trainer", "lr_lambda"]

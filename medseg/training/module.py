@@ -27,6 +27,10 @@ WARMUP_MAX_SHARE = 0.25
 WARMUP_PLANNED_SHARE = 0.1
 # the most epochs a run plans or a budget stretches it to (a tiny set under a long budget)
 MAX_EPOCHS = 1000
+# Fewer validation cases than this cannot pick an epoch or a post-processing rule: the plan deploys the last
+# epoch untuned, the doctor flags a run that picked on fewer. On BUSI the tuned rule first gained on both folds
+# at 47 validation images and broke even at 24-25, where the picked epoch still lost up to 0.04 (BENCHMARKS.md §5k).
+SELECT_MIN_VAL_CASES = 30
 
 
 class LRSchedule:

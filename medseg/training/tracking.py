@@ -222,8 +222,9 @@ def _log_final(client, run_id: str, run_dir: Path) -> None:
     summary_path = run_dir / runfs.SUMMARY
     if summary_path.is_file():
         summary = runfs.read_json(summary_path)
-        # final numbers belong to the best checkpoint, so they sit at its epoch on the curves
-        step = summary.get("best_epoch") if isinstance(summary.get("best_epoch"), int) else 0
+        # final numbers belong to the model checkpoint, so they sit at its epoch on the curves (best, or last)
+        epoch = summary.get("best_epoch", summary.get("epoch"))
+        step = epoch if isinstance(epoch, int) else 0
         now = int(time.time() * 1000)
         metrics = [Metric(k, v, now, step) for k, v in final_metrics(summary).items()]
         for chunk in _chunks(metrics, 1000):  # MLflow's per-request limit on metrics

@@ -66,10 +66,11 @@ def build_trainer(
         *([WeightEMA(cfg.train.ema_share)] if cfg.train.ema_share > 0 else []),
         validation,
         EpochLog(run_dir, audit, validation),
-        ModelCheckpoint(
+        # train.checkpoint last: the final epoch is the model, so no best.ckpt is written (284 MB at each new best)
+        *([ModelCheckpoint(
             dirpath=run_dir / runfs.CHECKPOINTS, filename="best", monitor="val/monitor", mode=monitor_mode,
             save_top_k=1, save_on_train_epoch_end=True, enable_version_counter=False,
-        ),
+        )] if cfg.train.checkpoint == "best" else []),
         LatestCheckpoint(run_dir / runfs.CHECKPOINTS, cfg.train.last_checkpoint_every_s),
     ]
     if cfg.train.budget_minutes and (cfg.schedule.follow_budget or cfg.schedule.fill_budget):

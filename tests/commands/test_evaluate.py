@@ -87,7 +87,7 @@ def test_checkpoint_last_scores_the_last_weights_beside_the_run(run, tmp_path):
     ckpt["state_dict"][bias] = ckpt["state_dict"][bias] - 1.5
     torch.save(ckpt, copy / runfs.LAST_CKPT)
     s2 = evaluate_run(copy, progress=False, checkpoint="last")
-    net, _ = runfs.load_network(copy, cfg, 1, runfs.LAST_CKPT)
+    net, _ = runfs.load_network(copy, cfg, 1, "last")
     probs = run_probs(net, val.images, cfg, runfs.load_state(copy))
     assert s2["dice"] == pytest.approx(_dice(probs, val.masks, 0.5), abs=1e-12)
     best_net, _ = runfs.load_network(copy, cfg, 1)

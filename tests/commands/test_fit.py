@@ -83,6 +83,33 @@ def test_last_checkpoint_is_the_last_epoch_when_it_is_not_the_best(blob_data, tm
 
 
 @pytest.mark.slow
+def test_train_checkpoint_last_makes_the_final_epoch_the_model_of_every_verb(blob_data, tmp_path):
+    from medseg.api import Predictor
+    from medseg.errors import MedsegError
+
+    # lr 1e-9: no later epoch beats epoch 0 on validation, so "best" would be epoch 0 and "last" is epoch 2
+    cfg = tiny_config(blob_data, tmp_path / "runs", optim={"lr": 1e-9},
+                      train={"epochs": 3, "batch_size": 4, "checkpoint": "last", "last_checkpoint_every_s": 1e6})
+    run = fit(config_from_dict(cfg), progress=False)
+    assert not (run / runfs.BEST_CKPT).exists()  # nothing picks from it, so it is not written
+    assert torch.load(run / runfs.LAST_CKPT, weights_only=True)["epoch"] == 2
+    summary = runfs.read_json(run / runfs.SUMMARY)
+    assert summary["checkpoint"] == runfs.LAST_CKPT and summary["epoch"] == 2 and "best_epoch" not in summary
+    assert summary["training_reported"]["epoch"] == 2 and summary["training_reported"]["match"]
+    tuned = runfs.read_json(run / runfs.POSTPROCESS)
+    assert tuned["checkpoint"] == runfs.LAST_CKPT and tuned["epoch"] == 2
+    assert "last epoch 2 (train.checkpoint: last)" in (run / runfs.REPORT_MD).read_text()
+    assert Predictor(run).checkpoint["epoch"] == 2
+    s = evaluate_run(run, progress=False)  # the run's model: its folder has no suffix
+    assert s["epoch"] == 2 and s["written_to"] == str(run / runfs.EVALUATIONS / "val")
+    with pytest.raises(MedsegError, match="keeps only its last epoch"):
+        evaluate_run(run, progress=False, checkpoint="best")
+    r = _cli("evaluate", run, "--checkpoint", "best", "--no-progress")
+    assert r.returncode == 2 and "best.ckpt: no checkpoint: this run keeps only its last epoch" in r.stderr
+    assert sorted(p.name for p in (run / runfs.EVALUATIONS).iterdir()) == ["val"]  # the refusal wrote nothing
+
+
+@pytest.mark.slow
 def test_last_checkpoint_throttled_is_written_first_and_at_the_final_epoch(blob_data, tmp_path):
     # every_s far beyond the run: last.ckpt is written at epoch 0 and at the final epoch only
     cfg = tiny_config(blob_data, tmp_path / "runs", train={"epochs": 4, "batch_size": 4, "last_checkpoint_every_s": 1e6})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from medseg.doctor import errors as E
+from medseg.training import SELECT_MIN_VAL_CASES
 from tests.doctor.conftest import make_evidence
 
 
@@ -48,6 +49,11 @@ def test_fp_on_empty_points_at_the_tuning_when_it_is_off():
     ev = make_evidence(config={"postprocess": {"tune": False}})
     f = next(f for f in E.dice_loss_findings(ev, ROWS, {}) if f.id == "errors.fp_on_empty")
     assert (f.fix_key, f.fix_value) == ("postprocess.tune", True)
+    # ... but not on a handful of validation cases, where the plan turned it off on purpose
+    for n in (SELECT_MIN_VAL_CASES - 1, SELECT_MIN_VAL_CASES):
+        ev = make_evidence(config={"postprocess": {"tune": False}}, split={"val": [f"c{i}" for i in range(n)]})
+        f = next(f for f in E.dice_loss_findings(ev, ROWS, {}) if f.id == "errors.fp_on_empty")
+        assert (f.fix_key == "postprocess.tune") == (n >= SELECT_MIN_VAL_CASES)
 
 
 def test_recall_starved_with_precision_favouring_tversky_is_serious():

@@ -1,4 +1,4 @@
-"""Generalisation checks: growing train-validation gap, budget too short."""
+"""Generalisation checks: growing train-validation gap, budget too short, an epoch or rule picked on few cases."""
 
 from __future__ import annotations
 
@@ -64,3 +64,41 @@ def test_budget_too_short_when_the_training_loss_has_barely_started_to_fall():
     assert f.numbers["train_loss_left"] == pytest.approx(1.33 / 1.56) and f.numbers["train_loss_last_fall"] == pytest.approx(0.23 / 1.56)
     converged = _rows(val_dice=[0.9, 0.905, 0.905], train_loss=[1.6, 0.13, 0.12])
     assert G.budget_too_short(make_evidence(epochs=converged, summary={"best_epoch": 2})) is None
+
+
+def _val(n):
+    return {"val": [f"case{i}" for i in range(n)]}
+
+
+def test_an_epoch_picked_on_a_handful_of_validation_cases_is_flagged():
+    rows = _rows(val_dice=[0.1 * (i % 7) for i in range(41)])
+    ev = make_evidence(epochs=rows, split=_val(6), summary={"best_epoch": 9})
+    f = G.picked_on_few(ev)
+    assert (f.fix_key, f.fix_value) == ("train.checkpoint", "last")
+    assert f.numbers["val_cases"] == 6 and f.numbers["picked_share_left_out"] == pytest.approx(1 - 10 / 41)
+    assert "epoch 9 of 41" in f.evidence and "the epoch and the post-processing rule" in f.title
+    # the last epoch kept, but a rule still tuned on them: the fix turns the tuning off
+    f = G.picked_on_few(make_evidence(epochs=rows, split=_val(6), config={"train": {"checkpoint": "last"}}, summary={"epoch": 40}))
+    assert (f.fix_key, f.fix_value) == ("postprocess.tune", False) and "the post-processing rule" == f.title.split(" picked")[0]
+    # what the plan does on so few: nothing to flag
+    plan_like = {"train": {"checkpoint": "last"}, "postprocess": {"tune": False}}
+    assert G.picked_on_few(make_evidence(epochs=rows, split=_val(6), config=plan_like)) is None
+
+
+def test_enough_validation_cases_or_none_known_is_not_flagged():
+    rows = _rows(val_dice=[0.5, 0.6, 0.7])
+    assert G.picked_on_few(make_evidence(epochs=rows, split=_val(G.SELECT_MIN_VAL_CASES), summary={"best_epoch": 1})) is None
+    assert G.picked_on_few(make_evidence(epochs=rows, split=_val(G.SELECT_MIN_VAL_CASES - 1), summary={"best_epoch": 1})) is not None
+    # no split.json: the fingerprint's count stands in; neither: unknown, not flagged
+    fp = {"by_split": {"val": {"n_cases": 3, "n_images": 300}}}
+    assert G.picked_on_few(make_evidence(epochs=rows, fingerprint=fp)).numbers["val_cases"] == 3
+    assert G.picked_on_few(make_evidence(epochs=rows)) is None
+
+
+def test_budget_too_short_under_train_checkpoint_last_reads_the_curve_not_the_deployed_epoch():
+    # the deployed epoch is always the last one there: whether the model was still improving is the curve's call
+    last = {"train": {"checkpoint": "last", "epochs": 4}}
+    peak = [0.5, 0.9, 0.8, 0.7]
+    assert G.budget_too_short(make_evidence(epochs=_rows(val_dice=peak), config=last, summary={"epoch": 3})) is None
+    rising = [0.1, 0.3, 0.5, 0.7]
+    assert G.budget_too_short(make_evidence(epochs=_rows(val_dice=rising), config=last, summary={"epoch": 3})) is not None

@@ -116,9 +116,36 @@ def test_patches_when_the_smallest_lesions_need_more_than_the_whole_image_cap():
 
 
 def test_augmentation_by_number_of_training_images():
-    assert P.plan_augment(fp_with(0.5, n=50))[0] == "heavy"
+    assert P.plan_augment(fp_with(0.5, n=50))[0] == "medium"  # heavy is never planned (BENCHMARKS §5k)
     assert P.plan_augment(fp_with(0.5, n=500))[0] == "medium"
+    assert P.plan_augment(fp_with(0.5, n=1999))[0] == "medium"
     assert P.plan_augment(fp_with(0.5, n=5000))[0] == "light"
+
+
+def test_the_last_epoch_untuned_below_the_validation_cases_that_can_pick(tmp_path):
+    from medseg.training import SELECT_MIN_VAL_CASES as N
+
+    def with_val(cases, images):
+        return {"by_split": {"val": {"n_cases": cases, "n_images": images}}}
+
+    assert P.plan_checkpoint(with_val(N - 1, N - 1))[0] == "last"
+    assert P.plan_checkpoint(with_val(N, N))[0] == "best"
+    assert P.plan_checkpoint({})[0] == "last"  # no validation part: nothing to pick from
+    # volumes count once, however many slices they hold: 5 CT volumes cannot pick an epoch
+    kind, why = P.plan_checkpoint(with_val(5, 2000))
+    assert kind == "last" and why.startswith(f"5 validation cases (< {N})")
+    # in a plan: both keys follow, and a user's value wins with the plan's reason beside it
+    data = make_blob_folder(tmp_path / "d", n=12)  # 3 validation images
+    raw = tiny_config(data, tmp_path / "runs", plan={"enabled": True, "measure": False})
+    cfg = config_from_dict(raw)
+    plan, planned = P.make_plan(cfg, fingerprint_of(cfg))
+    assert (planned.train.checkpoint, planned.postprocess.tune) == ("last", False)
+    assert plan.entry("train.checkpoint").set_by == plan.entry("postprocess.tune").set_by == "plan"
+    user = config_from_dict({**raw, "train": {**raw["train"], "checkpoint": "best"}})
+    plan2, planned2 = P.make_plan(user, fingerprint_of(user))
+    e = plan2.entry("train.checkpoint")
+    assert planned2.train.checkpoint == "best" and e.set_by == "user" and "would choose last" in e.reason
+    assert planned2.postprocess.tune is False
 
 
 def _cost(per_image_mib=100.0, available_gib=1.0, s_per_image=0.01, device="gpu"):
@@ -169,7 +196,7 @@ def test_unset_keys_are_planned_and_user_values_kept(tmp_path):
     share = plan.entry("sampler.positive_share")
     assert share.set_by == "plan" and share.value == 0.5 and planned.sampler.positive_share == 0.5
     assert "empty" in share.reason and f"{train['empty_image_fraction']:.0%}" in share.reason
-    assert plan.entry("augment.preset").value == planned.augment.preset == "heavy"
+    assert plan.entry("augment.preset").value == planned.augment.preset == "medium"
     assert plan.entry("loss").value == planned.loss == P.plan_loss(fp, 0.5)[0]
     assert plan.entry("train.batch_size").set_by == "plan"
     size = plan.entry("data.input_size")

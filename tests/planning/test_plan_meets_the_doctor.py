@@ -17,7 +17,7 @@ import pytest
 from medseg.config import config_from_dict
 from medseg.doctor import generalisation, optimisation
 from medseg.planning import make_plan
-from medseg.training import lr_lambda
+from medseg.training import SELECT_MIN_VAL_CASES, lr_lambda
 from tests.doctor.conftest import make_evidence
 
 SHAPES = {
@@ -63,9 +63,16 @@ def test_no_doctor_check_fires_on_a_plan_medseg_made(shape, empty, budget):
     plan, planned = make_plan(cfg, _fingerprint(empty=empty, **SHAPES[shape]), measure=False)
     n_train = plan.estimates["n_train_images"]
     steps = max(1, n_train // planned.train.batch_size)
-    ev = make_evidence(epochs=_healthy_epochs(planned, steps), config=planned.model_dump(mode="json"),
-                       summary={"best_epoch": max(0, planned.train.epochs - 2)})
+    n_val = plan.estimates["n_val_images"]
+    # the epoch the run deploys: the best (one before the last, as the healthy log has it) or, planned so, the last
+    deployed = ({"best_epoch": max(0, planned.train.epochs - 2)} if planned.train.checkpoint == "best"
+                else {"epoch": planned.train.epochs - 1})
+    ev = make_evidence(epochs=_healthy_epochs(planned, steps), config=planned.model_dump(mode="json"), summary=deployed,
+                       split={"train": [f"t{i}" for i in range(n_train)], "val": [f"v{i}" for i in range(n_val)]})
     fired = [f for f in optimisation.check(ev) + generalisation.check(ev)]
     assert not fired, [(f.id, f.title) for f in fired] + [(e.key, e.value, e.reason) for e in plan.entries if "warmup" in e.key or "epochs" in e.key]
+    # a small validation part picks nothing (the tiny set's 5, the small set's 24); the large sets' do
+    assert (planned.train.checkpoint, planned.postprocess.tune) == (("last", False) if n_val < SELECT_MIN_VAL_CASES else ("best", True))
+    assert (n_val < SELECT_MIN_VAL_CASES) == (shape in ("tiny grey", "small RGB"))
     # and the warm-up the plan leaves is below the doctor's warning
     assert planned.schedule.warmup_epochs < optimisation.WARMUP_WARN * planned.train.epochs
