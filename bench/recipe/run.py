@@ -90,12 +90,16 @@ def run_medseg(prep: Path, out: Path, budget_min: float, seed: int, extra: list[
     seen = sum(float(r["train_seconds"]) * float(r["train_images_per_s"]) for r in epochs)
     plan = json.loads((run / "plan.json").read_text())["entries"]
     state = json.loads((run / "state.json").read_text())
+    summary = json.loads((run / "metrics" / "summary.json").read_text())
+    # a plan that keeps the raw prediction (train.checkpoint: last, postprocess.tune: false) writes no postprocess.json
+    tuned = run / "postprocess.json"
     stats = {
         "method": "medseg default", "budget_s": budget_min * 60, "train_seconds": train_s, "val_seconds": val_s,
         "wall_seconds": wall, "images_seen": seen, "train_images_per_s": seen / train_s if train_s else float("nan"),
-        "epochs": len(epochs), "best_epoch": json.loads((run / "metrics" / "summary.json").read_text()).get("best_epoch"),
+        "epochs": len(epochs), "best_epoch": summary.get("best_epoch"), "checkpoint": summary.get("checkpoint"),
+        "model_epoch": summary.get("best_epoch", summary.get("epoch")),
         "plan": {k: v["value"] for k, v in plan.items()}, "tcmalloc": state.get("tcmalloc"), "precision": state.get("precision"),
-        "postprocess": json.loads((run / "postprocess.json").read_text())["chosen"], "run": str(run),
+        "postprocess": json.loads(tuned.read_text())["chosen"] if tuned.is_file() else None, "run": str(run),
         "median_epoch_images_per_s": sorted(float(r["train_images_per_s"]) for r in epochs)[len(epochs) // 2],
     }
     (out / "stats.json").write_text(json.dumps(stats, indent=1))
