@@ -231,13 +231,21 @@ def check_checkpoint(path: Path) -> dict:
     return ckpt
 
 
+CHECKPOINT_FILES = {"best": BEST_CKPT, "last": LAST_CKPT}
+
+
 def model_checkpoint(cfg: Config, which: Optional[str] = None) -> str:
     """The checkpoint file (relative to the run) that is the run's model, per ``train.checkpoint``, or `which` ('best'/'last')."""
-    files = {"best": BEST_CKPT, "last": LAST_CKPT}
     name = which or cfg.train.checkpoint
-    if name not in files:
-        raise ValueError(f"checkpoint: '{name}' is not one of {', '.join(files)}")
-    return files[name]
+    if name not in CHECKPOINT_FILES:
+        raise ValueError(f"checkpoint: '{name}' is not one of {', '.join(CHECKPOINT_FILES)}")
+    return CHECKPOINT_FILES[name]
+
+
+def checkpoint_record(info: dict) -> dict:
+    """What summary.json, postprocess.json and an export's sidecar record of the checkpoint `load_network` loaded:
+    its file, and its epoch as ``best_epoch`` (best.ckpt) or ``epoch`` (last.ckpt)."""
+    return {"checkpoint": info["checkpoint"], "best_epoch" if info["checkpoint"] == BEST_CKPT else "epoch": info["epoch"]}
 
 
 def load_network(run_dir: Path, cfg: Config, in_channels: int, which: Optional[str] = None) -> tuple:

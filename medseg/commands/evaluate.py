@@ -19,7 +19,7 @@ from medseg.metrics.sweep import SweepCounter
 from medseg.metrics.validation import PostprocessedScorer, ValidationScorer
 
 MATCH_TOLERANCE = 1e-4
-CHECKPOINTS = {"best": runfs.BEST_CKPT, "last": runfs.LAST_CKPT}
+CHECKPOINTS = runfs.CHECKPOINT_FILES
 
 
 def other_data_arrays(cfg, data_config: Path, in_channels: int, progress: bool = True):
@@ -115,8 +115,7 @@ def evaluate_run(
         del probs, images
     scores = scorer.result()
     summary = dict(scores.summary)
-    summary["best_epoch" if checkpoint == "best" else "epoch"] = info["epoch"]
-    summary["checkpoint"] = CHECKPOINTS[checkpoint]
+    summary.update(runfs.checkpoint_record(info))
     summary["evaluated_on"] = str(data_config) if data_config else ("validation split" if part == "val" else f"{part} split")
     summary["soft_dice"] = scores.soft_dice
     if scores.volume_summary is not None:

@@ -95,8 +95,7 @@ def export_run(run_dir: Path, fmt: str = "onnx", out: Optional[Path] = None, con
         "medseg_version": medseg.__version__,
         "torch_version": torch.__version__,
         "run": str(run_dir.resolve()),
-        "checkpoint": info["checkpoint"],
-        "best_epoch" if info["checkpoint"] == runfs.BEST_CKPT else "epoch": info["epoch"],
+        **runfs.checkpoint_record(info),
         "model": cfg.model.name,
         "input": {
             "name": "image", "layout": "NCHW", "dtype": "float32", "channels": state["in_channels"], "size": [h, w],

@@ -64,8 +64,7 @@ def tune_run(
         # made, two volumes at once (the default tune's +22% from 10 to 131 LiTS volumes, BENCHMARKS §9c)
         del probs_by_set
     result = search.result(pp.min_gain)
-    result["checkpoint"] = info["checkpoint"]
-    result["best_epoch" if info["checkpoint"] == runfs.BEST_CKPT else "epoch"] = info["epoch"]
+    result.update(runfs.checkpoint_record(info))
     result["contract_text"] = contract.describe()
     runfs.write_csv(run_dir / runfs.POSTPROCESS_CSV, result["rows"])
     runfs.write_json(out, {k: v for k, v in result.items() if k != "rows"})
