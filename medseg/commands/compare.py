@@ -23,7 +23,7 @@ from medseg import runfolder as runfs
 from medseg.config import read_yaml
 from medseg.errors import MedsegError
 from medseg.metrics.paired import CI_LEVEL, DEFAULT_ALPHA, DEFAULT_RESAMPLES, paired_comparison
-from medseg.report.comparison import IGNORED_CONFIG_KEYS, METRIC_KEYS, to_html, to_markdown
+from medseg.report.comparison import IGNORED_CONFIG_KEYS, METRIC_KEYS, MODEL_KEYS, to_html, to_markdown
 
 PAIRED_METRIC = "dice"
 # Up to this many runs every pair is compared; beyond, each run is compared with the first
@@ -228,7 +228,7 @@ def compare_runs(
         "contract_text": ref.get("contract_text", ""),
         "metrics_version": ref.get("metrics_version"),
         "config_diff": config_diff(runs),
-        "metrics": [{"run": r.label, **{k: r.summary.get(k) for k in METRIC_KEYS}} for r in runs],
+        "metrics": [{"run": r.label, **{k: r.summary.get(k) for k in METRIC_KEYS + MODEL_KEYS}} for r in runs],
         "paired": {
             "metric": PAIRED_METRIC,
             "unit": unit,

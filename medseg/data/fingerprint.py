@@ -265,6 +265,12 @@ def _parts(records: list[dict], split: dict) -> Iterable[tuple[str, list[dict]]]
         yield part, [r for r in records if r["case_id"] in wanted]
 
 
+def part_cases(fp: dict, part: str) -> int:
+    """Cases in a split part of a fingerprint (a volume counts once; older fingerprints count images); 0 when it has none."""
+    stats = (fp.get("by_split") or {}).get(part) or {}
+    return int(stats.get("n_cases") or stats.get("n_images") or 0)
+
+
 def compute_fingerprint(loaded, split: Optional[dict] = None, original: Optional[dict] = None, read_files: bool = True) -> dict:
     """Statistics of a LoadedData: sizes, spacing, intensities, mask values, foreground, lesions.
 

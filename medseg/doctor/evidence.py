@@ -17,6 +17,7 @@ import numpy as np
 from medseg import runfolder as runfs
 from medseg.data import load_data
 from medseg.data.arrays import stack_part
+from medseg.data.fingerprint import part_cases
 from medseg.errors import MedsegError
 from medseg.inference import run_probs_by_case
 from medseg.metrics import MetricContract
@@ -140,8 +141,7 @@ class RunEvidence:
         """Validation cases of the run: its split.json, else the fingerprint's count (0 when neither says)."""
         if self.split.get("val"):
             return len(self.split["val"])
-        val = (self.fingerprint.get("by_split") or {}).get("val") or {}
-        return int(val.get("n_cases") or val.get("n_images") or 0)
+        return part_cases(self.fingerprint, "val")
 
     @property
     def epoch_numbers(self) -> np.ndarray:

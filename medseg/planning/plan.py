@@ -90,7 +90,7 @@ from pydantic import BaseModel
 from medseg import runfolder as runfs
 from medseg.config import Config, config_from_dict
 from medseg.data import load_data
-from medseg.data.fingerprint import compute_fingerprint, original_statistics
+from medseg.data.fingerprint import compute_fingerprint, original_statistics, part_cases
 from medseg.models import get_model_spec
 from medseg.planning.stepcost import StepCost, epoch_seconds, measure_cost
 from medseg.runtime import training_device
@@ -331,8 +331,7 @@ def plan_loss(fp: dict, batch_positive_share: Optional[float]) -> tuple[dict, st
 
 def plan_checkpoint(fp: dict) -> tuple[str, str]:
     """('best' or 'last', reason): whether the validation part is large enough to pick an epoch and a post-processing rule."""
-    val = (fp.get("by_split") or {}).get("val") or {}
-    n = int(val.get("n_cases") or val.get("n_images") or 0)
+    n = part_cases(fp, "val")
     if n < SELECT_MIN_VAL_CASES:
         return "last", (f"{n} validation cases (< {SELECT_MIN_VAL_CASES}): an epoch or a post-processing rule picked on so "
                         "few is a lottery (BENCHMARKS.md §5j, §5k), so the final epoch of the decayed schedule is the model and "

@@ -12,7 +12,9 @@ from medseg.report.markdown import render_markdown
 from medseg.report.model import Note, Report, Section, Table
 
 # Metrics shown in the table, in this order (all from metrics/summary.json).
-METRIC_KEYS = ("dice", "iou", "dice_nonempty", "fp_rate_empty", "lesion_recall", "hd95", "best_epoch", "n_cases")
+METRIC_KEYS = ("dice", "iou", "dice_nonempty", "fp_rate_empty", "lesion_recall", "hd95", "n_cases")
+# Which weights each run's figures come from: summary.json holds ``best_epoch`` (best.ckpt) or ``epoch`` (last.ckpt).
+MODEL_KEYS = ("best_epoch", "epoch")
 # Config keys that differ between any two runs by construction and say nothing about the method.
 IGNORED_CONFIG_KEYS = ("name", "output_dir")
 VERDICT_CLASS = {B_BETTER: "b-better", A_BETTER: "a-better"}
@@ -29,11 +31,20 @@ def _fmt_value(v: Any) -> str:
 def _fmt_metric(key: str, v: Any) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "—"
-    if key in ("best_epoch", "n_cases"):
+    if key == "n_cases":
         return str(int(v))
     if key in ("hd95",):
         return f"{v:.2f}"
     return f"{v:.4f}"
+
+
+def model_label(m: dict) -> str:
+    """'best 12' or 'last 35' (train.checkpoint: last), from a run's summary keys; '—' where neither is recorded."""
+    if m.get("epoch") is not None:
+        return f"last {int(m['epoch'])}"
+    if m.get("best_epoch") is not None:
+        return f"best {int(m['best_epoch'])}"
+    return "—"
 
 
 def _fmt_p(p: float) -> str:
@@ -67,8 +78,10 @@ def comparison_sections(result: dict) -> list[Section]:
             f"only keys that differ (ignoring {ignored})" if diff_rows else f"configs are identical (ignoring {ignored})",
         )]),
         Section("metrics", "metrics", [Table(
-            ["run", *METRIC_KEYS], [[m["run"], *(_fmt_metric(k, m[k]) for k in METRIC_KEYS)] for m in result["metrics"]],
-            f"metric contract: {result['contract_text']} (metrics version {result['metrics_version']})",
+            ["run", *METRIC_KEYS, "model (epoch)"],
+            [[m["run"], *(_fmt_metric(k, m[k]) for k in METRIC_KEYS), model_label(m)] for m in result["metrics"]],
+            f"metric contract: {result['contract_text']} (metrics version {result['metrics_version']}); "
+            "model: the best epoch's weights or the last epoch's (train.checkpoint)",
         )]),
         Section("paired", f"paired per-{paired['unit']} {paired['metric']} ({paired['mode']})", [Table(
             ["A", "B", "n", "dropped (NaN)", "mean A", "mean B", "mean B − A", f"{pct} CI", "Wilcoxon p", "verdict"], pair_rows,

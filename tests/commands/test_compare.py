@@ -24,10 +24,12 @@ from medseg.metrics.summary import nanmean
 
 
 def make_run(
-    root: Path, name: str, dice, config: dict | None = None, contract: MetricContract | None = None, cases=None, case_ids=None, volumes=None
+    root: Path, name: str, dice, config: dict | None = None, contract: MetricContract | None = None, cases=None, case_ids=None, volumes=None,
+    model: dict | None = None,
 ) -> Path:
     """A run folder with a resolved config, a summary under `contract`, one cases.csv row per Dice
-    and, given `volumes` ({volume: Dice}), a metrics/volumes.csv."""
+    and, given `volumes` ({volume: Dice}), a metrics/volumes.csv. `model` replaces the summary's
+    record of the checkpoint (best epoch 4)."""
     path = root / name
     (path / "metrics").mkdir(parents=True)
     raw = {"name": name, "output_dir": str(root / f"out-{name}"), **(config or {})}
@@ -41,8 +43,9 @@ def make_run(
         runfs.write_csv(path / runfs.VOLUMES_CSV, [{"volume": v, "n_slices": 3, "dice": d} for v, d in volumes.items()])
     summary = {
         "dice": nanmean(dice), "iou": 0.5, "dice_nonempty": 0.6, "fp_rate_empty": 0.1, "lesion_recall": 0.7, "hd95": 3.25,
-        "best_epoch": 4, "n_cases": len(dice), "contract": contract.model_dump(mode="json"),
+        "n_cases": len(dice), "contract": contract.model_dump(mode="json"),
         "contract_text": contract.describe(), "metrics_version": METRICS_VERSION,
+        **(model or {"checkpoint": "checkpoints/best.ckpt", "best_epoch": 4}),
     }
     runfs.write_json(path / runfs.SUMMARY, summary)
     return path
@@ -230,6 +233,21 @@ def test_cli_writes_reports_and_never_overwrites(tmp_path):
         line = _one_error_line(_cli("compare", "A", "B", flag, path, cwd=tmp_path))
         assert str(path) in line and "already exists" in line
     assert {p: p.read_text() for p in (md, page, js)} == before
+
+
+def test_metrics_table_says_which_epoch_is_each_runs_model(tmp_path):
+    a = np.linspace(0.3, 0.7, 12)
+    make_run(tmp_path, "A", a)
+    make_run(tmp_path, "B", a, {"train": {"checkpoint": "last"}}, model={"checkpoint": "checkpoints/last.ckpt", "epoch": 7})
+    md = tmp_path / "c.md"
+    proc = _cli("compare", "A", "B", "--out", md, "--resamples", 200, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    # the metrics table's rows (the paired table's row also starts with "| A |", then "B")
+    rows = {line.split("|")[1].strip(): line for line in md.read_text().splitlines()
+            if line.split("|")[1:2] in ([" A "], [" B "]) and line.split("|")[2].strip() != "B"}
+    assert rows["A"].rstrip().endswith("| best 4 |") and rows["B"].rstrip().endswith("| last 7 |")
+    assert "last 7" in proc.stdout and "best 4" in proc.stdout
+    assert "| train.checkpoint | best | last |" in md.read_text()
 
 
 @pytest.mark.slow
