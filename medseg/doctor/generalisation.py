@@ -26,15 +26,20 @@ def check(ev: RunEvidence) -> list[Finding]:
 
 
 def picked_on_few(ev: RunEvidence) -> Finding | None:
-    """The model's epoch (train.checkpoint: best) or a post-processing rule was picked on fewer than
-    `SELECT_MIN_VAL_CASES` validation cases: a lottery that can deploy an early, unfinished model."""
+    """The model's epoch (train.checkpoint: best), the epoch training stopped at (early stopping) or a
+    post-processing rule was picked on fewer than `SELECT_MIN_VAL_CASES` validation cases: a lottery that
+    can deploy an early, unfinished model. Under ``last`` with early stopping the model is the epoch the
+    stop chose, `patience` epochs past a best-scoring epoch, in the middle of the LR schedule."""
     n = ev.val_cases
     best = str(ev.get("train.checkpoint", "best")) == "best"
+    patience = int(ev.get("train.early_stopping.patience", 0) or 0)
     tuned = bool(ev.get("postprocess.tune", True))
-    if n == 0 or n >= SELECT_MIN_VAL_CASES or not (best or tuned):
+    stops = patience > 0
+    if n == 0 or n >= SELECT_MIN_VAL_CASES or not (best or stops or tuned):
         return None
-    picked = " and ".join(w for w, on in (("the epoch", best), ("the post-processing rule", tuned)) if on)
-    evidence = f"{n} validation cases pick {picked} (train.checkpoint = {'best' if best else 'last'}, postprocess.tune = {str(tuned).lower()})"
+    picked = " and ".join(w for w, on in (("the epoch", best), ("the end of training", stops), ("the post-processing rule", tuned)) if on)
+    evidence = (f"{n} validation cases pick {picked} (train.checkpoint = {'best' if best else 'last'}, "
+                + (f"train.early_stopping.patience = {patience}, " if stops else "") + f"postprocess.tune = {str(tuned).lower()})")
     ep = ev.epoch_numbers
     best_epoch = ev.summary.get("best_epoch")
     early = 0.0
@@ -42,6 +47,15 @@ def picked_on_few(ev: RunEvidence) -> Finding | None:
         last = int(ep[-1])
         evidence += f"; the model is epoch {int(best_epoch)} of {last + 1}"
         early = 1.0 - (int(best_epoch) + 1) / (last + 1)  # the share of training the picked epoch left out
+    elif stops and len(ep):
+        planned = int(ev.get("train.epochs", 0) or 0)
+        last = int(ep[-1])
+        if planned > last + 1:
+            evidence += f"; training stopped after epoch {last} of {planned} planned"
+            early = 1.0 - (last + 1) / planned
+    # one fix at a time, the one that changes the deployed weights first
+    fix_key, fix_value = (("train.checkpoint", "last") if best else ("train.early_stopping.patience", 0) if stops
+                          else ("postprocess.tune", False))
     return Finding(
         id="generalisation.picked_on_few", family="generalisation", severity="warning",
         confidence=0.6 + 0.3 * early, impact=min(0.8, 0.3 + 0.5 * early),
@@ -50,8 +64,9 @@ def picked_on_few(ev: RunEvidence) -> Finding | None:
         why=f"on fewer than {SELECT_MIN_VAL_CASES} cases the best-scoring epoch or rule is mostly chance: on BUSI with 1-7 "
         "validation images the final epoch was never detectably worse than the picked one and up to 0.25 Dice better on "
         "held-out images, and the tuned rule lost 0.008 on average (BENCHMARKS.md §5j); the plan keeps the last epoch "
-        "untuned there",
-        fix_key="train.checkpoint" if best else "postprocess.tune", fix_value="last" if best else False,
+        "of the full schedule untuned there"
+        + ("; early stopping ends training where that chance says, before the LR decay has settled the weights" if stops else ""),
+        fix_key=fix_key, fix_value=fix_value,
         numbers={"val_cases": n, "picked_share_left_out": early},
     )
 

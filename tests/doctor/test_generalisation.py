@@ -85,6 +85,20 @@ def test_an_epoch_picked_on_a_handful_of_validation_cases_is_flagged():
     assert G.picked_on_few(make_evidence(epochs=rows, split=_val(6), config=plan_like)) is None
 
 
+def test_early_stopping_on_a_handful_of_validation_cases_is_flagged_under_last():
+    rows = _rows(val_dice=[0.1 * (i % 7) for i in range(12)])
+    cfg = {"train": {"checkpoint": "last", "epochs": 40, "early_stopping": {"patience": 5}}, "postprocess": {"tune": False}}
+    f = G.picked_on_few(make_evidence(epochs=rows, split=_val(6), config=cfg, summary={"epoch": 11}))
+    assert (f.fix_key, f.fix_value) == ("train.early_stopping.patience", 0) and f.title.startswith("the end of training picked on 6")
+    assert "stopped after epoch 11 of 40 planned" in f.evidence and f.numbers["picked_share_left_out"] == pytest.approx(1 - 12 / 40)
+    # with the best epoch also picked, the fix that changes the deployed weights comes first
+    f = G.picked_on_few(make_evidence(epochs=rows, split=_val(6), config={"train": {"early_stopping": {"patience": 5}}},
+                                      summary={"best_epoch": 6}))
+    assert (f.fix_key, f.fix_value) == ("train.checkpoint", "last") and "the epoch and the end of training" in f.title
+    # enough validation cases: early stopping is the user's call
+    assert G.picked_on_few(make_evidence(epochs=rows, split=_val(G.SELECT_MIN_VAL_CASES), config=cfg, summary={"epoch": 11})) is None
+
+
 def test_enough_validation_cases_or_none_known_is_not_flagged():
     rows = _rows(val_dice=[0.5, 0.6, 0.7])
     assert G.picked_on_few(make_evidence(epochs=rows, split=_val(G.SELECT_MIN_VAL_CASES), summary={"best_epoch": 1})) is None
