@@ -45,6 +45,13 @@ class ModelConfig(Section):
         "(deep supervision; weights in loss.deep_supervision, default 1, 0.5, 0.25, ...); 0: off. Only networks "
         "that emit them (flexunet-*, up to 4; `medseg models` says which). Inference uses the full-resolution output.",
     )
+    image_head: bool = Field(
+        False, description="An image-level head on the deepest encoder features (average and max pooled, one linear "
+        "layer) trained by BCE on 'the image has foreground' (weight loss.image, default 1), as the SIIM-ACR "
+        "pneumothorax winners paired a classifier with their segmenter. In eval the network returns "
+        "sigmoid(mask) x sigmoid(image) as one probability map, so an image the head calls empty is scaled down "
+        "as a whole. Only networks that have one (flexunet-*; `medseg models` says which).",
+    )
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout probability inside the network.")
     pretrained: Optional[Path] = Field(
         None, description="Local weights file (state_dict or Lightning checkpoint) loaded before training; only tensors "
@@ -397,7 +404,7 @@ class Config(Section):
         default_factory=lambda: {"bce": 1.0, "dice": 1.0},
         description="Weighted loss terms, e.g. {bce: 3, dice: 1, focal: 4}; a term may be a dict with 'weight' and "
         "parameters. `deep_supervision: [w0, w1, ...]` weighs the full-resolution output and the side outputs of "
-        "model.deep_supervision (default 1, 0.5, 0.25, ...).",
+        "model.deep_supervision (default 1, 0.5, 0.25, ...); `image: w` weighs model.image_head's BCE (default 1).",
     )
     optim: OptimConfig = Field(default_factory=OptimConfig, description="Optimiser.")
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig, description="Learning-rate schedule.")
@@ -455,9 +462,12 @@ class Config(Section):
                     f"{key}: {list(size)}: each side must be a multiple of {stride}, the output stride of model "
                     f"'{self.model.name}' (with its channels)"
                 )
-        error = get_model_spec(self.model.name).side_output_error(self.model.deep_supervision)
+        spec = get_model_spec(self.model.name)
+        error = spec.side_output_error(self.model.deep_supervision) or spec.image_head_error(self.model.image_head)
         if error:
             raise ValueError(error)
+        if "image" in self.loss and not self.model.image_head:
+            raise ValueError("loss.image: weighs model.image_head's loss, but model.image_head is false")
         ds_weights = self.loss.get("deep_supervision")
         if isinstance(ds_weights, list) and len(ds_weights) < 1 + self.model.deep_supervision:
             raise ValueError(

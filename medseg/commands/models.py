@@ -12,6 +12,7 @@ def list_models() -> list[str]:
         chans = spec.channels()
         facts = [f"stride {spec.output_stride()}"] + ([f"channels {list(chans)}"] if chans else [])
         facts += [f"deep supervision up to {spec.side_outputs} side outputs"] if spec.side_outputs else []
+        facts += ["image head"] if spec.image_head else []
         facts += ([spec.description] if spec.description else [])
         out.append(f"{name}\t{'; '.join(facts)}")
     return out

@@ -10,7 +10,7 @@ from scipy import stats
 from medseg.doctor.evidence import THUMB_SIDE, RunEvidence, finite
 from medseg.doctor.finding import Finding
 from medseg.errors import MedsegError
-from medseg.losses import loss_traits
+from medseg.losses import SPECIAL_KEYS, loss_traits
 from medseg.models import get_model_spec
 
 # Lesions smaller than this many pixels at network input are hard to resolve: a 4x4 patch is
@@ -59,7 +59,7 @@ def mask_values(ev: RunEvidence) -> Finding | None:
     batch_px_max = float(np.nanmax(batch_px)) if np.isfinite(batch_px).any() else float("nan")
     loss = ev.series("train_loss")
     loss_min = float(np.nanmin(loss[np.isfinite(loss)])) if np.isfinite(loss).any() else float("nan")
-    terms = set((ev.get("loss") or {}).keys()) - {"deep_supervision"}
+    terms = set((ev.get("loss") or {}).keys()) - set(SPECIAL_KEYS)
     signals = []
     # a 0/1 mask's mean is a share of pixels, never above 1
     if finite(batch_px_max) and batch_px_max > 1.0 + 1e-6:

@@ -10,7 +10,7 @@ import numpy as np
 from medseg.doctor.data import network_stride, round_to_stride
 from medseg.doctor.evidence import RunEvidence, finite
 from medseg.doctor.finding import Finding
-from medseg.losses import DEEP_SUPERVISION_KEY, loss_traits
+from medseg.losses import SPECIAL_KEYS, loss_traits
 from medseg.training import SELECT_MIN_VAL_CASES
 
 # A loss component worth reporting costs at least this much mean Dice and this share of the deficit.
@@ -132,12 +132,12 @@ def _larger_input(ev: RunEvidence) -> list[int]:
 
 def _pixel_terms(loss: dict) -> list[str]:
     """Terms that classify pixels one by one (BCE, focal), by their registered traits."""
-    return [k for k in loss if k != DEEP_SUPERVISION_KEY and loss_traits(k).pixelwise]
+    return [k for k in loss if k not in SPECIAL_KEYS and loss_traits(k).pixelwise]
 
 
 def _region_terms(loss: dict) -> list[str]:
     """Overlap terms (Dice, Tversky, Lovász), by their registered traits."""
-    return [k for k in loss if k != DEEP_SUPERVISION_KEY and not loss_traits(k).pixelwise]
+    return [k for k in loss if k not in SPECIAL_KEYS and not loss_traits(k).pixelwise]
 
 
 def dice_loss_findings(ev: RunEvidence, rows: list[dict], summary: dict) -> list[Finding]:

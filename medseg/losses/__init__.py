@@ -1,7 +1,7 @@
 """Losses: one file per loss, a registry with each loss's traits, and the weighted combination built from config."""
 
 from medseg.losses.combined import CombinedLoss, build_loss, validate_loss_spec
-from medseg.losses.registry import DEEP_SUPERVISION_KEY, LOSS_TRAITS, LOSSES, LossTraits, loss_traits, register_loss
+from medseg.losses.registry import DEEP_SUPERVISION_KEY, IMAGE_KEY, LOSS_TRAITS, SPECIAL_KEYS, LOSSES, LossTraits, loss_traits, register_loss
 
-__all__ = ["CombinedLoss", "DEEP_SUPERVISION_KEY", "LOSSES", "LOSS_TRAITS", "LossTraits", "build_loss", "loss_traits",
-           "register_loss", "validate_loss_spec"]
+__all__ = ["CombinedLoss", "DEEP_SUPERVISION_KEY", "IMAGE_KEY", "LOSSES", "LOSS_TRAITS", "LossTraits", "SPECIAL_KEYS", "build_loss",
+           "loss_traits", "register_loss", "validate_loss_spec"]

@@ -12,7 +12,7 @@ from torch import nn
 
 from medseg.errors import MedsegError
 from medseg.losses import bce, dice, focal, focal_tversky, lovasz, tversky  # noqa: F401 — registers every loss
-from medseg.losses.registry import DEEP_SUPERVISION_KEY, LOSSES
+from medseg.losses.registry import DEEP_SUPERVISION_KEY, IMAGE_KEY, LOSSES, SPECIAL_KEYS
 
 
 def _split_term(name: str, value: Any) -> tuple[float, dict]:
@@ -40,6 +40,13 @@ def _check_deep_supervision(weights: Any) -> list[float]:
     return [float(w) for w in weights]
 
 
+def _check_image_weight(weight: Any) -> float:
+    """The image head's loss weight as a float, or raise ValueError naming the key."""
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 <= weight < float("inf"):
+        raise ValueError(f"loss.{IMAGE_KEY}: the image head's loss weight must be a number >= 0 (got {weight!r})")
+    return float(weight)
+
+
 def validate_loss_spec(spec: dict) -> None:
     """Raise ValueError naming the key for unknown losses, bad weights or bad parameters.
 
@@ -49,7 +56,9 @@ def validate_loss_spec(spec: dict) -> None:
     """
     if DEEP_SUPERVISION_KEY in spec:
         _check_deep_supervision(spec[DEEP_SUPERVISION_KEY])
-    terms = {k: v for k, v in spec.items() if k != DEEP_SUPERVISION_KEY}
+    if IMAGE_KEY in spec:
+        _check_image_weight(spec[IMAGE_KEY])
+    terms = {k: v for k, v in spec.items() if k not in SPECIAL_KEYS}
     if not terms:
         raise ValueError("loss: at least one term is required")
     for name, value in terms.items():
@@ -110,10 +119,14 @@ class CombinedLoss(nn.Module):
         terms: (name, weight, module) triples.
         deep_supervision: weights for multi-scale outputs (first = full resolution); None:
             1, 0.5, 0.25, ... The weighted sum is divided by the sum of the weights used.
+        image_weight: weight of the BCE between an image head's logits and "the mask has
+            foreground", added when the network returns {"masks": ..., "image": (B, 1)}.
     """
 
-    def __init__(self, terms: list[tuple[str, float, nn.Module]], deep_supervision: Optional[list[float]] = None):
+    def __init__(self, terms: list[tuple[str, float, nn.Module]], deep_supervision: Optional[list[float]] = None,
+                 image_weight: float = 1.0):
         super().__init__()
+        self.image_weight = _check_image_weight(image_weight)
         self.names = [n for n, _, _ in terms]
         self.weights = [w for _, w, _ in terms]
         self.terms = nn.ModuleList([m for _, _, m in terms])
@@ -132,13 +145,22 @@ class CombinedLoss(nn.Module):
         return total, parts
 
     def forward(self, logits, target: torch.Tensor) -> torch.Tensor:
-        """Loss of `logits` (B,1,H,W), or of a list of such (full resolution first), against `target`."""
+        """Loss of `logits` (B,1,H,W), or of a list of such (full resolution first), against `target`;
+        or of {"masks": either, "image": (B, 1) logits} from a network with an image head."""
+        image = None
+        if isinstance(logits, dict):
+            logits, image = logits["masks"], logits["image"]
         first = logits[0] if isinstance(logits, (list, tuple)) else logits
         with _no_autocast(first):
             if isinstance(logits, (list, tuple)):
                 loss, parts_all = self._deep(list(logits), target)
             else:
                 loss, parts_all = self._single(logits, target)
+            if image is not None:
+                # the image's label: any foreground pixel in its mask
+                has_fg = (target.flatten(1).amax(dim=1, keepdim=True) > 0).float()
+                parts_all = {**parts_all, IMAGE_KEY: F.binary_cross_entropy_with_logits(image.float(), has_fg)}
+                loss = loss + self.image_weight * parts_all[IMAGE_KEY]
         self.last_terms = {k: float(v.detach()) for k, v in parts_all.items()}
         return loss
 
@@ -174,9 +196,13 @@ def build_loss(spec: dict, pos_fraction: Optional[float] = None, deep_supervisio
         ds = None if ds is None else _check_deep_supervision(ds)
     except ValueError as e:
         raise MedsegError(f"config error: {e}") from None
+    try:
+        image_weight = _check_image_weight(spec.get(IMAGE_KEY, 1.0))
+    except ValueError as e:
+        raise MedsegError(f"config error: {e}") from None
     terms = []
     for name, value in spec.items():
-        if name == DEEP_SUPERVISION_KEY:
+        if name in SPECIAL_KEYS:
             continue
         if name not in LOSSES:
             raise MedsegError(f"config error: loss.{name}: unknown loss")
@@ -184,4 +210,4 @@ def build_loss(spec: dict, pos_fraction: Optional[float] = None, deep_supervisio
         terms.append((name, weight, LOSSES[name](**_resolve_params(params, pos_fraction))))
     if not terms:
         raise MedsegError("config error: loss: at least one term is required")
-    return CombinedLoss(terms, ds)
+    return CombinedLoss(terms, ds, image_weight)

@@ -11,6 +11,10 @@ LOSSES: dict[str, Callable[..., nn.Module]] = {}
 
 # Top-level key of the loss spec that holds per-scale weights instead of a loss term.
 DEEP_SUPERVISION_KEY = "deep_supervision"
+# Top-level key that weighs the image head's BCE (model.image_head), not a per-pixel term.
+IMAGE_KEY = "image"
+# The keys of a loss spec that are not registered terms.
+SPECIAL_KEYS = (DEEP_SUPERVISION_KEY, IMAGE_KEY)
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,8 @@ class ModelSpec:
         encoder_prefixes: state_dict key prefixes of the encoder (pretrained encoders, layer-wise LR).
         side_outputs: the most deep-supervision side outputs the network can emit in training
             (``model.deep_supervision``); 0: none. A factory of such a network takes `side_outputs`.
+        image_head: the network can carry an image-level "has foreground" head (``model.image_head``);
+            its factory then takes `image_head`.
         description: one line for `medseg models`.
     """
 
@@ -35,6 +37,7 @@ class ModelSpec:
     default_channels: Optional[tuple[int, ...]] = None
     encoder_prefixes: tuple[str, ...] = ()
     side_outputs: int = 0
+    image_head: bool = False
     description: str = ""
 
     def side_output_error(self, n: int) -> Optional[str]:
@@ -44,6 +47,12 @@ class ModelSpec:
         return f"model.deep_supervision: {n} side outputs, but model '{self.name}' emits " + (
             f"at most {self.side_outputs}" if self.side_outputs else "none (`medseg models` lists those that do)"
         )
+
+    def image_head_error(self, wanted: bool) -> Optional[str]:
+        """Why this network cannot carry an image head (`model.image_head: true`), or None."""
+        if not wanted or self.image_head:
+            return None
+        return f"model.image_head: model '{self.name}' has no image head (`medseg models` lists those that do)"
 
     def channels(self, channels: Optional[Sequence[int]] = None) -> Optional[list[int]]:
         """The channels in force: the configured ones, else the spec's default."""
@@ -82,7 +91,7 @@ def get_model_spec(name: str) -> ModelSpec:
 
 
 def create_model(name: str, in_channels: int, channels: Optional[Sequence[int]] = None, dropout: float = 0.0, res_units: int = 2,
-                 side_outputs: int = 0) -> "nn.Module":
+                 side_outputs: int = 0, image_head: bool = False) -> "nn.Module":
     """Build a registered network with one output channel (logits).
 
     Args:
@@ -92,12 +101,15 @@ def create_model(name: str, in_channels: int, channels: Optional[Sequence[int]] 
         dropout: dropout probability.
         res_units: unet residual units per level.
         side_outputs: deep-supervision side outputs in training (0: the network returns one tensor).
+        image_head: an image-level "has foreground" head (training returns {"masks", "image"}).
     """
     spec = get_model_spec(name)
-    error = spec.side_output_error(side_outputs)
+    error = spec.side_output_error(side_outputs) or spec.image_head_error(image_head)
     if error:
         raise MedsegError(f"config error: {error}")
     extra = {"side_outputs": side_outputs} if side_outputs else {}
+    if image_head:
+        extra["image_head"] = True
     return spec.factory(in_channels=in_channels, channels=spec.channels(channels), dropout=dropout, res_units=res_units, **extra)
 
 
@@ -105,7 +117,8 @@ def create_model_from_config(model, in_channels: int) -> "nn.Module":
     """The network a config's `model` section describes (training, the plan's step timing, a run folder).
 
     Args:
-        model: the config's `model` section (name, channels, dropout, res_units, deep_supervision).
+        model: the config's `model` section (name, channels, dropout, res_units, deep_supervision, image_head).
         in_channels: input channels of the data.
     """
-    return create_model(model.name, in_channels, model.channels, model.dropout, model.res_units, model.deep_supervision)
+    return create_model(model.name, in_channels, model.channels, model.dropout, model.res_units, model.deep_supervision,
+                        model.image_head)
