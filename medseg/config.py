@@ -50,7 +50,9 @@ class ModelConfig(Section):
         "layer) trained by BCE on 'the image has foreground' (weight loss.image, default 1), as the SIIM-ACR "
         "pneumothorax winners paired a classifier with their segmenter. In eval the network returns "
         "sigmoid(mask) x sigmoid(image) as one probability map, so an image the head calls empty is scaled down "
-        "as a whole. Only networks that have one (flexunet-*; `medseg models` says which).",
+        "as a whole. Only networks that have one (flexunet-*; `medseg models` says which). Off by default: on "
+        "BUSI at a 6-minute budget it halved false alarms on normal images but cost the mask head more Dice on "
+        "lesion images than it gained (BENCHMARKS §5l).",
     )
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout probability inside the network.")
     pretrained: Optional[Path] = Field(
