@@ -24,26 +24,26 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from bench.recipe.gate_probe import auroc, dice_empty_one  # noqa: E402
+from medseg.models.flexunet import pool_deepest  # noqa: E402
 from medseg.runfolder import load_network, load_run_config  # noqa: E402
 from medseg.runfolder import load_split_part  # noqa: E402
 
 
 def heads(net, images: np.ndarray, batch: int = 16):
     """(mask probabilities, image probabilities) of a headed network in eval mode, float32."""
-    deepest = []
-    hook = net.encoder.register_forward_hook(lambda m, i, o: deepest.append(o[-1]))
-    image_head, masks, images_p = net.image_head, [], []
+    deepest, mask_logits = [], []
+    hooks = [net.encoder.register_forward_hook(lambda m, i, o: deepest.append(o[-1])),
+             net.segmentation_head.register_forward_hook(lambda m, i, o: mask_logits.append(o))]
+    masks, images_p = [], []
     try:
-        net.image_head = None  # eval mode then returns the mask logits alone
         with torch.no_grad():
             for s in range(0, len(images), batch):
-                x = torch.from_numpy(np.ascontiguousarray(images[s:s + batch], dtype=np.float32))
-                masks.append(torch.sigmoid(net(x)).numpy()[:, 0])
-                images_p.append(torch.sigmoid(image_head.__call__(
-                    torch.cat([deepest[-1].mean(dim=(2, 3)), deepest[-1].amax(dim=(2, 3))], dim=1))).numpy()[:, 0])
+                net(torch.from_numpy(np.ascontiguousarray(images[s:s + batch], dtype=np.float32)))
+                masks.append(torch.sigmoid(mask_logits[-1]).numpy()[:, 0])
+                images_p.append(torch.sigmoid(net.image_head(pool_deepest(deepest[-1]))).numpy()[:, 0])
     finally:
-        net.image_head = image_head
-        hook.remove()
+        for h in hooks:
+            h.remove()
     return np.concatenate(masks), np.concatenate(images_p)
 
 

@@ -24,6 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from bench.recipe.gate_probe import auroc  # noqa: E402
+from medseg.models.flexunet import pool_deepest  # noqa: E402
 from medseg.runfolder import load_network, load_run_config, load_split_part  # noqa: E402
 
 STRENGTHS = (1e-3, 1e-2, 1e-1)
@@ -38,8 +39,7 @@ def features_and_peaks(net, images: np.ndarray, batch: int = 16):
             for s in range(0, len(images), batch):
                 x = torch.from_numpy(np.ascontiguousarray(images[s:s + batch], dtype=np.float32))
                 p = torch.sigmoid(net(x))
-                f = deepest[-1]
-                feats.append(torch.cat([f.mean(dim=(2, 3)), f.amax(dim=(2, 3))], dim=1).numpy())
+                feats.append(pool_deepest(deepest[-1]).numpy())
                 peaks.append(p.flatten(1).amax(1).numpy())
     finally:
         hook.remove()

@@ -194,9 +194,6 @@ def build_loss(spec: dict, pos_fraction: Optional[float] = None, deep_supervisio
     try:
         ds = deep_supervision if deep_supervision is not None else spec.get(DEEP_SUPERVISION_KEY)
         ds = None if ds is None else _check_deep_supervision(ds)
-    except ValueError as e:
-        raise MedsegError(f"config error: {e}") from None
-    try:
         image_weight = _check_image_weight(spec.get(IMAGE_KEY, 1.0))
     except ValueError as e:
         raise MedsegError(f"config error: {e}") from None

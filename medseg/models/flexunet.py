@@ -67,8 +67,7 @@ def _heads_class():
             self.image_head = torch.nn.Linear(2 * deepest, 1) if image_head else None
 
         def _image_logit(self, deepest):
-            pooled = torch.cat([F.adaptive_avg_pool2d(deepest, 1), F.adaptive_max_pool2d(deepest, 1)], dim=1).flatten(1)
-            return self.image_head(pooled)
+            return self.image_head(pool_deepest(deepest))
 
         def forward(self, inputs):
             feats = self.encoder(inputs)
@@ -91,6 +90,14 @@ def _heads_class():
             return log_p - torch.log1p(-torch.exp(log_p))
 
     return HeadedFlexibleUNet
+
+
+def pool_deepest(deepest):
+    """(B, 2C) features an image head reads: the deepest encoder map (B, C, h, w) average- and max-pooled."""
+    import torch
+    import torch.nn.functional as F
+
+    return torch.cat([F.adaptive_avg_pool2d(deepest, 1), F.adaptive_max_pool2d(deepest, 1)], dim=1).flatten(1)
 
 
 def _pad_shortcut(x, planes: int, stride: int, spatial_dims: int):
