@@ -165,6 +165,19 @@ class EarlyStopConfig(Section):
     min_delta: float = Field(0.0, ge=0.0, description="Smallest improvement that counts.")
 
 
+class ProgressiveConfig(Section):
+    start_scale: float = Field(
+        0.5, gt=0.0, le=1.0,
+        description="Side of the first epoch's training inputs as a share of the full side (rounded to a multiple of "
+        "the model's output stride).",
+    )
+    share: float = Field(
+        0.5, gt=0.0, lt=1.0,
+        description="Share of the run's epochs over which the side rises linearly to the full side; the rest train at "
+        "full size.",
+    )
+
+
 class TrainConfig(Section):
     epochs: int = Field(30, ge=1, description="Maximum number of epochs.")
     batch_size: int = Field(
@@ -234,6 +247,13 @@ class TrainConfig(Section):
         None, gt=0.0,
         description="Training time budget; with plan.enabled the plan sets train.epochs from the measured (or estimated) "
         "seconds per epoch, validation included. null: train.epochs as given.",
+    )
+    progressive: Optional[ProgressiveConfig] = Field(
+        None,
+        description="Progressive resizing: the first epochs train on batches resized to a smaller side (images "
+        "bilinear, masks area-averaged to soft targets), rising to the full size; validation stays at full size. The "
+        "small epochs are cheaper, so a time budget holds more epochs (the plan and the budget count each epoch's "
+        "training in proportion to its pixels). null: off.",
     )
 
 
@@ -648,6 +668,10 @@ def reference_rows(model: type[BaseModel] = Config, prefix: str = "") -> list[tu
         if isinstance(default, tuple):
             default = list(default)
         rows.append((key, _type_name(ann), yaml.safe_dump(default, default_flow_style=True).strip().removesuffix("..."), f.description or ""))
+        # an optional section (null: off) lists its keys too, with the defaults they take once it is set
+        optional = [a for a in typing.get_args(ann) if isinstance(a, type) and issubclass(a, BaseModel)]
+        if typing.get_origin(ann) is Union and optional:
+            rows.extend((k, t, d, f"(when {key} is set) {desc}") for k, t, d, desc in reference_rows(optional[0], key + "."))
     return rows
 
 

@@ -82,7 +82,7 @@ import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 from pydantic import BaseModel
@@ -95,6 +95,7 @@ from medseg.models import get_model_spec
 from medseg.planning.stepcost import StepCost, epoch_seconds, measure_cost
 from medseg.runtime import training_device
 from medseg.training import MAX_EPOCHS, SELECT_MIN_VAL_CASES, WARMUP_MAX_SHARE, WARMUP_PLANNED_SHARE
+from medseg.training.progressive import epochs_within, pixel_shares
 
 PLAN_JSON = runfs.PLAN
 PLAN_VERSION = 1
@@ -357,7 +358,8 @@ def _pow2_floor(n: int) -> int:
     return 1 << (max(1, n).bit_length() - 1)
 
 
-def plan_batch_size(cost: StepCost, n_train: int, n_val: int, steps_per_epoch: Optional[int], budget_minutes: Optional[float]) -> tuple[int, str]:
+def plan_batch_size(cost: StepCost, n_train: int, n_val: int, steps_per_epoch: Optional[int], budget_minutes: Optional[float],
+                    shares: Optional[Callable[[int], np.ndarray]] = None) -> tuple[int, str]:
     """The largest power-of-two batch within memory, steps-per-epoch and device caps (see the module docstring)."""
     limits = {
         f"memory (~{cost.mem_per_image_bytes / 2**20:.0f} MiB per image of {cost.mem_available_bytes / 2**30:.1f} GiB usable)": cost.memory_batch_limit(),
@@ -370,7 +372,7 @@ def plan_batch_size(cost: StepCost, n_train: int, n_val: int, steps_per_epoch: O
     if budget_minutes:
         first = batch
         while batch > BUDGET_MIN_BATCH:
-            epochs = budget_epochs(cost, batch, n_train, n_val, steps_per_epoch, budget_minutes)
+            epochs = budget_epochs(cost, batch, n_train, n_val, steps_per_epoch, budget_minutes, shares)
             if epochs * (steps_per_epoch or max(1, n_train // batch)) >= MIN_BUDGET_STEPS:
                 break
             batch //= 2
@@ -379,10 +381,21 @@ def plan_batch_size(cost: StepCost, n_train: int, n_val: int, steps_per_epoch: O
     return int(batch), why
 
 
-def budget_epochs(cost: StepCost, batch: int, n_train: int, n_val: int, steps_per_epoch: Optional[int], budget_minutes: float) -> int:
-    """Whole epochs that fit in the budget (at least 1, at most MAX_EPOCHS)."""
+def budget_epochs(cost: StepCost, batch: int, n_train: int, n_val: int, steps_per_epoch: Optional[int], budget_minutes: float,
+                  shares: Optional[Callable[[int], np.ndarray]] = None) -> int:
+    """Whole epochs that fit in the budget (at least 1, at most MAX_EPOCHS).
+
+    Args:
+        shares: with train.progressive, E -> each epoch's training pixels as a share of the full size's in a run
+            of E epochs: the training steps' per-image cost scales with it, their fixed cost (the optimiser
+            step), validation and the epoch overhead do not.
+    """
     per_epoch = epoch_seconds(cost, batch, n_train, n_val, steps_per_epoch)
-    return int(min(MAX_EPOCHS, max(1, math.floor(budget_minutes * 60.0 / per_epoch))))
+    if shares is None:
+        return int(min(MAX_EPOCHS, max(1, math.floor(budget_minutes * 60.0 / per_epoch))))
+    micro = steps_per_epoch or max(1, n_train // batch)
+    scaled = micro * cost.train_s_per_image * batch
+    return max(1, epochs_within(budget_minutes * 60.0, 0, per_epoch - scaled, scaled, shares, MAX_EPOCHS))
 
 
 # ---------------------------------------------------------------------------------------
@@ -531,7 +544,10 @@ def make_plan(cfg: Config, fp: dict, measure: Optional[bool] = None, world: int 
         cost = dataclasses.replace(cost, val_s_per_image=cost.val_s_per_image * windows)
     steps = cfg.train.steps_per_epoch
     budget = cfg.train.budget_minutes
-    batch, why = plan_batch_size(cost, n_train, n_val, steps, budget)
+    progressive = cfg.train.progressive
+    shares = None if progressive is None else (
+        lambda n: pixel_shares(train_size, n, progressive.start_scale, progressive.share, stride))
+    batch, why = plan_batch_size(cost, n_train, n_val, steps, budget, shares)
     if world > 1 and batch % world:
         batch, why = -(-batch // world) * world, why + f"; rounded up to a multiple of the {world} DDP processes"
     batch = p.decide("train.batch_size", batch, why)
@@ -539,8 +555,11 @@ def make_plan(cfg: Config, fp: dict, measure: Optional[bool] = None, world: int 
     per_epoch = epoch_seconds(cost, batch, n_train, n_val, steps)
     cost_text = f"{cost.method} {per_epoch:.1f} s per epoch ({n_train} training, {n_val} validation images, batch {batch})"
     if budget:
-        epochs = budget_epochs(cost, batch, n_train, n_val, steps, budget)
-        epochs = p.decide("train.epochs", epochs, f"{budget:g} min budget / {cost_text}" + (f", capped at {MAX_EPOCHS}" if epochs == MAX_EPOCHS else ""))
+        epochs = budget_epochs(cost, batch, n_train, n_val, steps, budget, shares)
+        why = f"{budget:g} min budget / {cost_text}"
+        if shares is not None:
+            why += f"; the first epochs train smaller (train.progressive): {float(np.mean(shares(epochs))):.2f} of the full pixels on average"
+        epochs = p.decide("train.epochs", epochs, why + (f", capped at {MAX_EPOCHS}" if epochs == MAX_EPOCHS else ""))
         if not p.is_user("train.epochs"):
             # the epochs are an estimate: when the real ones run faster, the budget's rest is training time, not idle
             p.decide("schedule.fill_budget", True, f"train.epochs is the plan's estimate ({cost.method}): when epochs run "

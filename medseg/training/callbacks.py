@@ -44,6 +44,7 @@ from medseg.inference import predict_probs
 from medseg.metrics.validation import ValidationScorer, case_chunks, has_volumes
 from medseg.training.distributed import gather_numbers, gather_objects
 from medseg.training.module import MAX_EPOCHS, LRSchedule
+from medseg.training.progressive import epochs_within, pixel_shares, train_cost_bounds
 
 
 class BatchCompositionAudit(Callback):
@@ -284,6 +285,8 @@ class EpochLog(Callback):
             **self.audit.columns,
             **stats.nonfinite_columns(),
             **stats.timing_columns(),
+            # train.progressive: the epoch's training pixels as a share of the full size's
+            **({"train_pixel_share": stats.pixel_share} if pl_module.cfg.train.progressive is not None else {}),
             **{f"val_{k}": v for k, v in self.validation.metrics.items()},
             "val_seconds": self.validation.seconds,
             "processes": int(trainer.world_size),
@@ -354,6 +357,9 @@ class BudgetSchedule(Callback):
         self.shorten, self.lengthen = bool(shorten), bool(lengthen)
         self.first_epoch_end: Optional[tuple[int, float]] = None  # (epochs done, Timer seconds) when first seen
         self.history: list[int] = []  # the planned epochs, then each change's
+        # train.progressive: each epoch's training seconds and pixel share since the first epoch seen
+        self.train_s: list[float] = []
+        self.shares: list[float] = []
 
     @staticmethod
     def _schedules(trainer) -> list[LRSchedule]:
@@ -386,22 +392,42 @@ class BudgetSchedule(Callback):
             return
         since_done, since_s = self.first_epoch_end
         per_epoch = (elapsed - since_s) / max(done - since_done, 1)
-        fits = done + int(max(0.0, self.budget_s - elapsed) // max(per_epoch, 1e-9))
+        rest = max(0.0, self.budget_s - elapsed)
+        progressive = pl_module.cfg.train.progressive
+        if progressive is None:
+            short = long = done + int(rest // max(per_epoch, 1e-9))
+        else:
+            short, long = self._progressive_fits(pl_module, progressive, done, rest, per_epoch)
         # every rank must stop after the same epoch: rank 0's clock decides
-        fits = int(trainer.strategy.broadcast(fits, src=0))
-        now, longer = int(trainer.max_epochs), min(fits - 1, MAX_EPOCHS)  # lengthening keeps one epoch spare
-        if self.shorten and fits < now:
-            self._set_epochs(trainer, pl_module, fits)
-            change = f"{fits} epochs, not the planned {self.history[0]}; training ends after epoch {fits - 1} and the LR decay was shortened to end there (schedule.follow_budget)"
+        short, long = (int(v) for v in trainer.strategy.broadcast((short, long), src=0))
+        now, longer = int(trainer.max_epochs), min(long - 1, MAX_EPOCHS)  # lengthening keeps one epoch spare
+        if self.shorten and short < now:
+            self._set_epochs(trainer, pl_module, short)
+            change = f"{short} epochs, not the planned {self.history[0]}; training ends after epoch {short - 1} and the LR decay was shortened to end there (schedule.follow_budget)"
         elif self.lengthen and 2 * done <= now and longer > now:
             self._set_epochs(trainer, pl_module, longer)
-            change = (f"{fits} epochs, not the planned {self.history[0]}; training goes on to {longer} (one kept spare) and the "
+            change = (f"{long} epochs, not the planned {self.history[0]}; training goes on to {longer} (one kept spare) and the "
                       "LR decay was stretched to end there (schedule.fill_budget)")
         else:
             return
         self.history.append(int(trainer.max_epochs))
         if self.warn is not None and len(self.history) == 2:
             self.warn(f"train.budget_minutes {self.budget_s / 60:g}: epochs take {per_epoch:.1f} s, so the budget holds {change}")
+
+    def _progressive_fits(self, pl_module, progressive, done: int, rest: float, per_epoch: float) -> tuple[int, int]:
+        """train.progressive: (the most epochs the rest may hold, the fewest it surely holds), from the training
+        seconds and pixel shares of the epochs so far (`progressive.train_cost_bounds`); validation and the rest of an
+        epoch do not scale. Shortening uses the first, lengthening the second, so an uncertain cost model changes
+        nothing; once the epochs measured differ in size, the two agree."""
+        stats = pl_module.epoch_stats
+        self.train_s.append(stats.t_last - stats.t0)
+        self.shares.append(stats.pixel_share)
+        other = max(0.0, per_epoch - sum(self.train_s) / len(self.train_s))
+        size, stride = pl_module.train_full_size, pl_module.stride
+        shares = lambda n: pixel_shares(size, n, progressive.start_scale, progressive.share, stride)  # noqa: E731
+        low, high = train_cost_bounds(self.train_s, self.shares)
+        return (epochs_within(rest, done, other + low[0], low[1], shares, MAX_EPOCHS),
+                epochs_within(rest, done, other + high[0], high[1], shares, MAX_EPOCHS))
 
     def on_train_end(self, trainer, pl_module) -> None:
         if self.warn is not None and len(self.history) > 2:

@@ -18,6 +18,7 @@ import torch
 from medseg.config import Config
 from medseg.losses import build_loss
 from medseg.models import create_model_from_config, get_model_spec, load_weights
+from medseg.training.progressive import resize_batch, size_for
 
 
 # A warm-up longer than this share of training leaves the LR below its peak for most of the run and
@@ -79,6 +80,8 @@ class EpochStats:
         self.nonfinite_steps: list[int] = []
         self.nonfinite_terms: set[str] = set()
         self.n_images = 0
+        # the training pixels of this epoch's batches as a share of the full size's (train.progressive)
+        self.pixel_share = 1.0
         self.t0 = time.time()
         self.t_last = self.t0
 
@@ -120,6 +123,7 @@ class EpochStats:
         out.n_images = int(total[2])
         out.nonfinite_steps = steps
         out.nonfinite_terms = set(self.nonfinite_terms)
+        out.pixel_share = self.pixel_share
         return out
 
     def timing_columns(self) -> dict[str, float]:
@@ -154,12 +158,20 @@ class SegModule(pl.LightningModule):
         self.steps_per_epoch = steps_per_epoch
         self.precision_name = precision
         self.epoch_stats = EpochStats()
+        self.stride = get_model_spec(cfg.model.name).output_stride(cfg.model.channels)
+        self.train_full_size: tuple[int, ...] = ()  # the training inputs' size before train.progressive resizes them
 
     def forward(self, x):
         return self.net(x)
 
     def training_step(self, batch, batch_idx):
         x, y, _ = batch
+        size = None if self._trainer is None else size_for(self.cfg, x.shape[2:], int(self.current_epoch), int(self.trainer.max_epochs), self.stride)
+        if size is not None:
+            self.train_full_size = tuple(int(v) for v in x.shape[2:])
+            full = float(np.prod(x.shape[2:]))
+            x, y = resize_batch(x, y, size)
+            self.epoch_stats.pixel_share = float(np.prod(size)) / full
         if self.cfg.train.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         logits = self.net(x)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 import pytest
 import torch
@@ -69,22 +71,26 @@ def test_streamed_validation_from_the_cache_equals_whole_set_scoring_in_memory(t
 
 
 def _fit_on_a_fake_clock(tmp_path, monkeypatch, follow: bool, startup_s: float = 0.0, epochs: int = 12, fill: bool = False,
-                         batch_s: tuple = ()):
+                         batch_s: tuple = (), progressive: Optional[dict] = None):
     """An `epochs`-epoch fit (2 batches an epoch) under a 1-minute budget where each batch "takes" 5 s
-    on a fake clock (or batch_s[i] for batch i), the first batch `startup_s` more; returns (epochs.csv rows,
-    LR / peak, train.log)."""
+    on a fake clock (or batch_s[i] for batch i; times its pixel share with train.progressive), the first
+    batch `startup_s` more; returns (epochs.csv rows, LR / peak, train.log)."""
+    from types import SimpleNamespace
+
     from lightning.pytorch.callbacks import Timer
 
+    import medseg.training.module as module_mod
     from medseg import runfolder as runfs
     from medseg.commands.fit import fit
 
     clock = {"t": 0.0, "batches": 0}
     monkeypatch.setattr(Timer, "time_elapsed", lambda self, stage="train": clock["t"])
+    monkeypatch.setattr(module_mod, "time", SimpleNamespace(time=lambda: clock["t"]))  # the epochs' training seconds
     real_end = SegModule.on_train_batch_end
 
     def tick(self, *a, **k):
         i = clock["batches"]
-        clock["t"] += (batch_s[i] if i < len(batch_s) else 5.0) + (startup_s if i == 0 else 0.0)
+        clock["t"] += (batch_s[i] if i < len(batch_s) else 5.0) * self.epoch_stats.pixel_share + (startup_s if i == 0 else 0.0)
         clock["batches"] += 1
         return real_end(self, *a, **k)
 
@@ -93,7 +99,7 @@ def _fit_on_a_fake_clock(tmp_path, monkeypatch, follow: bool, startup_s: float =
     raw = tiny_config(root, tmp_path / "runs", data={"source": "images", "root": str(root), "input_size": [32, 32]},
                       model={"name": "unet", "channels": [4, 8], "res_units": 0}, augment={"preset": "none"},
                       schedule={"warmup_epochs": 0, "min_lr_ratio": 0.01, "follow_budget": follow, "fill_budget": fill},
-                      train={"epochs": epochs, "batch_size": 6, "budget_minutes": 1.0})
+                      train={"epochs": epochs, "batch_size": 6, "budget_minutes": 1.0, "progressive": progressive})
     run = fit(config_from_dict(raw), progress=False)
     rows = runfs.read_csv(run / runfs.EPOCHS_CSV)
     return rows, [r["lr"] / 0.01 for r in rows], (run / runfs.TRAIN_LOG).read_text()
@@ -160,6 +166,25 @@ def test_several_changes_are_reported_once_then_summed_up_at_the_end(tmp_path, m
     assert "so the budget holds 6 epochs, not the planned 4; training goes on to 5" in log
     assert "the epoch count was changed 2 times in all (4 -> 5 -> 4; the LR decay ends at the last)" in log
     assert "training ends after epoch 3" not in log  # the second change is in the summary only
+
+
+def test_a_progressive_run_counts_its_small_epochs_as_cheaper_when_it_fills_the_budget(tmp_path, monkeypatch):
+    """train.progressive (0.5, 0.5) on 32-pixel inputs (stride 2), a batch costs 5 s x its pixel share, 4 planned epochs.
+
+    By hand: epochs 0 and 1 train at 16 and 24 pixels (2.5 s and 5.625 s); after epoch 1 a full-size epoch's
+    training is 5.625 / 0.5625 = 10 s and nothing else costs time, so of the 51.875 s left a 7-epoch run needs
+    5.625 + 7.656 + 3 x 10 = 43.3 s (epochs 2 and 3 still ramping: 24 and 28 pixels) and an 8-epoch one 53.3 s:
+    7 fit, the run goes on to 6 (one kept spare), where epoch 2 trains at 26 pixels. At the flat 10 s an epoch
+    of the same clock without resizing, the rest (40 s after epoch 1) holds 6 and the run goes on to 5.
+    """
+    rows, lr_share, log = _fit_on_a_fake_clock(tmp_path, monkeypatch, True, epochs=4, fill=True,
+                                               progressive={"start_scale": 0.5, "share": 0.5})
+    assert [r["step"] for r in rows] == [2, 4, 6, 8, 10, 12]
+    assert [r["train_pixel_share"] for r in rows] == pytest.approx([(s / 32) ** 2 for s in (16, 24, 26, 32, 32, 32)])
+    assert "so the budget holds 7 epochs, not the planned 4; training goes on to 6" in log
+    assert lr_share[-1] == pytest.approx(0.01, abs=1e-6)
+    rows, _, log = _fit_on_a_fake_clock(tmp_path / "flat", monkeypatch, True, epochs=4, fill=True)
+    assert [r["step"] for r in rows] == [2, 4, 6, 8, 10] and "train_pixel_share" not in rows[0]
 
 
 @pytest.mark.parametrize("lengthen", [True, False])
