@@ -253,7 +253,8 @@ class TrainConfig(Section):
         description="Progressive resizing: the first epochs train on batches resized to a smaller side (images "
         "bilinear, masks area-averaged to soft targets), rising to the full size; validation stays at full size. The "
         "small epochs are cheaper, so a time budget holds more epochs (the plan and the budget count each epoch's "
-        "training in proportion to its pixels). null: off.",
+        "training in proportion to its pixels). null: off; on BUSI its cross-validated gain did not carry to 15 minutes "
+        "(BENCHMARKS.md §5m).",
     )
 
 

@@ -76,7 +76,10 @@ def main() -> None:
                       f"{r['ci'][1]:+.3f}] | {r['p']:.2g} | {r['better']} / {r['worse']} | { {B_BETTER: 'tuned better', A_BETTER: 'raw better'}.get(r['code'], r['verdict'])} |")
                 continue
             for which in FILES:
-                r = pair((a.ref_dir or a.runs) / f"{a.ref}-fold{k}", a.runs / f"{cand}-fold{k}", which, a.ref_metrics or a.metrics, a.metrics)
+                ref_run = (a.ref_dir or a.runs) / f"{a.ref}-fold{k}"
+                if which != "raw" and not (ref_run / (a.ref_metrics or a.metrics) / FILES[which]).exists():
+                    continue  # an untuned run (train.checkpoint last on a small validation part) has only raw scores
+                r = pair(ref_run, a.runs / f"{cand}-fold{k}", which, a.ref_metrics or a.metrics, a.metrics)
                 print(f"| {cand} | {k} | {which} | {r['ref']:.3f} -> {r['other']:.3f} | {r['diff']:+.3f} [{r['ci'][0]:+.3f}, "
                       f"{r['ci'][1]:+.3f}] | {r['p']:.2g} | {r['better']} / {r['worse']} | {r['verdict']} |")
 
