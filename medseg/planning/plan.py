@@ -95,7 +95,7 @@ from medseg.models import get_model_spec
 from medseg.planning.stepcost import StepCost, epoch_seconds, measure_cost
 from medseg.runtime import training_device
 from medseg.training import MAX_EPOCHS, SELECT_MIN_VAL_CASES, WARMUP_MAX_SHARE, WARMUP_PLANNED_SHARE
-from medseg.training.progressive import epochs_within, pixel_shares
+from medseg.training.progressive import epochs_within, shares_for
 
 PLAN_JSON = runfs.PLAN
 PLAN_VERSION = 1
@@ -544,9 +544,7 @@ def make_plan(cfg: Config, fp: dict, measure: Optional[bool] = None, world: int 
         cost = dataclasses.replace(cost, val_s_per_image=cost.val_s_per_image * windows)
     steps = cfg.train.steps_per_epoch
     budget = cfg.train.budget_minutes
-    progressive = cfg.train.progressive
-    shares = None if progressive is None else (
-        lambda n: pixel_shares(train_size, n, progressive.start_scale, progressive.share, stride))
+    shares = None if cfg.train.progressive is None else shares_for(cfg.train.progressive, train_size, stride)
     batch, why = plan_batch_size(cost, n_train, n_val, steps, budget, shares)
     if world > 1 and batch % world:
         batch, why = -(-batch // world) * world, why + f"; rounded up to a multiple of the {world} DDP processes"

@@ -44,7 +44,7 @@ from medseg.inference import predict_probs
 from medseg.metrics.validation import ValidationScorer, case_chunks, has_volumes
 from medseg.training.distributed import gather_numbers, gather_objects
 from medseg.training.module import MAX_EPOCHS, LRSchedule
-from medseg.training.progressive import epochs_within, pixel_shares, train_cost_bounds
+from medseg.training.progressive import epochs_within, shares_for, train_cost_bounds
 
 
 class BatchCompositionAudit(Callback):
@@ -423,8 +423,7 @@ class BudgetSchedule(Callback):
         self.train_s.append(stats.t_last - stats.t0)
         self.shares.append(stats.pixel_share)
         other = max(0.0, per_epoch - sum(self.train_s) / len(self.train_s))
-        size, stride = pl_module.train_full_size, pl_module.stride
-        shares = lambda n: pixel_shares(size, n, progressive.start_scale, progressive.share, stride)  # noqa: E731
+        shares = shares_for(progressive, pl_module.train_full_size, pl_module.stride)
         low, high = train_cost_bounds(self.train_s, self.shares)
         return (epochs_within(rest, done, other + low[0], low[1], shares, MAX_EPOCHS),
                 epochs_within(rest, done, other + high[0], high[1], shares, MAX_EPOCHS))

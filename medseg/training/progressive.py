@@ -23,39 +23,31 @@ import torch
 import torch.nn.functional as F
 
 
-def progressive_scale(epoch: int, epochs: int, start_scale: float, share: float) -> float:
-    """The side scale of epoch `epoch` (0-based) of `epochs`: `start_scale` at epoch 0, rising linearly to 1
-    at epoch round(share * epochs) and staying there."""
+def _sides(size: Sequence[int], epoch: np.ndarray, epochs: int, start_scale: float, share: float, multiple: int) -> np.ndarray:
+    """(len(epoch), len(size)) training sides of the given epochs (0-based) of a run of `epochs`: the scale is
+    `start_scale` at epoch 0, rising linearly to 1 at epoch round(share * epochs) and staying there; each side
+    is rounded (half to even) to a multiple of `multiple`, at least one multiple, at most the side itself."""
     ramp = max(1, int(round(share * epochs)))
-    if epoch >= ramp:
-        return 1.0
-    return start_scale + (1.0 - start_scale) * epoch / ramp
+    e = np.asarray(epoch, np.float64)
+    scale = np.where(e >= ramp, 1.0, start_scale + (1.0 - start_scale) * e / ramp)
+    full = np.asarray([int(v) for v in size], np.float64)
+    return np.clip(np.round(scale[:, None] * full / multiple) * multiple, multiple, full)
 
 
 def progressive_size(size: Sequence[int], epoch: int, epochs: int, start_scale: float, share: float, multiple: int) -> tuple[int, ...]:
-    """The training input size of an epoch: each side of `size` scaled and rounded to a multiple of `multiple`
-    (at least one multiple, at most the side itself)."""
-    s = progressive_scale(epoch, epochs, start_scale, share)
-    out = []
-    for side in size:
-        side = int(side)
-        scaled = int(round(s * side / multiple)) * multiple
-        out.append(min(side, max(multiple, scaled)))
-    return tuple(out)
+    """The training input size of epoch `epoch` of a run of `epochs` (see `_sides`)."""
+    return tuple(int(v) for v in _sides(size, np.array([epoch]), epochs, start_scale, share, multiple)[0])
 
 
 def pixel_shares(size: Sequence[int], epochs: int, start_scale: float, share: float, multiple: int) -> np.ndarray:
-    """Each epoch's training pixels as a share of the full size's, for a run of `epochs` epochs
-    (`progressive_size` for every epoch at once: the budget sums these for many candidate run lengths)."""
-    ramp = max(1, int(round(share * epochs)))
-    e = np.arange(epochs, dtype=np.float64)
-    scale = np.where(e >= ramp, 1.0, start_scale + (1.0 - start_scale) * e / ramp)
-    out = np.ones(epochs)
-    for side in size:
-        side = int(side)
-        sides = np.clip(np.round(scale * side / multiple) * multiple, multiple, side)
-        out *= sides / side
-    return out
+    """Each epoch's training pixels as a share of the full size's, for a run of `epochs` epochs."""
+    sides = _sides(size, np.arange(epochs), epochs, start_scale, share, multiple)
+    return np.prod(sides / np.asarray([int(v) for v in size], np.float64), axis=1)
+
+
+def shares_for(progressive, size: Sequence[int], multiple: int) -> Callable[[int], np.ndarray]:
+    """E -> `pixel_shares` of a run of E epochs under `train.progressive` (the plan's and the budget's count)."""
+    return lambda epochs: pixel_shares(size, epochs, progressive.start_scale, progressive.share, multiple)
 
 
 def epochs_within(seconds: float, done: int, other_s: float, train_s: float, shares: Callable[[int], np.ndarray],
