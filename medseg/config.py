@@ -426,7 +426,8 @@ class Config(Section):
     loss: dict[str, Union[float, list[float], dict[str, Any]]] = Field(
         default_factory=lambda: {"bce": 1.0, "dice": 1.0},
         description="Weighted loss terms, e.g. {bce: 3, dice: 1, focal: 4}; a term may be a dict with 'weight' and "
-        "parameters. `deep_supervision: [w0, w1, ...]` weighs the full-resolution output and the side outputs of "
+        "parameters, and 'start'/'stop' (shares of the training epochs, default 0 and 1) to count over part of "
+        "training only, e.g. {bce: 1, dice: 1, lovasz: {weight: 1, start: 0.5}}: a loss schedule. `deep_supervision: [w0, w1, ...]` weighs the full-resolution output and the side outputs of "
         "model.deep_supervision (default 1, 0.5, 0.25, ...); `image: w` weighs model.image_head's BCE (default 1).",
     )
     optim: OptimConfig = Field(default_factory=OptimConfig, description="Optimiser.")
@@ -497,6 +498,12 @@ class Config(Section):
                 f"loss.deep_supervision: {len(ds_weights)} weights for the {1 + self.model.deep_supervision} outputs "
                 f"of model.deep_supervision: {self.model.deep_supervision} (full resolution first)"
             )
+        if self.train.monitor == "loss":
+            from medseg.losses import has_schedule  # imported here for the reason given in _loss
+
+            if has_schedule(self.loss):
+                raise ValueError("train.monitor: 'loss' compares epochs under different losses when a loss term starts or "
+                                 "stops during training (loss.<term>.start/stop); monitor dice or iou")
         if self.schedule.warmup_epochs >= self.train.epochs:
             raise ValueError(
                 f"schedule.warmup_epochs: warm-up ({self.schedule.warmup_epochs:g} epochs) must be shorter than "

@@ -20,6 +20,7 @@ from medseg.data.arrays import stack_part
 from medseg.data.fingerprint import part_cases
 from medseg.errors import MedsegError
 from medseg.inference import run_probs_by_case
+from medseg.losses import has_schedule
 from medseg.metrics import MetricContract
 from medseg.metrics.lesions import label_components
 from medseg.metrics.sweep import SweepCounter
@@ -135,6 +136,26 @@ class RunEvidence:
     def series(self, name: str) -> np.ndarray:
         """One epochs.csv column as floats in epoch order (NaN where missing or not a number)."""
         return np.array([_as_float(r.get(name)) for r in self.epochs], dtype=float)
+
+    def loss_trend(self, name: str) -> np.ndarray:
+        """`train_loss` or `val_loss` for the checks that read the loss's trend: under a loss schedule
+        (loss.<term>.start/stop) NaN before the last epoch whose terms differ from the epoch before, since a
+        term joining or leaving moves the loss without any learning; otherwise the column as it is."""
+        s = self.series(name)
+        loss = self.get("loss")
+        try:
+            scheduled = isinstance(loss, dict) and has_schedule(loss)
+        except (ValueError, TypeError):  # a saved config that no longer validates: read the column as it is
+            scheduled = False
+        if not scheduled:
+            return s
+        # a term that did not count in an epoch has no value in its column (runfolder.write_csv leaves it blank)
+        terms = [frozenset(k for k, v in r.items() if k.startswith("train_loss_") and v not in (None, "") and not
+                           (isinstance(v, float) and math.isnan(v))) for r in self.epochs]
+        changes = [i for i in range(1, len(terms)) if terms[i] != terms[i - 1]]
+        if changes:
+            s[: changes[-1]] = np.nan
+        return s
 
     @property
     def val_cases(self) -> int:

@@ -80,7 +80,7 @@ def _smooth(x: np.ndarray, k: int = 3) -> np.ndarray:
 
 def growing_gap(ev: RunEvidence) -> Finding | None:
     """Validation loss rising (from a given epoch on) while the training loss keeps falling."""
-    tl, vl, ep = ev.series("train_loss"), ev.series("val_loss"), ev.epoch_numbers
+    tl, vl, ep = ev.loss_trend("train_loss"), ev.loss_trend("val_loss"), ev.epoch_numbers
     ok = np.isfinite(tl) & np.isfinite(vl)
     if ok.sum() < 5:
         return None
@@ -120,7 +120,7 @@ def growing_gap(ev: RunEvidence) -> Finding | None:
 
 def _early_training(ev: RunEvidence) -> tuple[bool, float, float]:
     """(still early, last/first train loss, last epoch's relative fall): the loss has barely started to fall and still falls fast."""
-    tl = ev.series("train_loss")
+    tl = ev.loss_trend("train_loss")
     tl = tl[np.isfinite(tl)]
     if len(tl) < 2 or tl[0] <= 0 or tl[-2] <= 0:
         return False, float("nan"), float("nan")

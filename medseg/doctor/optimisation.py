@@ -32,7 +32,7 @@ def check(ev: RunEvidence) -> list[Finding]:
 
 def loss_drop(ev: RunEvidence) -> tuple[float, int]:
     """(relative fall of the finite train loss from the first epoch to the best of the last third, epochs)."""
-    tl = ev.series("train_loss")
+    tl = ev.loss_trend("train_loss")
     tl = tl[np.isfinite(tl)]
     if len(tl) < 2 or tl[0] == 0:
         return float("nan"), len(tl)
@@ -202,7 +202,7 @@ def schedule_cut(ev: RunEvidence) -> Finding | None:
 
 def diverging(ev: RunEvidence) -> Finding | None:
     """The finite train loss climbs well above its minimum late in the run."""
-    tl = ev.series("train_loss")
+    tl = ev.loss_trend("train_loss")
     ok = np.isfinite(tl)
     if ok.sum() < 4:
         return None
@@ -225,7 +225,7 @@ def diverging(ev: RunEvidence) -> Finding | None:
 
 def oscillating(ev: RunEvidence) -> Finding | None:
     """The epoch train loss goes up and down instead of falling: the LR is too high."""
-    tl = ev.series("train_loss")
+    tl = ev.loss_trend("train_loss")
     t = tl[np.isfinite(tl)]
     if len(t) < 6:
         return None

@@ -15,16 +15,45 @@ from medseg.losses import bce, dice, focal, focal_tversky, lovasz, tversky  # no
 from medseg.losses.registry import DEEP_SUPERVISION_KEY, IMAGE_KEY, LOSSES, SPECIAL_KEYS
 
 
-def _split_term(name: str, value: Any) -> tuple[float, dict]:
+# The keys of a term's mapping that say when in training it counts (shares of the epochs), not parameters of the loss.
+WINDOW_KEYS = ("start", "stop")
+
+
+def _split_term(name: str, value: Any) -> tuple[float, dict, tuple[float, float]]:
+    """(weight, the loss's parameters, (start, stop)) of one term of the spec, or raise ValueError naming the key."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value), {}
+        return float(value), {}, (0.0, 1.0)
     if isinstance(value, dict):
         params = dict(value)
         weight = params.pop("weight", 1.0)
         if not isinstance(weight, (int, float)) or isinstance(weight, bool):
             raise ValueError(f"loss.{name}.weight: must be a number")
-        return float(weight), params
+        window = tuple(params.pop(k, d) for k, d in zip(WINDOW_KEYS, (0.0, 1.0)))
+        for k, v in zip(WINDOW_KEYS, window):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
+                raise ValueError(f"loss.{name}.{k}: must be a share of the training epochs from 0 to 1 (got {v!r})")
+        if not window[0] < window[1]:
+            raise ValueError(f"loss.{name}: start ({window[0]:g}) must come before stop ({window[1]:g})")
+        return float(weight), params, (float(window[0]), float(window[1]))
     raise ValueError(f"loss.{name}: must be a weight or a mapping with 'weight' and parameters")
+
+
+def _active(window: tuple[float, float], progress: Optional[float]) -> bool:
+    """Whether a term with this (start, stop) window counts at `progress` (None: every term counts)."""
+    return progress is None or window[0] <= progress < window[1]
+
+
+def _check_windows(windows: dict[str, tuple[float, float]]) -> None:
+    """Raise ValueError when some part of training would have no term with a positive weight."""
+    edges = sorted({0.0, 1.0, *(e for w in windows.values() for e in w)})
+    for a, b in zip(edges[:-1], edges[1:]):
+        if not any(_active(w, (a + b) / 2) for w in windows.values()):
+            raise ValueError(f"loss: no term counts from {a:g} to {b:g} of the training epochs (see each term's start and stop)")
+
+
+def has_schedule(spec: dict) -> bool:
+    """Whether any term of a (valid) loss spec starts after the first epoch or stops before the last."""
+    return any(_split_term(k, v)[2] != (0.0, 1.0) for k, v in spec.items() if k not in SPECIAL_KEYS)
 
 
 def _check_deep_supervision(weights: Any) -> list[float]:
@@ -51,8 +80,8 @@ def validate_loss_spec(spec: dict) -> None:
     """Raise ValueError naming the key for unknown losses, bad weights or bad parameters.
 
     Args:
-        spec: the config's `loss` mapping: {name: weight | {weight, **params}} plus an optional
-            `deep_supervision: [w0, w1, ...]` entry.
+        spec: the config's `loss` mapping: {name: weight | {weight, start, stop, **params}} plus an
+            optional `deep_supervision: [w0, w1, ...]` entry.
     """
     if DEEP_SUPERVISION_KEY in spec:
         _check_deep_supervision(spec[DEEP_SUPERVISION_KEY])
@@ -61,19 +90,23 @@ def validate_loss_spec(spec: dict) -> None:
     terms = {k: v for k, v in spec.items() if k not in SPECIAL_KEYS}
     if not terms:
         raise ValueError("loss: at least one term is required")
+    windows = {}
     for name, value in terms.items():
         if name not in LOSSES:
             hint = difflib.get_close_matches(name, list(LOSSES), n=1)
             raise ValueError(
                 f"loss.{name}: unknown loss" + (f" (did you mean '{hint[0]}'?)" if hint else "") + f"; choose from {', '.join(sorted(LOSSES))}"
             )
-        weight, params = _split_term(name, value)
+        weight, params, window = _split_term(name, value)
         if not weight >= 0 or weight == float("inf"):
             raise ValueError(f"loss.{name}: weight must be >= 0 and finite (got {weight!r})")
         try:
             LOSSES[name](**_resolve_params(params, 0.01))
         except (TypeError, ValueError) as e:
             raise ValueError(f"loss.{name}: {e}") from None
+        if weight > 0:
+            windows[name] = window
+    _check_windows(windows)
 
 
 def _resolve_params(params: dict, pos_fraction: Optional[float]) -> dict:
@@ -115,17 +148,26 @@ def _no_autocast(x: torch.Tensor):
 class CombinedLoss(nn.Module):
     """Weighted sum of registered terms; remembers each term's last value for logging.
 
+    A term may count only over part of training (a loss schedule, e.g. Lovász joining for the
+    second half as the TGS Salt winners fine-tuned): `set_progress` tells the loss how far
+    training is, and terms outside their (start, stop) window are neither computed nor logged.
+
     Args:
         terms: (name, weight, module) triples.
         deep_supervision: weights for multi-scale outputs (first = full resolution); None:
             1, 0.5, 0.25, ... The weighted sum is divided by the sum of the weights used.
         image_weight: weight of the BCE between an image head's logits and "the mask has
             foreground", added when the network returns {"masks": ..., "image": (B, 1)}.
+        windows: per term, the (start, stop) shares of the training epochs in which it counts;
+            None: every term always.
     """
 
     def __init__(self, terms: list[tuple[str, float, nn.Module]], deep_supervision: Optional[list[float]] = None,
-                 image_weight: float = 1.0):
+                 image_weight: float = 1.0, windows: Optional[list[tuple[float, float]]] = None):
         super().__init__()
+        self.windows = list(windows) if windows is not None else [(0.0, 1.0)] * len(terms)
+        # None until training says otherwise: every term counts (what planning's step timing should pay for)
+        self.progress: Optional[float] = None
         self.image_weight = _check_image_weight(image_weight)
         self.names = [n for n, _, _ in terms]
         self.weights = [w for _, w, _ in terms]
@@ -133,12 +175,18 @@ class CombinedLoss(nn.Module):
         self.deep_supervision = None if deep_supervision is None else _check_deep_supervision(deep_supervision)
         self.last_terms: dict[str, float] = {}
 
+    def set_progress(self, progress: Optional[float]) -> None:
+        """How far training is, as the share of its epochs done before the current one (None: every term counts)."""
+        self.progress = progress
+
     def _single(self, logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         logits = logits.float()
         target = target.float()
         total = logits.new_zeros(())
         parts = {}
-        for name, w, term in zip(self.names, self.weights, self.terms):
+        for name, w, term, window in zip(self.names, self.weights, self.terms, self.windows):
+            if not _active(window, self.progress):
+                continue
             v = term(logits, target)
             parts[name] = v
             total = total + w * v
@@ -185,7 +233,8 @@ def build_loss(spec: dict, pos_fraction: Optional[float] = None, deep_supervisio
     """Build the weighted loss from the config's `loss` mapping.
 
     Args:
-        spec: {name: weight} or {name: {weight: w, **params}}, plus optionally
+        spec: {name: weight} or {name: {weight: w, start: s, stop: e, **params}} (start/stop: the
+            shares of the training epochs in which the term counts, default 0 and 1), plus optionally
             `deep_supervision: [w0, w1, ...]`.
         pos_fraction: training-set foreground pixel fraction, for `pos_weight: auto`.
         deep_supervision: per-scale weights when the network returns several outputs; when
@@ -197,14 +246,18 @@ def build_loss(spec: dict, pos_fraction: Optional[float] = None, deep_supervisio
         image_weight = _check_image_weight(spec.get(IMAGE_KEY, 1.0))
     except ValueError as e:
         raise MedsegError(f"config error: {e}") from None
-    terms = []
+    terms, windows = [], []
     for name, value in spec.items():
         if name in SPECIAL_KEYS:
             continue
         if name not in LOSSES:
             raise MedsegError(f"config error: loss.{name}: unknown loss")
-        weight, params = _split_term(name, value)
+        try:
+            weight, params, window = _split_term(name, value)
+        except ValueError as e:
+            raise MedsegError(f"config error: {e}") from None
         terms.append((name, weight, LOSSES[name](**_resolve_params(params, pos_fraction))))
+        windows.append(window)
     if not terms:
         raise MedsegError("config error: loss: at least one term is required")
-    return CombinedLoss(terms, ds, image_weight)
+    return CombinedLoss(terms, ds, image_weight, windows)

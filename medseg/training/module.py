@@ -192,6 +192,8 @@ class SegModule(pl.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         self.epoch_stats = EpochStats()
+        # a loss schedule's terms start and stop at shares of the epochs; the budget may have moved max_epochs
+        self.loss_fn.set_progress(int(self.current_epoch) / max(1, int(self.trainer.max_epochs)))
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         self.epoch_stats.t_last = time.time()

@@ -93,3 +93,18 @@ def test_schedule_cut_of_a_run_stretched_past_its_planned_epochs():
     assert O.schedule_cut(make_evidence(epochs=_rows(train_loss=list(np.linspace(1, 0.5, 7)), lr=ended), config=cfg)) is None
     plain = {**cfg, "schedule": {"follow_budget": False}}
     assert O.schedule_cut(make_evidence(epochs=rows, config=plain)) is None
+
+
+def test_a_term_joining_under_a_loss_schedule_is_not_divergence():
+    # Lovász joins at epoch 4 of 8: the total jumps without the network getting worse
+    nan = float("nan")
+    tl = [1.0, 0.7, 0.5, 0.45, 1.2, 1.0, 0.9, 0.85]
+    rows = _rows(train_loss=tl, train_loss_bce=[0.5, 0.35, 0.25, 0.22, 0.2, 0.18, 0.16, 0.15],
+                 train_loss_lovasz=[nan] * 4 + [0.8, 0.65, 0.6, 0.55])
+    unscheduled = make_evidence(epochs=rows, config={"optim": {"lr": 0.1}})
+    assert O.diverging(unscheduled) is not None  # read as one series, the jump looks like divergence
+    scheduled = make_evidence(epochs=rows, config={"optim": {"lr": 0.1}, "loss": {"lovasz": {"weight": 1, "start": 0.5}}})
+    trend = scheduled.loss_trend("train_loss")
+    assert np.isnan(trend[:4]).all() and list(trend[4:]) == tl[4:]
+    assert O.diverging(scheduled) is None and O.oscillating(scheduled) is None
+    assert O.loss_drop(scheduled) == (pytest.approx((1.2 - 0.85) / 1.2), 4)
