@@ -29,12 +29,7 @@ with the rules below, and write every value with the reason for it to plan.json:
   sqrt((1 - p) / p), capped at 10: the square root weights rare foreground without turning
   BCE into a positives-only loss (the full ratio reaches hundreds on tiny targets). Focal is added when the median positive image has less
   than 1% foreground pixels: its (1 - p)^gamma factor keeps the many easy background pixels
-  from drowning the few lesion pixels. When at least 5% of the training images are empty,
-  Lovász hinge (per image) joins for the second half of the epochs (a loss schedule, as the TGS
-  Salt winners fine-tuned with it): on an empty image its hinge falls on the single most
-  confident false positive, the pixel that turns an empty image's Dice from one to zero; on
-  BUSI at 15 minutes the raw network's false alarms on normal images fell from 55% to 9% and its
-  per-image Dice rose by 0.085 (BENCHMARKS.md §5n). From the first epoch it cost lesion Dice.
+  from drowning the few lesion pixels.
 * ``augment.preset``: by the number of training images: medium below 2000, light otherwise (many
   images carry their own variation). Heavy (medium plus elastic, grid and optical distortions and
   CLAHE) was the rule below 200 images until nested CV at the last epoch found it never better:
@@ -118,11 +113,6 @@ POS_WEIGHT_CAP = 10.0
 POS_WEIGHT_MIN = 1.5
 PLAIN_BCE_FROM_FG = 0.01
 FOCAL_BELOW_FG = 0.01
-# Lovász hinge for the last part of the epochs when at least this share of the training images is empty. Not tuned:
-# BUSI (18% empty) is the one set with empty images it was measured on (BENCHMARKS.md §5n); PH2 and CHASE_DB1, with
-# none, gained nothing from it.
-LOVASZ_FROM_EMPTY = 0.05
-LOVASZ_START = 0.5
 # augmentation
 MEDIUM_BELOW_IMAGES = 2000
 # batch size and epochs
@@ -337,12 +327,6 @@ def plan_loss(fp: dict, batch_positive_share: Optional[float]) -> tuple[dict, st
         why.append(f"focal added: the median positive image has {median:.3%} < {FOCAL_BELOW_FG:.0%} foreground pixels")
     else:
         why.append(f"no focal: the median positive image has {median:.2%} >= {FOCAL_BELOW_FG:.0%} foreground pixels")
-    if empty >= LOVASZ_FROM_EMPTY:
-        loss["lovasz"] = {"weight": 1.0, "start": LOVASZ_START}
-        why.append(f"Lovász hinge from {LOVASZ_START:.0%} of the epochs on: {empty:.0%} of training images are empty, and per "
-                   "image its hinge falls on an empty image's most confident false positive")
-    else:
-        why.append(f"no Lovász: {empty:.0%} < {LOVASZ_FROM_EMPTY:.0%} of training images are empty")
     return loss, "; ".join(why), pos_weight
 
 

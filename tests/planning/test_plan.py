@@ -65,7 +65,6 @@ def test_sampler_share_follows_the_empty_fraction():
 @pytest.mark.parametrize("empty, fg_mean, fg_median, share", [
     (0.9, 0.004, 0.004, 0.5), (0.0, 0.2, 0.2, None), (0.0, 0.45, 0.45, None), (0.5, 0.03, 0.008, None),
     (0.0, 0.009, 0.02, None), (0.17, 0.093, 0.055, None),  # just below 1% foreground; BUSI's figures
-    (0.04, 0.1, 0.1, None), (0.05, 0.1, 0.1, None),  # either side of Lovász's 5% of empty images
 ])
 def test_pos_weight_and_focal_follow_the_foreground(empty, fg_mean, fg_median, share):
     loss, why, pos_weight = P.plan_loss(fp_with(empty, fg_mean, fg_median), share)
@@ -79,9 +78,6 @@ def test_pos_weight_and_focal_follow_the_foreground(empty, fg_mean, fg_median, s
         assert ("capped" in why) == (ratio > P.POS_WEIGHT_CAP)
     assert loss["dice"] == 1.0
     assert ("focal" in loss) == (fg_median < P.FOCAL_BELOW_FG)
-    # Lovász for the second half of the epochs where empty images are at least 5% of the training set
-    assert loss.get("lovasz") == ({"weight": 1.0, "start": 0.5} if empty >= 0.05 else None)
-    assert ("Lovász hinge from 50%" in why) == (empty >= 0.05)
 
 
 def _sizes(h, w, a05):
