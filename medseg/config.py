@@ -427,7 +427,8 @@ class Config(Section):
         default_factory=lambda: {"bce": 1.0, "dice": 1.0},
         description="Weighted loss terms, e.g. {bce: 3, dice: 1, focal: 4}; a term may be a dict with 'weight' and "
         "parameters, and 'start'/'stop' (shares of the training epochs, default 0 and 1) to count over part of "
-        "training only, e.g. {bce: 1, dice: 1, lovasz: {weight: 1, start: 0.5}}: a loss schedule. `deep_supervision: [w0, w1, ...]` weighs the full-resolution output and the side outputs of "
+        "training only, e.g. {bce: 1, dice: 1, lovasz: {weight: 1, start: 0.5}}: a loss schedule. "
+        "`deep_supervision: [w0, w1, ...]` weighs the full-resolution output and the side outputs of "
         "model.deep_supervision (default 1, 0.5, 0.25, ...); `image: w` weighs model.image_head's BCE (default 1).",
     )
     optim: OptimConfig = Field(default_factory=OptimConfig, description="Optimiser.")
