@@ -150,8 +150,8 @@ class RunEvidence:
         if not scheduled:
             return s
         # a term that did not count in an epoch has no value in its column (runfolder.write_csv leaves it blank)
-        terms = [frozenset(k for k, v in r.items() if k.startswith("train_loss_") and v not in (None, "") and not
-                           (isinstance(v, float) and math.isnan(v))) for r in self.epochs]
+        terms = [frozenset(k for k, v in r.items() if k.startswith("train_loss_") and not math.isnan(_as_float(v)))
+                 for r in self.epochs]
         changes = [i for i in range(1, len(terms)) if terms[i] != terms[i - 1]]
         if changes:
             s[: changes[-1]] = np.nan
