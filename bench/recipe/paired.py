@@ -24,17 +24,18 @@ from bench.recipe.score import score_predictions  # noqa: E402
 from medseg.metrics.paired import A_BETTER, B_BETTER, bootstrap_mean_ci, verdict, wilcoxon_p  # noqa: E402
 
 
-def paired(bench: Path, a: str, b: str, prep: Path) -> dict:
+def paired(bench: Path, a: str, b: str, prep: Path, bench_b: Path | None = None) -> dict:
     """Per-image Dice difference a - b over the test images, its CI, Wilcoxon p, the ratio of means and compare's verdict.
 
     Args:
         bench: output folder of bench/recipe/run.py.
         a / b: prediction folders of the two methods, relative to bench.
         prep: the prepared data folder (its split.json names the test images).
+        bench_b: the output folder b is relative to, when the two methods ran as separate invocations (default bench).
     """
     test = json.loads((prep / "split.json").read_text())["test"]
     da = np.array([r["dice"] for r in score_predictions(bench / a, prep, test)["rows"]])
-    db = np.array([r["dice"] for r in score_predictions(bench / b, prep, test)["rows"]])
+    db = np.array([r["dice"] for r in score_predictions((bench_b or bench) / b, prep, test)["rows"]])
     diff = da - db
     low, high = bootstrap_mean_ci(diff)
     p = wilcoxon_p(diff)

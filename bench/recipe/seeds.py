@@ -1,6 +1,7 @@
 """Seeds of the recipe benchmark side by side: mean and spread per method, the paired statistics per seed.
 
-Reads OUT/seed*/results.json written by `bench/recipe/run.py --seed S --out OUT/seedS` and
+Reads OUT/*/results.json written by `bench/recipe/run.py --seed S --out OUT/NAME` (one invocation
+per seed with every method, or one per seed and method: results of one seed are merged) and
 scores each seed's predictions against the notebook's on the same test images
 (`paired.paired`: bootstrap CI of the mean per-image Dice difference, Wilcoxon p, ratio of
 the means). Writes OUT/seeds.json and prints the markdown tables for BENCHMARKS.md.
@@ -35,21 +36,27 @@ def _spread(values: list[float]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("out", type=Path, help="folder holding seed*/results.json")
+    ap.add_argument("out", type=Path, help="folder holding */results.json")
     a = ap.parse_args()
-    seeds = sorted(a.out.glob("seed*/results.json"), key=lambda p: int(p.parent.name[4:]))
-    if not seeds:
-        sys.exit(f"{a.out}: no seed*/results.json")
-    rows, pairs = [], []
-    for path in seeds:
+    by_seed: dict[int, dict] = {}  # seed -> {"prep": ..., "methods": {method: (its results, its output folder)}}
+    for path in sorted(a.out.glob("*/results.json")):
         res = json.loads(path.read_text())
-        prep = Path(res["prep"])
-        m = res["methods"]
-        rows.append({"seed": res["seed"], **{k: {f: m[k]["score"][f] for f in FIELDS} | {
+        seed = by_seed.setdefault(int(res["seed"]), {"prep": Path(res["prep"]), "methods": {}})
+        for k, v in res["methods"].items():
+            if k in seed["methods"]:
+                sys.exit(f"{path}: seed {res['seed']}'s {k!r} is also in {seed['methods'][k][1] / 'results.json'}")
+            seed["methods"][k] = (v, path.parent)
+    if not by_seed:
+        sys.exit(f"{a.out}: no */results.json")
+    rows, pairs = [], []
+    for s, seed in sorted(by_seed.items()):
+        m = {k: v for k, (v, _) in seed["methods"].items()}
+        root = {k: r for k, (_, r) in seed["methods"].items()}
+        rows.append({"seed": s, **{k: {f: m[k]["score"][f] for f in FIELDS} | {
             "img_s": m[k]["stats"].get("train_images_per_s"), "epochs": m[k]["stats"].get("epochs")} for k in METHODS if k in m}})
         for k, rel in METHODS.items():
             if k != BASELINE and k in m and BASELINE in m:
-                pairs.append({"seed": res["seed"], "method": k, **paired(path.parent, rel, METHODS[BASELINE], prep)})
+                pairs.append({"seed": s, "method": k, **paired(root[k], rel, METHODS[BASELINE], seed["prep"], root[BASELINE])})
     out = {"seeds": rows, "paired": pairs}
     print("| method | " + " | ".join(FIELDS) + " | train img/s |\n|---|" + "---|" * (len(FIELDS) + 1))
     for k in METHODS:
