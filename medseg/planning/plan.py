@@ -35,7 +35,7 @@ with the rules below, and write every value with the reason for it to plan.json:
   hinge falls on the single most confident false positive, the pixel that turns an empty
   image's Dice from one to zero. On BUSI at 15 minutes (22-26 planned epochs) the raw network's
   false alarms on normal images fell from 55% to 9% and its per-image Dice rose by 0.057-0.085
-  on two seeds, at a cost in lesion Dice; from the first epoch, or with 9-12 planned epochs
+  on two seeds, at a cost in lesion Dice; from the first epoch, or with 8-12 planned epochs
   (the demo, 6-minute folds), it lost (BENCHMARKS.md §5n). The step cost is timed without it.
 * ``augment.preset``: by the number of training images: medium below 2000, light otherwise (many
   images carry their own variation). Heavy (medium plus elastic, grid and optical distortions and
@@ -122,7 +122,7 @@ PLAIN_BCE_FROM_FG = 0.01
 FOCAL_BELOW_FG = 0.01
 # Lovász hinge for the second half of the epochs when at least this share of the training images is empty and at
 # least LOVASZ_MIN_EPOCHS are planned. Not tuned: BUSI (18% empty) is the one set with empty images it was measured
-# on (BENCHMARKS.md §5n): 9-12 planned epochs lost, 22-26 gained, nothing measured between; PH2 and CHASE_DB1, with
+# on (BENCHMARKS.md §5n): 8-12 planned epochs lost, 22-26 gained, nothing measured between; PH2 and CHASE_DB1, with
 # none, gained nothing from it.
 LOVASZ_FROM_EMPTY = 0.05
 LOVASZ_MIN_EPOCHS = 20
