@@ -38,20 +38,19 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("out", type=Path, help="folder holding */results.json")
     a = ap.parse_args()
-    by_seed: dict[int, dict] = {}  # seed -> {"prep": ..., "methods": {method: (its results, its output folder)}}
+    by_seed: dict[int, dict] = {}  # seed -> {"prep": ..., "methods": {method: its results}, "roots": {method: its output folder}}
     for path in sorted(a.out.glob("*/results.json")):
         res = json.loads(path.read_text())
-        seed = by_seed.setdefault(int(res["seed"]), {"prep": Path(res["prep"]), "methods": {}})
+        seed = by_seed.setdefault(int(res["seed"]), {"prep": Path(res["prep"]), "methods": {}, "roots": {}})
         for k, v in res["methods"].items():
             if k in seed["methods"]:
-                sys.exit(f"{path}: seed {res['seed']}'s {k!r} is also in {seed['methods'][k][1] / 'results.json'}")
-            seed["methods"][k] = (v, path.parent)
+                sys.exit(f"{path}: seed {res['seed']}'s {k!r} is also in {seed['roots'][k] / 'results.json'}")
+            seed["methods"][k], seed["roots"][k] = v, path.parent
     if not by_seed:
         sys.exit(f"{a.out}: no */results.json")
     rows, pairs = [], []
     for s, seed in sorted(by_seed.items()):
-        m = {k: v for k, (v, _) in seed["methods"].items()}
-        root = {k: r for k, (_, r) in seed["methods"].items()}
+        m, root = seed["methods"], seed["roots"]
         rows.append({"seed": s, **{k: {f: m[k]["score"][f] for f in FIELDS} | {
             "img_s": m[k]["stats"].get("train_images_per_s"), "epochs": m[k]["stats"].get("epochs")} for k in METHODS if k in m}})
         for k, rel in METHODS.items():

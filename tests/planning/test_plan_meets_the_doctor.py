@@ -16,6 +16,7 @@ import pytest
 
 from medseg.config import config_from_dict
 from medseg.doctor import generalisation, optimisation
+from medseg.losses.combined import _active, _split_term
 from medseg.planning import make_plan
 from medseg.training import SELECT_MIN_VAL_CASES, lr_lambda
 from tests.doctor.conftest import make_evidence
@@ -44,12 +45,12 @@ def _healthy_epochs(cfg, steps_per_epoch: int) -> list[dict]:
     f = lr_lambda(cfg, steps_per_epoch * epochs, steps_per_epoch)
     # a term the plan scheduled (loss.<term>.start/stop) lifts the loss while it counts, as Lovász joining half-way
     # did in a 15-minute BUSI run (train loss 0.57 -> 1.92, then falling to 1.32; BENCHMARKS.md §5n)
-    windows = {k: (v.get("start", 0.0), v.get("stop", 1.0)) if isinstance(v, dict) else (0.0, 1.0) for k, v in cfg.loss.items()}
+    windows = {k: _split_term(k, v)[2] for k, v in cfg.loss.items()}
     rows = []
     for e in range(epochs):
         step = (e + 1) * steps_per_epoch - 1
         level = 1 - math.exp(-3 * (e + 1) / epochs)  # rises, then levels off well before the end
-        active = [k for k, (a, b) in windows.items() if a <= e / epochs < b]
+        active = [k for k, w in windows.items() if _active(w, e / epochs)]
         late = sum(1.3 - 0.5 * (e / epochs - windows[k][0]) / (1 - windows[k][0]) for k in active if windows[k] != (0.0, 1.0))
         rows.append({"epoch": e, "step": step, "lr": cfg.optim.lr * f(step), "train_loss": 1.2 - 0.8 * level + late,
                      "val_loss": 1.1 - 0.6 * level + late, "val_dice": 0.3 + 0.5 * min(level, 0.9),
