@@ -30,13 +30,15 @@ with the rules below, and write every value with the reason for it to plan.json:
   BCE into a positives-only loss (the full ratio reaches hundreds on tiny targets). Focal is added when the median positive image has less
   than 1% foreground pixels: its (1 - p)^gamma factor keeps the many easy background pixels
   from drowning the few lesion pixels. When at least 5% of the training images are empty and
-  at least 20 epochs are planned, Lovász hinge (per image) joins for the second half of the
+  at least 640 optimiser steps are planned, Lovász hinge (per image) joins for the second half of the
   epochs (a loss schedule, as the TGS Salt winners fine-tuned with it): on an empty image its
   hinge falls on the single most confident false positive, the pixel that turns an empty
   image's Dice from one to zero. On BUSI at 15 minutes (22-26 planned epochs) the raw network's
   false alarms on normal images fell from 55% to 9% and its per-image Dice rose by 0.057-0.085
-  on two seeds, at a cost in lesion Dice; from the first epoch, or with 8-12 planned epochs
-  (the demo, 6-minute folds), it lost (BENCHMARKS.md §5n). The step cost is timed without it.
+  on two seeds, at a cost in lesion Dice; from the first epoch, or with ~510-550 planned
+  steps (the 3-minute demo), it lost (BENCHMARKS.md §5n); on a slower box, one seed, 13 planned epochs of 66 steps (858)
+  gained as much as 22-26 epochs of 33 steps (726-858) did (§5p): what it needs is optimiser steps, not epochs.
+  The step cost is timed without it.
 * ``augment.preset``: by the number of training images: medium below 2000, light otherwise (many
   images carry their own variation). Heavy (medium plus elastic, grid and optical distortions and
   CLAHE) was the rule below 200 images until nested CV at the last epoch found it never better:
@@ -121,11 +123,12 @@ POS_WEIGHT_MIN = 1.5
 PLAIN_BCE_FROM_FG = 0.01
 FOCAL_BELOW_FG = 0.01
 # Lovász hinge for the second half of the epochs when at least this share of the training images is empty and at
-# least LOVASZ_MIN_EPOCHS are planned. Not tuned: BUSI (18% empty) is the one set with empty images it was measured
-# on (BENCHMARKS.md §5n): 8-12 planned epochs lost, 22-26 gained, nothing measured between; PH2 and CHASE_DB1, with
-# none, gained nothing from it.
+# least LOVASZ_MIN_STEPS optimiser steps are planned. Not tuned: BUSI (18% empty) is the one set with empty images it
+# was measured on: ~510-550 planned steps lost (the demo, §5n), 726-858 gained (batch 16 x 22-26 epochs, §5n/§5o, and
+# batch 8 x 13 epochs on a slower box, §5p); 640 is the middle. Epochs were the first gate and split the slow box
+# wrongly. PH2 and CHASE_DB1, with no empty images, gained nothing from it.
 LOVASZ_FROM_EMPTY = 0.05
-LOVASZ_MIN_EPOCHS = 20
+LOVASZ_MIN_STEPS = 640
 LOVASZ_START = 0.5
 # augmentation
 MEDIUM_BELOW_IMAGES = 2000
@@ -344,17 +347,26 @@ def plan_loss(fp: dict, batch_positive_share: Optional[float]) -> tuple[dict, st
     return loss, "; ".join(why), pos_weight
 
 
-def plan_lovasz(fp: dict, epochs: int) -> tuple[Optional[dict], str]:
-    """The Lovász hinge term to add for the last part of training, or None, with the reason (module docstring)."""
+def plan_lovasz(fp: dict, epochs: int, steps_per_epoch: int) -> tuple[Optional[dict], str]:
+    """The Lovász hinge term to add for the last part of training, or None, with the reason (module docstring).
+
+    Args:
+        epochs: the planned epochs.
+        steps_per_epoch: optimiser steps per epoch (micro-batches over `train.accumulate`).
+    """
     empty = _train_stats(fp).get("empty_image_fraction")
     if empty is None or empty >= 1.0 or empty < LOVASZ_FROM_EMPTY:
         return None, f"no Lovász: {empty or 0:.0%} of training images are empty (it is for >= {LOVASZ_FROM_EMPTY:.0%} and some foreground)"
-    if epochs < LOVASZ_MIN_EPOCHS:
-        return None, (f"no Lovász: {epochs} planned epochs < {LOVASZ_MIN_EPOCHS} (with fewer, its half of the run was too "
-                      "short to gain what it costs lesion Dice)")
+    steps = epochs * steps_per_epoch
+    if steps < LOVASZ_MIN_STEPS or epochs < 2:
+        # the loss's schedule moves per epoch: one epoch has no second half
+        return None, (f"no Lovász: {epochs} planned epochs x {steps_per_epoch} steps = {steps} optimiser steps (it needs "
+                      f">= {LOVASZ_MIN_STEPS} over >= 2 epochs: with fewer, its half of the run was too short to gain "
+                      "what it costs lesion Dice)")
     return {"weight": 1.0, "start": LOVASZ_START}, (
-        f"Lovász hinge from {LOVASZ_START:.0%} of the {epochs} epochs on: {empty:.0%} of training images are empty, and per "
-        "image its hinge falls on an empty image's most confident false positive")
+        f"Lovász hinge from {LOVASZ_START:.0%} of the {epochs} epochs on ({steps} planned optimiser steps >= "
+        f"{LOVASZ_MIN_STEPS}): {empty:.0%} of training images are empty, and per image its hinge falls on an empty "
+        "image's most confident false positive")
 
 
 def plan_checkpoint(fp: dict) -> tuple[str, str]:
@@ -622,7 +634,8 @@ def make_plan(cfg: Config, fp: dict, measure: Optional[bool] = None, world: int 
 
     if not p.is_user("loss"):
         # decided once the epochs are known; the step cost above was timed without it
-        lovasz, why = plan_lovasz(fp, epochs)
+        micro = steps or max(1, n_train // batch)
+        lovasz, why = plan_lovasz(fp, epochs, max(1, micro // planned_cfg.train.accumulate))
         p.revise("loss", {**loss, "lovasz": lovasz} if lovasz else loss, f"{loss_why}; {why}")
 
     planned_cfg = config_from_dict(p.raw)

@@ -80,16 +80,19 @@ def test_pos_weight_and_focal_follow_the_foreground(empty, fg_mean, fg_median, s
     assert ("focal" in loss) == (fg_median < P.FOCAL_BELOW_FG)
 
 
-@pytest.mark.parametrize("empty, epochs, joins", [
-    (0.18, 20, True), (0.18, 19, False), (0.05, 100, True), (0.049, 100, False), (0.0, 100, False),
-    (1.0, 100, False),  # nothing to segment
+@pytest.mark.parametrize("empty, epochs, steps, joins", [
+    (0.18, 20, 32, True), (0.18, 20, 31, False), (0.18, 13, 66, True),  # 640 steps, 620, the slow box's 858 (§5p)
+    (0.18, 12, 46, False),  # the 3-minute demo's 552 (§5n)
+    (0.18, 1, 1000, False),  # one epoch has no second half for the schedule
+    (0.05, 100, 100, True), (0.049, 100, 100, False), (0.0, 100, 100, False),
+    (1.0, 100, 100, False),  # nothing to segment
 ])
-def test_lovasz_joins_late_only_with_empty_images_and_enough_epochs(empty, epochs, joins):
-    term, why = P.plan_lovasz(fp_with(empty, 0.05), epochs)
+def test_lovasz_joins_late_only_with_empty_images_and_enough_optimiser_steps(empty, epochs, steps, joins):
+    term, why = P.plan_lovasz(fp_with(empty, 0.05), epochs, steps)
     assert term == ({"weight": 1.0, "start": 0.5} if joins else None)
     assert why.startswith("Lovász hinge from 50%" if joins else "no Lovász")
-    if not joins and 0.05 <= empty < 1:
-        assert f"{epochs} planned epochs < 20" in why
+    if 0.05 <= empty < 1:
+        assert f"{epochs * steps} " in why
 
 
 def _sizes(h, w, a05):
@@ -220,15 +223,23 @@ def test_unset_keys_are_planned_and_user_values_kept(tmp_path):
     e = plan2.entry("sampler.positive_share")
     assert e.set_by == "user" and e.value == 0.2 and planned2.sampler.positive_share == 0.2
     assert e.reason.startswith("set by user") and "would choose 0.5" in e.reason and e.planned == 0.5
-    # enough epochs: Lovász joins the planned loss for the second half, in the loss's own entry and place
+    # enough optimiser steps: Lovász joins the planned loss for the second half, in the loss's own entry and place
     keys = [e.key for e in plan.entries]
-    long = config_from_dict(raw | {"train": {"epochs": P.LOVASZ_MIN_EPOCHS}})
+    spe = max(1, train["n_images"] // planned.train.batch_size)  # the planned batch, independent of the epochs
+    enough = -(-P.LOVASZ_MIN_STEPS // spe)
+    long = config_from_dict(raw | {"train": {"epochs": enough}})
     plan3, planned3 = P.make_plan(long, fp)
+    assert planned3.train.batch_size == planned.train.batch_size
     assert planned3.loss == {**P.plan_loss(fp, 0.5)[0], "lovasz": {"weight": 1.0, "start": 0.5}}
-    assert plan3.entry("loss").value == planned3.loss and "Lovász hinge from 50% of the 20 epochs" in plan3.entry("loss").reason
+    assert plan3.entry("loss").value == planned3.loss
+    assert f"Lovász hinge from 50% of the {enough} epochs on ({enough * spe} planned" in plan3.entry("loss").reason
     assert [e.key for e in plan3.entries] == keys
+    # one epoch fewer, or the same epochs with gradients accumulated over 2 batches (half the optimiser steps): none
+    for short in (raw | {"train": {"epochs": enough - 1}}, raw | {"train": {"epochs": enough, "accumulate": 2}}):
+        plan5, planned5 = P.make_plan(config_from_dict(short), fp)
+        assert "lovasz" not in planned5.loss and "no Lovász" in plan5.entry("loss").reason
     # a loss set by the user is kept whole
-    own = config_from_dict(raw | {"train": {"epochs": P.LOVASZ_MIN_EPOCHS}, "loss": {"bce": 1.0, "dice": 1.0}})
+    own = config_from_dict(raw | {"train": {"epochs": enough}, "loss": {"bce": 1.0, "dice": 1.0}})
     plan4, planned4 = P.make_plan(own, fp)
     assert planned4.loss == {"bce": 1.0, "dice": 1.0} and plan4.entry("loss").set_by == "user"
     assert [e.key for e in plan4.entries] == keys
