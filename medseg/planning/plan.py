@@ -101,7 +101,7 @@ from medseg.config import Config, config_from_dict
 from medseg.data import load_data
 from medseg.data.fingerprint import compute_fingerprint, original_statistics, part_cases
 from medseg.models import get_model_spec
-from medseg.planning.stepcost import StepCost, epoch_seconds, measure_cost
+from medseg.planning.stepcost import StepCost, epoch_seconds, measure_cost, micro_batches
 from medseg.runtime import training_device
 from medseg.training import MAX_EPOCHS, SELECT_MIN_VAL_CASES, WARMUP_MAX_SHARE, WARMUP_PLANNED_SHARE
 from medseg.training.progressive import epochs_within, shares_for
@@ -412,7 +412,7 @@ def plan_batch_size(cost: StepCost, n_train: int, n_val: int, steps_per_epoch: O
         first = batch
         while batch > BUDGET_MIN_BATCH:
             epochs = budget_epochs(cost, batch, n_train, n_val, steps_per_epoch, budget_minutes, shares)
-            if epochs * (steps_per_epoch or max(1, n_train // batch)) >= MIN_BUDGET_STEPS:
+            if epochs * micro_batches(n_train, batch, steps_per_epoch) >= MIN_BUDGET_STEPS:
                 break
             batch //= 2
         if batch != first:
@@ -432,8 +432,7 @@ def budget_epochs(cost: StepCost, batch: int, n_train: int, n_val: int, steps_pe
     per_epoch = epoch_seconds(cost, batch, n_train, n_val, steps_per_epoch)
     if shares is None:
         return int(min(MAX_EPOCHS, max(1, math.floor(budget_minutes * 60.0 / per_epoch))))
-    micro = steps_per_epoch or max(1, n_train // batch)
-    scaled = micro * cost.train_s_per_image * batch
+    scaled = micro_batches(n_train, batch, steps_per_epoch) * cost.train_s_per_image * batch
     return max(1, epochs_within(budget_minutes * 60.0, 0, per_epoch - scaled, scaled, shares, MAX_EPOCHS))
 
 
@@ -634,8 +633,8 @@ def make_plan(cfg: Config, fp: dict, measure: Optional[bool] = None, world: int 
 
     if not p.is_user("loss"):
         # decided once the epochs are known; the step cost above was timed without it
-        micro = steps or max(1, n_train // batch)
-        lovasz, why = plan_lovasz(fp, epochs, max(1, micro // planned_cfg.train.accumulate))
+        optimiser_steps = max(1, micro_batches(n_train, batch, steps) // planned_cfg.train.accumulate)
+        lovasz, why = plan_lovasz(fp, epochs, optimiser_steps)
         p.revise("loss", {**loss, "lovasz": lovasz} if lovasz else loss, f"{loss_why}; {why}")
 
     planned_cfg = config_from_dict(p.raw)

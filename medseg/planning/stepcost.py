@@ -238,7 +238,11 @@ def measure_cost(cfg: Config, in_channels: int, train_size: tuple[int, int], val
     return StepCost(method="measured", step_s_fixed=fixed, train_s_per_image=per_image, val_s_per_image=val_s, **formula, **common)
 
 
+def micro_batches(n_train: int, batch: int, steps_per_epoch: Optional[int]) -> int:
+    """Training micro-batches per epoch: `train.steps_per_epoch` when set, else the full batches of the training set."""
+    return steps_per_epoch or max(1, n_train // batch)
+
+
 def epoch_seconds(cost: StepCost, batch: int, n_train: int, n_val: int, steps_per_epoch: Optional[int]) -> float:
     """Seconds of one epoch: the training micro-batches fit runs, the validation pass, a fixed overhead."""
-    micro = steps_per_epoch or max(1, n_train // batch)
-    return micro * cost.step_s(batch) + n_val * cost.val_s_per_image + EPOCH_OVERHEAD_S
+    return micro_batches(n_train, batch, steps_per_epoch) * cost.step_s(batch) + n_val * cost.val_s_per_image + EPOCH_OVERHEAD_S

@@ -83,6 +83,6 @@ def test_no_doctor_check_fires_on_a_plan_medseg_made(shape, empty, budget):
     assert (n_val < SELECT_MIN_VAL_CASES) == (shape in ("tiny grey", "small RGB"))
     # and the warm-up the plan leaves is below the doctor's warning
     assert planned.schedule.warmup_epochs < optimisation.WARMUP_WARN * planned.train.epochs
-    # Lovász joins late only where images are empty and the plan holds enough optimiser steps (the log above has its jump)
-    # the rule, independently: empty images and >= 640 planned optimiser steps over >= 2 epochs (accumulate is 1 here)
+    # Lovász joins late only with empty images and >= 640 planned optimiser steps over >= 2 epochs (accumulate is 1
+    # here; the log above has its jump)
     assert ("lovasz" in planned.loss) == (empty > 0 and planned.train.epochs >= 2 and planned.train.epochs * steps >= 640)
